@@ -1,0 +1,97 @@
+"""One chat: its options, its history, and answering a message through a StreamRun.
+
+Front ends keep one ChatSession per conversation and hand it a Sink per answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from streamchat.errors import ConfigError
+from streamchat.history import Conversation
+from streamchat.relay import DeltaSource, StreamResult, StreamRun
+from streamchat.sinks import Sink
+from streamchat.types import ChatRequest, EndReason
+
+MAX_SYSTEM_PROMPT_CHARS = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChatOptions:
+    """What the user can change during a chat (Chainlit chat settings)."""
+
+    model: str
+    temperature: float
+    system_prompt: str
+    max_tokens: int | None = None
+
+    def updated(self, values: Mapping[str, Any]) -> ChatOptions:
+        """Apply submitted settings. Raises ConfigError with a message for the user."""
+        changes: dict[str, Any] = {}
+        if "model" in values:
+            model = str(values["model"] or "").strip()
+            if not model:
+                raise ConfigError("The model name cannot be empty.")
+            changes["model"] = model
+        if "temperature" in values:
+            try:
+                temperature = float(values["temperature"])
+            except (TypeError, ValueError):
+                raise ConfigError("Temperature must be a number between 0 and 2.") from None
+            if not math.isfinite(temperature) or not 0 <= temperature <= 2:
+                raise ConfigError("Temperature must be a number between 0 and 2.")
+            changes["temperature"] = temperature
+        if "system_prompt" in values:
+            prompt = str(values["system_prompt"] or "")
+            if len(prompt) > MAX_SYSTEM_PROMPT_CHARS:
+                raise ConfigError(
+                    f"The system prompt is too long ({len(prompt)} characters; "
+                    f"the limit is {MAX_SYSTEM_PROMPT_CHARS})."
+                )
+            changes["system_prompt"] = prompt
+        return replace(self, **changes)
+
+
+class ChatSession:
+    """A conversation with one provider. Answers one message at a time."""
+
+    def __init__(self, source: DeltaSource, options: ChatOptions) -> None:
+        self.source = source
+        self.options = options
+        self.history = Conversation()
+        self._lock = asyncio.Lock()
+
+    def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:
+        return ChatRequest(
+            messages=self.history.messages(self.options.system_prompt),
+            model=self.options.model,
+            temperature=self.options.temperature,
+            max_tokens=self.options.max_tokens,
+            extra_headers=dict(extra_headers or {}),
+        )
+
+    async def answer(
+        self,
+        text: str,
+        sink: Sink,
+        *,
+        extra_headers: Mapping[str, str] | None = None,
+    ) -> StreamResult:
+        """Stream the answer to the user's `text` into `sink`; record both in the history.
+
+        On Stop (cancellation) the partial answer is recorded before CancelledError goes on.
+        """
+        async with self._lock:
+            self.history.add_user(text)
+            run = StreamRun(self.source, sink)
+            try:
+                result = await run.run(self.request(extra_headers))
+            except asyncio.CancelledError:
+                self.history.add_assistant(run.last_text, EndReason.STOPPED_BY_USER)
+                raise
+            self.history.add_assistant(result.text, result.reason)
+            return result

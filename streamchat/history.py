@@ -1,0 +1,68 @@
+"""The conversation we send upstream: our own history, kept per chat, bounded by nothing but
+what the user said and saw (Chainlit's chat_context is process-global and never cleaned up)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamchat.types import ChatMessage, EndReason
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message in the history, with how an assistant answer ended."""
+
+    role: str
+    content: str
+    ended: EndReason | None = None  # assistant turns only
+
+    @property
+    def interrupted(self) -> bool:
+        return self.ended in (EndReason.STOPPED_BY_USER, EndReason.ERROR)
+
+
+class Conversation:
+    """User and assistant turns, in order. The system prompt is applied when building a request,
+    so changing it in the settings affects the next answer without rewriting history."""
+
+    def __init__(self) -> None:
+        self._turns: list[Turn] = []
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        return tuple(self._turns)
+
+    def add_user(self, text: str) -> None:
+        self._turns.append(Turn("user", text))
+
+    def add_assistant(self, text: str, ended: EndReason) -> None:
+        """Record what the user saw of an answer, also when it was stopped or cut off."""
+        self._turns.append(Turn("assistant", text, ended))
+
+    def clear(self) -> None:
+        self._turns.clear()
+
+    def messages(self, system_prompt: str) -> tuple[ChatMessage, ...]:
+        """The messages for the next request.
+
+        A question that got no answer at all (the request failed before any text) is left out:
+        the user will usually ask it again, and sending it twice confuses the model.
+        """
+        out: list[ChatMessage] = []
+        if system_prompt.strip():
+            out.append(ChatMessage("system", system_prompt))
+        for position, turn in enumerate(self._turns):
+            if turn.role == "user" and not self._answered(position):
+                continue
+            if turn.role == "assistant" and not turn.content:
+                continue
+            out.append(ChatMessage(turn.role, turn.content))
+        return tuple(out)
+
+    def _answered(self, position: int) -> bool:
+        """A user turn counts unless the next turn is an empty (failed) answer to it."""
+        following = position + 1
+        if following >= len(self._turns):
+            return True  # the question being asked now
+        nxt = self._turns[following]
+        return nxt.role != "assistant" or bool(nxt.content)

@@ -1,0 +1,101 @@
+"""Per-stream statistics: time to first token, token counts, tokens per second, duration."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from streamchat.types import Delta, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """What one answer cost and how fast it came. Times are seconds from the request."""
+
+    first_token_s: float | None
+    duration_s: float
+    completion_tokens: int
+    prompt_tokens: int
+    usage_reported: bool  # token counts came from the provider, not from counting chunks
+    chunks: int
+    finish_reason: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Generation speed after the first token (TTFT is reported on its own)."""
+        if self.first_token_s is None or self.completion_tokens < 2:
+            return None
+        generating = self.duration_s - self.first_token_s
+        if generating <= 0:
+            return None
+        return (self.completion_tokens - 1) / generating
+
+    def summary(self) -> str:
+        """A compact line for people: `TTFT 0.31 s · 120 tokens · 29.8 tok/s · 4.30 s`."""
+        parts = []
+        if self.first_token_s is not None:
+            parts.append(f"TTFT {self.first_token_s:.2f} s")
+        approx = "" if self.usage_reported else "~"
+        parts.append(f"{approx}{self.completion_tokens} tokens")
+        if (speed := self.tokens_per_second) is not None:
+            parts.append(f"{speed:.1f} tok/s")
+        parts.append(f"{self.duration_s:.2f} s")
+        return " · ".join(parts)
+
+    def as_log_fields(self) -> dict[str, object]:
+        return {
+            "ttft_s": None if self.first_token_s is None else round(self.first_token_s, 4),
+            "duration_s": round(self.duration_s, 4),
+            "completion_tokens": self.completion_tokens,
+            "prompt_tokens": self.prompt_tokens,
+            "usage_reported": self.usage_reported,
+            "chunks": self.chunks,
+            "tokens_per_s": None
+            if self.tokens_per_second is None
+            else round(self.tokens_per_second, 2),
+            "finish_reason": self.finish_reason,
+        }
+
+
+class StatsRecorder:
+    """Watches the Deltas of one stream and produces its StreamStats."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._started = clock()
+        self._first_token: float | None = None
+        self._content_chunks = 0
+        self._chunks = 0
+        self._usage: Usage | None = None
+        self._finish_reason: str | None = None
+
+    def observe(self, delta: Delta) -> None:
+        self._chunks += 1
+        if delta.text:
+            self._content_chunks += 1
+            if self._first_token is None:
+                self._first_token = self._clock()
+        if delta.usage is not None:
+            self._usage = delta.usage
+        if delta.finish_reason is not None:
+            self._finish_reason = delta.finish_reason
+
+    @property
+    def first_token_seen(self) -> bool:
+        return self._first_token is not None
+
+    def snapshot(self) -> StreamStats:
+        now = self._clock()
+        usage = self._usage
+        return StreamStats(
+            first_token_s=None if self._first_token is None else self._first_token - self._started,
+            duration_s=now - self._started,
+            # Without reported usage, one content chunk is one token: true for OpenAI, Ollama,
+            # vLLM and llama.cpp, which send a chunk per token.
+            completion_tokens=usage.completion_tokens if usage else self._content_chunks,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            usage_reported=usage is not None,
+            chunks=self._chunks,
+            finish_reason=self._finish_reason,
+        )

@@ -1,0 +1,338 @@
+"""Open an OpenAI-compatible chat stream and yield `Delta`s; map SDK errors to ours.
+
+The `openai` SDK does what it is good at (auth, base URL, retries before the body, error
+types). On the hot path we read the SSE lines ourselves with `with_streaming_response`: building
+the SDK's typed chunk object costs several times more CPU than `json.loads` of the line, and we
+only need a few fields. Provider chunk shapes never leave this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+from openai._response import AsyncAPIResponse
+
+from streamchat.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ModelNotFound,
+    ProviderError,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    RateLimited,
+    StreamBroken,
+    redact_secrets,
+)
+from streamchat.settings import DEFAULT_OPENAI_MODEL, Settings, public_url
+from streamchat.types import ChatRequest, Delta, Usage
+
+log = logging.getLogger("streamchat.providers")
+
+# Local servers (Ollama, llama.cpp, LM Studio) ignore the key, but the SDK insists on one.
+_PLACEHOLDER_KEY = "not-needed"
+
+
+class ChunkParser:
+    """Turns SSE lines of a chat-completions stream into Deltas.
+
+    Feed it lines as they arrive; it keeps no buffer beyond the current event (servers send one
+    `data:` line per event). `done` becomes true at `data: [DONE]`.
+    """
+
+    __slots__ = ("_index", "done", "finish_reason")
+
+    def __init__(self) -> None:
+        self._index = 0
+        self.done = False
+        self.finish_reason: str | None = None
+
+    def feed_line(self, line: str) -> Delta | None:
+        # Blank lines end events, ':' starts keep-alive comments, and `event:`/`id:`/`retry:`
+        # fields carry nothing we use: only `data:` lines matter.
+        if not line.startswith("data:"):
+            return None
+        payload = line[5:].strip()
+        if not payload:
+            return None
+        if payload == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise StreamBroken(
+                "The provider sent a piece of the answer that could not be read, "
+                "so the answer stopped here.",
+                detail=f"malformed chunk: {payload[:200]!r}",
+            ) from None
+        if not isinstance(chunk, dict):
+            raise StreamBroken(
+                "The provider sent a piece of the answer that could not be read, "
+                "so the answer stopped here.",
+                detail=f"chunk is not an object: {payload[:200]!r}",
+            )
+        if "error" in chunk:
+            raise _stream_error(chunk["error"])
+        return self._delta(chunk, payload)
+
+    def _delta(self, chunk: dict[str, Any], payload: str) -> Delta | None:
+        text = ""
+        finish_reason = None
+        for choice in chunk.get("choices") or ():
+            # We ask for one choice; some servers still number it. Ignore others defensively.
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                text = content
+            if choice.get("finish_reason"):
+                finish_reason = str(choice["finish_reason"])
+        usage = _usage(chunk.get("usage"))
+        if not text and finish_reason is None and usage is None:
+            return None
+        if finish_reason is not None:
+            self.finish_reason = finish_reason
+        delta_obj = Delta(
+            text=text, index=self._index, finish_reason=finish_reason, usage=usage, raw=payload
+        )
+        self._index += 1
+        return delta_obj
+
+
+def _usage(value: object) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Usage(
+            prompt_tokens=int(value.get("prompt_tokens") or 0),
+            completion_tokens=int(value.get("completion_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream_error(error: object) -> ProviderError:
+    message = error.get("message", "") if isinstance(error, dict) else str(error)
+    return StreamBroken(
+        "The provider reported an error in the middle of the answer, so it stopped here.",
+        detail=f"error event: {message}",
+    )
+
+
+class Provider:
+    """One OpenAI-compatible endpoint. Builds its SDK client on first use, never at import."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        base_url: str | None = None,
+        http_client: httpx2.AsyncClient | None = None,
+    ) -> None:
+        self._settings = settings
+        self._base_url = base_url or settings.base_url
+        self._http_client = http_client  # a custom transport (tests, proxies); None: the SDK's
+        self._client: openai.AsyncOpenAI | None = None
+        # Some compatible servers reject `stream_options`; we learn that once and stop sending it.
+        self._send_stream_options = True
+        self._default_model: str | None = None
+
+    @property
+    def label(self) -> str:
+        """Where answers come from, safe to show: never includes a key."""
+        if self._settings.offline:
+            return "offline demo model"
+        return public_url(self._base_url or "https://api.openai.com/v1")
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(
+                api_key=self._settings.api_key or _PLACEHOLDER_KEY,
+                base_url=self._base_url,
+                max_retries=self._settings.retries,
+                timeout=httpx2.Timeout(
+                    self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
+                ),
+                http_client=self._http_client,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def default_model(self) -> str:
+        """The model to use when the user has not picked one.
+
+        OPENAI_MODEL wins; against OpenAI itself a sensible default; any other server is asked
+        for its models (local servers name them freely) and the first one is used.
+        """
+        if self._settings.model:
+            return self._settings.model
+        if self._base_url is None:
+            return DEFAULT_OPENAI_MODEL
+        if self._default_model is None:
+            models = await self.list_models()
+            if not models:
+                raise ModelNotFound(
+                    f"The server at {self.label} offers no models. Load a model there, "
+                    "or set OPENAI_MODEL."
+                )
+            self._default_model = models[0]
+        return self._default_model
+
+    async def list_models(self) -> list[str]:
+        """Model ids the server offers (GET /models)."""
+        try:
+            page = await self.client.models.list()
+        except openai.APIError as exc:
+            raise self._map_error(exc, model=None) from exc
+        return sorted(model.id for model in page.data)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        """Yield the answer's Deltas. Closing this generator closes the HTTP response."""
+        # Whoever opens the response closes it: the exit stack does so on completion, on error,
+        # and when the consumer stops early (Stop pressed, a guardrail fired, the task was
+        # cancelled). Closing a response that is still streaming drops the connection, which
+        # tells the provider to stop generating and billing.
+        async with contextlib.AsyncExitStack() as stack:
+            response = await self._open(stack, request)
+            parser = ChunkParser()
+            try:
+                async for line in response.iter_lines():
+                    delta = parser.feed_line(line)
+                    if delta is not None:
+                        yield delta
+                    if parser.done:
+                        break
+            except httpx2.TimeoutException as exc:
+                raise StreamBroken(
+                    "The provider stopped sending the answer (nothing arrived for "
+                    f"{self._settings.request_timeout_s:g} s), so it stopped here.",
+                    detail=repr(exc),
+                ) from exc
+            except (httpx2.TransportError, httpx2.StreamError) as exc:
+                raise StreamBroken(
+                    "The connection to the provider was lost in the middle of the answer.",
+                    detail=repr(exc),
+                ) from exc
+        if not parser.done and parser.finish_reason is None:
+            raise StreamBroken(
+                "The connection to the provider ended before the answer was complete.",
+                detail="stream ended without finish_reason or [DONE]",
+            )
+
+    async def _open(
+        self, stack: contextlib.AsyncExitStack, request: ChatRequest
+    ) -> AsyncAPIResponse[Any]:
+        """Send the request; return the response once its status says the stream started."""
+        kwargs = request.as_kwargs()
+        if not kwargs["model"]:
+            kwargs["model"] = await self.default_model()
+        kwargs["stream"] = True
+        if self._send_stream_options:
+            kwargs["stream_options"] = {"include_usage": True}
+        completions = self.client.chat.completions.with_streaming_response
+        try:
+            try:
+                return await stack.enter_async_context(completions.create(**kwargs))
+            except openai.BadRequestError as exc:
+                if "stream_options" not in kwargs or "stream_options" not in str(exc.message):
+                    raise
+                log.info("provider rejects stream_options; retrying without usage reporting")
+                self._send_stream_options = False
+                del kwargs["stream_options"]
+                return await stack.enter_async_context(completions.create(**kwargs))
+        except openai.APIError as exc:
+            raise self._map_error(exc, model=kwargs["model"]) from exc
+
+    def _map_error(self, exc: openai.APIError, *, model: str | None) -> ProviderError:
+        """Translate an SDK error into a short message a person can act on."""
+        detail = redact_secrets(f"{type(exc).__name__}: {exc.message}")
+        where = self.label
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderUnreachable(
+                f"The model provider at {where} did not answer in time. "
+                "Check that it is running, then try again.",
+                detail=detail,
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            hint = (
+                "Check OPENAI_BASE_URL and that the server is running."
+                if self._base_url
+                else "Check your network connection."
+            )
+            return ProviderUnreachable(
+                f"Could not reach the model provider at {where}. {hint}", detail=detail
+            )
+        if not isinstance(exc, openai.APIStatusError):
+            return ProviderError(
+                "The model provider returned something unexpected. Try again.", detail=detail
+            )
+        status = exc.status_code
+        if status == 401:
+            return AuthenticationFailed(
+                f"The model provider at {where} rejected the API key (401). "
+                "Check OPENAI_API_KEY in your .env or environment.",
+                status=status,
+                detail=detail,
+            )
+        if status == 403:
+            return AuthenticationFailed(
+                f"The API key is not allowed to use this model at {where} (403). "
+                "Check the key's permissions or pick another model.",
+                status=status,
+                detail=detail,
+            )
+        if status == 404:
+            name = f"'{model}' " if model else ""
+            return ModelNotFound(
+                f"The model {name}was not found at {where} (404). "
+                "Pick another model in the chat settings or set OPENAI_MODEL.",
+                status=status,
+                detail=detail,
+            )
+        if status == 429:
+            retry_after = _retry_after(exc.response)
+            wait = (
+                f"Wait {retry_after:g} s and try again."
+                if retry_after
+                else "Wait a moment and try again."
+            )
+            return RateLimited(
+                f"The model provider is rate-limiting requests (429). {wait}",
+                detail=detail,
+                retry_after=retry_after,
+            )
+        if status >= 500:
+            return ProviderUnavailable(
+                f"The model provider at {where} had an error ({status}). Try again in a moment.",
+                status=status,
+                detail=detail,
+            )
+        return BadRequest(
+            f"The model provider refused the request ({status}). "
+            "Check the model and settings, then try again.",
+            status=status,
+            detail=detail,
+        )
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

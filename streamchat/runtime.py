@@ -1,0 +1,110 @@
+"""The process-wide pieces behind every chat: settings, the provider, the offline demo model.
+
+Front ends build one Runtime at start-up (never at import), start it, and close it at
+shutdown. A bad setting does not crash the process: the Runtime keeps the ConfigError so the
+UI can show it to whoever opens the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from streamchat.chat import ChatOptions, ChatSession
+from streamchat.errors import ConfigError, ProviderError
+from streamchat.providers import Provider
+from streamchat.settings import Settings
+
+log = logging.getLogger("streamchat.runtime")
+
+# How long chat start may wait for the model list before showing the settings without it.
+MODEL_LIST_TIMEOUT_S = 5.0
+
+
+class Runtime:
+    """Settings + provider (+ the offline server when no provider is configured)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.offline_server: object | None = None
+        self._provider: Provider | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Runtime:
+        return cls(Settings.from_env(environ))
+
+    @property
+    def provider(self) -> Provider:
+        if self._provider is None:
+            raise RuntimeError("Runtime.start() has not been called")
+        return self._provider
+
+    async def start(self) -> None:
+        """Start the offline demo model if needed and build the provider."""
+        base_url = self.settings.base_url
+        if self.settings.offline:
+            from streamchat.offline import OfflineServer
+
+            server = OfflineServer(
+                tokens_per_second=self.settings.offline_tps,
+                first_token_delay_ms=self.settings.offline_ttft_ms,
+                default_fault=self.settings.offline_fault,
+            )
+            # start() blocks until the server accepts connections; keep the loop free meanwhile.
+            base_url = await asyncio.to_thread(server.start)
+            self.offline_server = server
+            log.info("offline demo model listening at %s", base_url)
+        self._provider = Provider(self.settings, base_url=base_url)
+        log.info("answers come from %s", self._provider.label)
+
+    async def aclose(self) -> None:
+        if self._provider is not None:
+            await self._provider.aclose()
+        server = self.offline_server
+        if server is not None:
+            await asyncio.to_thread(server.stop)  # type: ignore[attr-defined]
+            self.offline_server = None
+
+    async def new_chat(self) -> tuple[ChatSession, ProviderError | None]:
+        """A fresh chat with the configured defaults.
+
+        The default model is looked up now so the settings panel can show it; if that fails,
+        the chat still starts (the error is returned for the UI) and the provider tries again
+        on the first message.
+        """
+        problem: ProviderError | None = None
+        model = ""
+        try:
+            model = await asyncio.wait_for(
+                self.provider.default_model(), timeout=MODEL_LIST_TIMEOUT_S
+            )
+        except ProviderError as exc:
+            problem = exc
+        except TimeoutError:
+            log.warning("model list took longer than %s s", MODEL_LIST_TIMEOUT_S)
+        options = ChatOptions(
+            model=model,
+            temperature=self.settings.temperature,
+            system_prompt=self.settings.system_prompt,
+            max_tokens=self.settings.max_tokens,
+        )
+        return ChatSession(self.provider, options), problem
+
+    async def available_models(self) -> list[str]:
+        """The provider's models for the settings picker; empty when it cannot say."""
+        try:
+            return await asyncio.wait_for(self.provider.list_models(), timeout=MODEL_LIST_TIMEOUT_S)
+        except (ProviderError, TimeoutError):
+            return []
+
+
+def settings_or_error(
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Runtime | None, ConfigError | None]:
+    """Build a Runtime, or return the configuration problem to show instead."""
+    try:
+        return Runtime.from_env(environ), None
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return None, exc

@@ -1,0 +1,109 @@
+"""Where a stream's text goes: the Sink protocol and the sinks for each front end."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from streamchat.relay import StreamResult
+
+
+class Sink(Protocol):
+    """Receives the text a user should see, in order.
+
+    `write` appends; `replace` retracts what was shown to a safe prefix (guardrails in buffered
+    mode); `finish` is called exactly once with the outcome, also after an error or a Stop.
+    """
+
+    async def start(self) -> None: ...
+
+    async def write(self, text: str) -> None: ...
+
+    async def replace(self, text: str) -> None: ...
+
+    async def finish(self, result: StreamResult) -> None: ...
+
+
+class MemorySink:
+    """Collects everything in memory: for tests and for callers that want the text only."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.writes: list[str] = []
+        self.text = ""
+        self.result: StreamResult | None = None
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def write(self, text: str) -> None:
+        self.writes.append(text)
+        self.text += text
+
+    async def replace(self, text: str) -> None:
+        self.text = text
+
+    async def finish(self, result: StreamResult) -> None:
+        self.result = result
+
+
+class StreamingMessage(Protocol):
+    """The part of `chainlit.Message` the Chainlit sink uses (kept abstract for tests)."""
+
+    content: str
+
+    async def stream_token(self, token: str, is_sequence: bool = False) -> None: ...
+
+    async def send(self) -> object: ...
+
+    async def update(self) -> object: ...
+
+
+class ChainlitSink:
+    """Streams into a Chainlit message with `stream_token`; finishes it with a marker and, on
+    failure, a short error message a person can act on.
+
+    `notify_error` sends a separate error message (app.py passes `cl.ErrorMessage(...).send`),
+    so this module does not import Chainlit and stays testable without a server.
+    """
+
+    def __init__(
+        self,
+        message: StreamingMessage,
+        *,
+        notify_error: Callable[[str], Awaitable[object]],
+    ) -> None:
+        self.message = message
+        self._notify_error = notify_error
+        self._streamed = False
+
+    async def start(self) -> None:
+        # The message appears with its first token (stream_start); until then Chainlit shows
+        # its own "running" indicator, so an answer that fails early leaves no empty bubble.
+        return None
+
+    async def write(self, text: str) -> None:
+        self._streamed = True
+        await self.message.stream_token(text)
+
+    async def replace(self, text: str) -> None:
+        self._streamed = True
+        if text:
+            await self.message.stream_token(text, is_sequence=True)
+        else:
+            # stream_token ignores empty text, so retracting everything is an update.
+            self.message.content = ""
+            await self.message.update()
+
+    async def finish(self, result: StreamResult) -> None:
+        note = result.note()
+        if result.text or self._streamed:
+            content = result.text
+            if note:
+                content = f"{content}\n\n*({note})*" if content else f"*({note})*"
+            self.message.content = content
+            # send() ends the stream in the UI and persists the message when a data layer is on.
+            await self.message.send()
+        if result.error is not None:
+            await self._notify_error(result.error.user_message)

@@ -1,0 +1,45 @@
+"""A scripted DeltaSource for unit tests: plays Deltas, can fail or hang, records closing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+from streamchat.errors import ProviderError
+from streamchat.types import ChatRequest, Delta, Usage
+
+
+class ScriptedSource:
+    def __init__(
+        self,
+        pieces: Sequence[str],
+        *,
+        fail_with: ProviderError | None = None,
+        hang_after: int | None = None,
+        finish_reason: str = "stop",
+        usage: Usage | None = None,
+    ) -> None:
+        self.pieces = list(pieces)
+        self.fail_with = fail_with
+        self.hang_after = hang_after
+        self.finish_reason = finish_reason
+        self.usage = usage
+        self.closed = asyncio.Event()
+        self.requests: list[ChatRequest] = []
+        self.reached_hang = asyncio.Event()
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        self.requests.append(request)
+        try:
+            for index, piece in enumerate(self.pieces):
+                if self.hang_after is not None and index == self.hang_after:
+                    self.reached_hang.set()
+                    await asyncio.Event().wait()
+                yield Delta(text=piece, index=index)
+            if self.fail_with is not None:
+                raise self.fail_with
+            yield Delta(text="", index=len(self.pieces), finish_reason=self.finish_reason)
+            if self.usage is not None:
+                yield Delta(text="", index=len(self.pieces) + 1, usage=self.usage)
+        finally:
+            self.closed.set()

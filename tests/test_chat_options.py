@@ -1,0 +1,31 @@
+"""Chat settings submitted from the UI are validated before they apply."""
+
+import pytest
+
+from streamchat.chat import ChatOptions
+from streamchat.errors import ConfigError
+
+BASE = ChatOptions(model="m1", temperature=0.7, system_prompt="s")
+
+
+def test_valid_values_apply():
+    updated = BASE.updated({"model": " m2 ", "temperature": "1.2", "system_prompt": "new"})
+    assert updated == ChatOptions(model="m2", temperature=1.2, system_prompt="new")
+
+
+def test_unknown_keys_are_ignored():
+    assert BASE.updated({"something_else": 1}) == BASE
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"model": ""}, "model name cannot be empty"),
+        ({"temperature": "warm"}, "Temperature must be a number"),
+        ({"temperature": 2.5}, "Temperature must be a number"),
+        ({"system_prompt": "x" * 20_001}, "system prompt is too long"),
+    ],
+)
+def test_bad_values_are_refused_with_a_reason(values, message):
+    with pytest.raises(ConfigError, match=message):
+        BASE.updated(values)

@@ -1,0 +1,316 @@
+"""The provider: cheap SSE parsing of every chunk shape, and SDK errors mapped to messages a
+person can act on, without ever showing the key. Faked at the HTTP transport (httpx2, the
+library the installed openai SDK runs on)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx2
+import pytest
+
+from streamchat.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    ModelNotFound,
+    ProviderUnavailable,
+    ProviderUnreachable,
+    RateLimited,
+    StreamBroken,
+)
+from streamchat.providers import ChunkParser, Provider
+from streamchat.settings import Settings
+from streamchat.types import ChatMessage, ChatRequest
+
+SECRET = "sk-proj-THISISNOTAREALKEYbutlookslikeone1234567890"
+
+
+def chunk(content=None, *, role=None, finish=None, usage=None, choices=True, **extra):
+    delta = {}
+    if role:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        **extra,
+    }
+    body["choices"] = (
+        [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}] if choices else []
+    )
+    if usage is not None:
+        body["usage"] = usage
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def sse(*events: str) -> bytes:
+    return "".join(events).encode()
+
+
+class RecordingStream(httpx2.AsyncByteStream):
+    """A response body sent in pieces; records whether the client closed it early."""
+
+    def __init__(self, pieces: list[bytes], *, then_hang: bool = False) -> None:
+        self.pieces = pieces
+        self.then_hang = then_hang
+        self.closed = asyncio.Event()
+
+    async def __aiter__(self):
+        for piece in self.pieces:
+            yield piece
+        if self.then_hang:
+            await asyncio.Event().wait()
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def provider_with(handler, **settings_env) -> Provider:
+    env = {"OPENAI_BASE_URL": "http://upstream.test/v1", "STREAM_RETRIES": "0", **settings_env}
+    settings = Settings.from_env(env)
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    return Provider(settings, http_client=client)
+
+
+def request(model="m") -> ChatRequest:
+    return ChatRequest(messages=(ChatMessage("user", "hi"),), model=model)
+
+
+async def collect(provider, req=None):
+    return [d async for d in provider.stream(req or request())]
+
+
+def streaming_response(body: bytes | httpx2.AsyncByteStream) -> httpx2.Response:
+    headers = {"content-type": "text/event-stream"}
+    if isinstance(body, bytes):
+        return httpx2.Response(200, headers=headers, content=body)
+    return httpx2.Response(200, headers=headers, stream=body)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def test_parser_handles_every_common_chunk_shape():
+    parser = ChunkParser()
+    lines = (
+        sse(
+            ": keep-alive comment\n\n",
+            chunk("", role="assistant"),
+            chunk("Hel"),
+            "event: message\n" + chunk("lo", system_fingerprint="fp", service_tier="x"),
+            chunk(None),  # content: null
+            chunk(finish="stop"),
+            chunk(choices=False, usage={"prompt_tokens": 3, "completion_tokens": 2}),
+            "data: [DONE]\n\n",
+        )
+        .decode()
+        .splitlines()
+    )
+    deltas = [d for line in lines if (d := parser.feed_line(line)) is not None]
+    assert "".join(d.text for d in deltas) == "Hello"
+    assert [d.finish_reason for d in deltas] == [None, None, "stop", None]
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 2
+    assert [d.index for d in deltas] == [0, 1, 2, 3]
+    assert parser.done
+
+
+def test_parser_accepts_data_without_space_and_crlf_framing():
+    parser = ChunkParser()
+    delta = parser.feed_line('data:{"choices":[{"index":0,"delta":{"content":"x"}}]}\r')
+    assert delta is not None and delta.text == "x"
+
+
+@pytest.mark.parametrize("line", ["data: {not json", "data: [1, 2]"])
+def test_malformed_chunk_is_a_broken_stream_not_a_crash(line):
+    with pytest.raises(StreamBroken, match="could not be read"):
+        ChunkParser().feed_line(line)
+
+
+def test_error_event_in_the_stream_is_reported():
+    with pytest.raises(StreamBroken, match="reported an error"):
+        ChunkParser().feed_line('data: {"error": {"message": "overloaded"}}')
+
+
+# --- streaming over a transport ----------------------------------------------------------------
+
+
+async def test_stream_yields_text_and_usage_and_asks_for_usage():
+    seen = {}
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        seen["body"] = json.loads(req.content)
+        return streaming_response(
+            sse(
+                chunk("", role="assistant"),
+                chunk("a"),
+                chunk("b"),
+                chunk(finish="stop"),
+                chunk(choices=False, usage={"prompt_tokens": 1, "completion_tokens": 2}),
+                "data: [DONE]\n\n",
+            )
+        )
+
+    deltas = await collect(provider_with(handler))
+    assert "".join(d.text for d in deltas) == "ab"
+    assert seen["body"]["stream"] is True
+    assert seen["body"]["stream_options"] == {"include_usage": True}
+
+
+async def test_servers_that_reject_stream_options_are_retried_without_them():
+    bodies = []
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        body = json.loads(req.content)
+        bodies.append(body)
+        if "stream_options" in body:
+            return httpx2.Response(
+                400, json={"error": {"message": "Unrecognized request argument: stream_options"}}
+            )
+        return streaming_response(sse(chunk("ok"), chunk(finish="stop"), "data: [DONE]\n\n"))
+
+    provider = provider_with(handler)
+    assert "".join(d.text for d in await collect(provider)) == "ok"
+    assert "".join(d.text for d in await collect(provider)) == "ok"
+    assert ["stream_options" in b for b in bodies] == [True, False, False]
+
+
+async def test_stream_that_ends_without_finish_or_done_is_broken():
+    def handler(req):
+        return streaming_response(sse(chunk("partial")))
+
+    with pytest.raises(StreamBroken, match="ended before the answer was complete"):
+        await collect(provider_with(handler))
+
+
+async def test_dropped_connection_mid_stream_is_broken_and_keeps_yielded_text():
+    class Dropping(httpx2.AsyncByteStream):
+        async def __aiter__(self):
+            yield sse(chunk("one "))
+            raise httpx2.ReadError("connection reset")
+
+    def handler(req):
+        return streaming_response(Dropping())
+
+    got = []
+    with pytest.raises(StreamBroken, match="connection to the provider was lost"):
+        async for delta in provider_with(handler).stream(request()):
+            got.append(delta.text)
+    assert got == ["one "]
+
+
+async def test_closing_the_stream_early_closes_the_http_response():
+    body = RecordingStream([sse(chunk("a")), sse(chunk("b"))], then_hang=True)
+
+    def handler(req):
+        return streaming_response(body)
+
+    stream = provider_with(handler).stream(request())
+    first = await anext(stream)
+    assert first.text == "a"
+    await stream.aclose()
+    await asyncio.wait_for(body.closed.wait(), 1.0)
+
+
+async def test_cancelling_the_consumer_closes_the_http_response():
+    body = RecordingStream([sse(chunk("a"))], then_hang=True)
+
+    def handler(req):
+        return streaming_response(body)
+
+    provider = provider_with(handler)
+    started = asyncio.Event()
+
+    async def consume():
+        async for _ in provider.stream(request()):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(started.wait(), 1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.wait_for(body.closed.wait(), 1.0)
+
+
+async def test_empty_model_asks_the_server_for_its_models():
+    seen = []
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        if req.url.path.endswith("/models"):
+            return httpx2.Response(
+                200,
+                json={
+                    "object": "list",
+                    "data": [
+                        {"id": "zeta", "object": "model", "created": 0, "owned_by": "x"},
+                        {"id": "llama3", "object": "model", "created": 0, "owned_by": "x"},
+                    ],
+                },
+            )
+        seen.append(json.loads(req.content)["model"])
+        return streaming_response(sse(chunk("ok"), chunk(finish="stop")))
+
+    await collect(provider_with(handler), request(model=""))
+    assert seen == ["llama3"]
+
+
+# --- error mapping -------------------------------------------------------------------------------
+
+
+def error_response(status, message, headers=None):
+    return httpx2.Response(
+        status,
+        headers=headers or {},
+        json={"error": {"message": message, "type": "x", "code": None, "param": None}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "fragment"),
+    [
+        (401, AuthenticationFailed, "rejected the API key (401)"),
+        (403, AuthenticationFailed, "not allowed"),
+        (404, ModelNotFound, "model 'm' was not found"),
+        (400, BadRequest, "refused the request (400)"),
+        (500, ProviderUnavailable, "had an error (500)"),
+        (503, ProviderUnavailable, "had an error (503)"),
+    ],
+)
+async def test_http_errors_become_short_messages_without_the_key(status, error_type, fragment):
+    def handler(req):
+        return error_response(status, f"Incorrect API key provided: {SECRET}")
+
+    provider = provider_with(handler, OPENAI_API_KEY=SECRET)
+    with pytest.raises(error_type) as info:
+        await collect(provider)
+    error = info.value
+    assert fragment in error.user_message
+    assert SECRET not in error.user_message
+    assert SECRET not in error.detail
+    assert "Traceback" not in error.user_message
+
+
+async def test_rate_limit_reports_retry_after():
+    def handler(req):
+        return error_response(429, "slow down", headers={"retry-after": "7"})
+
+    with pytest.raises(RateLimited) as info:
+        await collect(provider_with(handler))
+    assert info.value.retry_after == 7
+    assert "Wait 7 s" in info.value.user_message
+
+
+async def test_unreachable_server_names_the_url_but_not_credentials():
+    def handler(req):
+        raise httpx2.ConnectError("connection refused")
+
+    provider = provider_with(handler, OPENAI_BASE_URL="http://bob:pw@localhost:9/v1")
+    with pytest.raises(ProviderUnreachable) as info:
+        await collect(provider)
+    assert "http://localhost:9/v1" in info.value.user_message
+    assert "pw" not in info.value.user_message
+    assert "OPENAI_BASE_URL" in info.value.user_message

@@ -1,0 +1,142 @@
+"""StreamRun: text flows provider -> sink in order; the sink is finished exactly once with an
+honest outcome; Stop (cancellation) keeps the partial answer and closes the upstream."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from streamchat.chat import ChatOptions, ChatSession
+from streamchat.errors import RateLimited, StreamBroken
+from streamchat.relay import StreamRun
+from streamchat.sinks import MemorySink
+from streamchat.types import ChatMessage, ChatRequest, EndReason, Usage
+from tests.scripted import ScriptedSource
+
+REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        self.now += 0.5
+        return self.now
+
+
+async def test_complete_answer_reaches_the_sink_in_order_with_stats():
+    source = ScriptedSource(["Hel", "lo", " world"], usage=Usage(5, 3))
+    sink = MemorySink()
+    result = await StreamRun(source, sink, clock=FakeClock()).run(REQUEST)
+    assert sink.writes == ["Hel", "lo", " world"]
+    assert result.text == "Hello world" == sink.text
+    assert result.reason is EndReason.COMPLETE
+    assert sink.result is result
+    assert result.stats.completion_tokens == 3 and result.stats.usage_reported
+    assert result.stats.first_token_s == pytest.approx(0.5)
+    assert result.note() is None
+    assert source.closed.is_set()
+
+
+async def test_tokens_are_counted_from_chunks_when_usage_is_missing():
+    result = await StreamRun(ScriptedSource(["a", "b", "c", "d"]), MemorySink()).run(REQUEST)
+    assert result.stats.completion_tokens == 4
+    assert not result.stats.usage_reported
+    assert result.stats.summary().count("~4 tokens") == 1
+
+
+async def test_length_finish_reason_is_reported():
+    result = await StreamRun(ScriptedSource(["a"], finish_reason="length"), MemorySink()).run(
+        REQUEST
+    )
+    assert result.reason is EndReason.LENGTH
+    assert "length limit" in (result.note() or "")
+
+
+async def test_error_before_any_text_finishes_the_sink_with_the_error():
+    error = RateLimited("The model provider is rate-limiting requests (429).", retry_after=2)
+    sink = MemorySink()
+    result = await StreamRun(ScriptedSource([], fail_with=error), sink).run(REQUEST)
+    assert result.reason is EndReason.ERROR and result.error is error
+    assert result.text == "" and sink.result is result
+    assert result.note() is None  # nothing was shown, so there is nothing to mark
+
+
+async def test_broken_stream_keeps_the_partial_answer_and_marks_it():
+    error = StreamBroken("The connection to the provider was lost in the middle of the answer.")
+    sink = MemorySink()
+    result = await StreamRun(ScriptedSource(["one ", "two "], fail_with=error), sink).run(REQUEST)
+    assert result.text == "one two " == sink.text
+    assert result.interrupted
+    assert result.note() == "Interrupted: connection lost after 2 tokens."
+
+
+async def test_cancel_mid_stream_finishes_sink_as_stopped_and_closes_upstream():
+    source = ScriptedSource(["a", "b", "c", "d"], hang_after=2)
+    sink = MemorySink()
+    run = StreamRun(source, sink)
+    task = asyncio.create_task(run.run(REQUEST))
+    await asyncio.wait_for(source.reached_hang.wait(), 1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed.is_set()
+    assert sink.result is not None
+    assert sink.result.reason is EndReason.STOPPED_BY_USER
+    assert sink.result.text == "ab" == run.last_text
+    assert sink.result.note() == "Stopped by you after 2 tokens."
+
+
+async def test_cancel_while_the_sink_is_writing_still_closes_upstream():
+    class SlowSink(MemorySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writing = asyncio.Event()
+
+        async def write(self, text: str) -> None:
+            await super().write(text)
+            self.writing.set()
+            await asyncio.Event().wait()
+
+    source = ScriptedSource(["a", "b"])
+    sink = SlowSink()
+    task = asyncio.create_task(StreamRun(source, sink).run(REQUEST))
+    await asyncio.wait_for(sink.writing.wait(), 1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert source.closed.is_set()
+    assert sink.result is not None and sink.result.reason is EndReason.STOPPED_BY_USER
+
+
+async def test_chat_session_sends_history_and_records_the_answer():
+    source = ScriptedSource(["Hi", " there"])
+    chat = ChatSession(source, ChatOptions(model="m", temperature=0.3, system_prompt="sys"))
+    await chat.answer("hello", MemorySink())
+    await chat.answer("again", MemorySink())
+    second = source.requests[1]
+    assert [(m.role, m.content) for m in second.messages] == [
+        ("system", "sys"),
+        ("user", "hello"),
+        ("assistant", "Hi there"),
+        ("user", "again"),
+    ]
+    assert second.temperature == 0.3 and second.model == "m"
+
+
+async def test_chat_session_keeps_a_stopped_partial_answer_in_history():
+    source = ScriptedSource(["par", "tial", "never"], hang_after=2)
+    chat = ChatSession(source, ChatOptions(model="m", temperature=0.3, system_prompt=""))
+    task = asyncio.create_task(chat.answer("q", MemorySink()))
+    await asyncio.wait_for(source.reached_hang.wait(), 1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    last = chat.history.turns[-1]
+    assert (last.role, last.content, last.ended) == (
+        "assistant",
+        "partial",
+        EndReason.STOPPED_BY_USER,
+    )
