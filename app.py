@@ -7,13 +7,15 @@ import logging
 import chainlit as cl
 from chainlit.chat_context import chat_contexts
 from chainlit.context import context
-from chainlit.input_widget import Select, Slider, TextInput
+from chainlit.input_widget import Select, Slider, Switch, TextInput
+from chainlit.server import app as server_app
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
 from streamchat.logs import configure_logging
 from streamchat.runtime import Runtime, settings_or_error
 from streamchat.sinks import ChainlitSink
+from streamchat.web import mount
 
 log = logging.getLogger("streamchat.app")
 
@@ -26,6 +28,7 @@ async def startup() -> None:
     global _runtime, _config_error
     _runtime, _config_error = settings_or_error()
     configure_logging(_runtime.settings.log_level if _runtime else "INFO")
+    mount(server_app, metrics_token=_runtime.settings.metrics_token if _runtime else None)
     if _runtime is not None:
         await _runtime.start()
 
@@ -68,6 +71,11 @@ def _settings_widgets(options: ChatOptions, models: list[str]) -> list[object]:
             initial=options.system_prompt,
             multiline=True,
         ),
+        Switch(
+            id="show_metrics",
+            label="Show stats under each answer (time to first token, tokens, tokens/s)",
+            initial=options.show_metrics,
+        ),
     ]
 
 
@@ -101,7 +109,9 @@ async def on_message(message: cl.Message) -> None:
     if chat is None:
         await _show_error(f"streamchat is not configured correctly: {_config_error}")
         return
-    sink = ChainlitSink(cl.Message(content=""), notify_error=_show_error)
+    sink = ChainlitSink(
+        cl.Message(content=""), notify_error=_show_error, show_metrics=chat.options.show_metrics
+    )
     # A Stop cancels this task; the core finishes the message, keeps the partial answer in the
     # history and closes the upstream response before the cancellation goes on.
     await chat.answer(message.content, sink)

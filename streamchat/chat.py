@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from streamchat.coalesce import CoalescingSink
 from streamchat.errors import ConfigError
 from streamchat.history import Conversation
 from streamchat.relay import DeltaSource, StreamResult, StreamRun
@@ -28,6 +29,7 @@ class ChatOptions:
     temperature: float
     system_prompt: str
     max_tokens: int | None = None
+    show_metrics: bool = True  # a stats line (TTFT, tokens, tokens/s) under each answer
 
     def updated(self, values: Mapping[str, Any]) -> ChatOptions:
         """Apply submitted settings. Raises ConfigError with a message for the user."""
@@ -53,15 +55,20 @@ class ChatOptions:
                     f"the limit is {MAX_SYSTEM_PROMPT_CHARS})."
                 )
             changes["system_prompt"] = prompt
+        if "show_metrics" in values:
+            changes["show_metrics"] = bool(values["show_metrics"])
         return replace(self, **changes)
 
 
 class ChatSession:
     """A conversation with one provider. Answers one message at a time."""
 
-    def __init__(self, source: DeltaSource, options: ChatOptions) -> None:
+    def __init__(
+        self, source: DeltaSource, options: ChatOptions, *, flush_interval_s: float = 0.04
+    ) -> None:
         self.source = source
         self.options = options
+        self.flush_interval_s = flush_interval_s
         self.history = Conversation()
         self._lock = asyncio.Lock()
 
@@ -87,7 +94,8 @@ class ChatSession:
         """
         async with self._lock:
             self.history.add_user(text)
-            run = StreamRun(self.source, sink)
+            # Coalesce UI updates: the first token at once, then at most one write per interval.
+            run = StreamRun(self.source, CoalescingSink(sink, interval_s=self.flush_interval_s))
             try:
                 result = await run.run(self.request(extra_headers))
             except asyncio.CancelledError:

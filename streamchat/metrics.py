@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
 from streamchat.types import Delta, Usage
 
 
@@ -99,3 +101,54 @@ class StatsRecorder:
             chunks=self._chunks,
             finish_reason=self._finish_reason,
         )
+
+
+class ProcessMetrics:
+    """Process-wide counters in Prometheus form, served at /metrics.
+
+    Each instance has its own registry, so tests can count without touching the global one.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.streams_active = Gauge(
+            "streamchat_streams_active", "Answers streaming right now.", registry=self.registry
+        )
+        self.streams = Counter(
+            "streamchat_streams",
+            "Answers finished, by how they ended.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "streamchat_tokens", "Completion tokens delivered.", registry=self.registry
+        )
+        self.first_token_seconds = Histogram(
+            "streamchat_first_token_seconds",
+            "Time from request to first token.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "streamchat_errors", "Provider errors, by kind.", ["kind"], registry=self.registry
+        )
+        self.guardrail_stops = Counter(
+            "streamchat_guardrail_stops",
+            "Answers or messages stopped by a guardrail, by policy.",
+            ["policy"],
+            registry=self.registry,
+        )
+
+    def record(self, stats: StreamStats, reason: str, error_kind: str | None) -> None:
+        self.streams.labels(reason=reason).inc()
+        self.tokens.inc(stats.completion_tokens)
+        if stats.first_token_s is not None:
+            self.first_token_seconds.observe(stats.first_token_s)
+        if error_kind is not None:
+            self.errors.labels(kind=error_kind).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+PROCESS_METRICS = ProcessMetrics()

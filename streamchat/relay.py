@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from streamchat.errors import ProviderError, StreamBroken
-from streamchat.metrics import StatsRecorder, StreamStats
+from streamchat.metrics import PROCESS_METRICS, ProcessMetrics, StatsRecorder, StreamStats
 from streamchat.sinks import Sink
 from streamchat.types import ChatRequest, Delta, EndReason
 
@@ -69,9 +69,11 @@ class StreamRun:
         *,
         stream_id: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        metrics: ProcessMetrics = PROCESS_METRICS,
     ) -> None:
         self.source = source
         self.sink = sink
+        self.metrics = metrics
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
         self._clock = clock
         self._shown: list[str] = []
@@ -85,6 +87,15 @@ class StreamRun:
         """Stream the answer to `request`. Re-raises CancelledError after finishing the sink."""
         stats = StatsRecorder(self._clock)
         shown = self._shown
+        self.metrics.streams_active.inc()
+        try:
+            return await self._run(request, stats, shown)
+        finally:
+            self.metrics.streams_active.dec()
+
+    async def _run(
+        self, request: ChatRequest, stats: StatsRecorder, shown: list[str]
+    ) -> StreamResult:
         await self.sink.start()
         try:
             # aclosing: if we stop consuming early (cancellation while the sink writes), the
@@ -135,4 +146,7 @@ class StreamRun:
             fields["error_detail"] = result.error.detail
         # One structured line per answer; never the text itself.
         log.info("stream_end %s", json.dumps(fields, sort_keys=True))
+        self.metrics.record(
+            result.stats, result.reason.value, result.error.kind if result.error else None
+        )
         await self.sink.finish(result)

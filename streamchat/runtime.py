@@ -88,8 +88,12 @@ class Runtime:
             temperature=self.settings.temperature,
             system_prompt=self.settings.system_prompt,
             max_tokens=self.settings.max_tokens,
+            show_metrics=self.settings.show_metrics,
         )
-        return ChatSession(self.provider, options), problem
+        chat = ChatSession(
+            self.provider, options, flush_interval_s=self.settings.stream_flush_ms / 1000
+        )
+        return chat, problem
 
     async def available_models(self) -> list[str]:
         """The provider's models for the settings picker; empty when it cannot say."""

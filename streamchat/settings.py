@@ -61,10 +61,13 @@ class Settings:
     request_timeout_s: float = 60.0
     connect_timeout_s: float = 5.0
     retries: int = 2
+    stream_flush_ms: float = 40.0
     offline_tps: float = 30.0
     offline_ttft_ms: float = 300.0
     offline_fault: str | None = None
     log_level: str = "INFO"
+    metrics_token: str | None = field(default=None, repr=False)
+    show_metrics: bool = True
 
     @property
     def offline(self) -> bool:
@@ -108,10 +111,13 @@ class Settings:
             request_timeout_s=reader.number("OPENAI_TIMEOUT_S", 60.0, low=1.0, high=3600.0),
             connect_timeout_s=reader.number("OPENAI_CONNECT_TIMEOUT_S", 5.0, low=0.1, high=600.0),
             retries=int(reader.number("STREAM_RETRIES", 2, low=0, high=10, integer=True)),
+            stream_flush_ms=reader.number("STREAM_FLUSH_MS", 40.0, low=0.0, high=5000.0),
             offline_tps=reader.number("OFFLINE_TPS", 30.0, low=0.1, high=100_000.0),
             offline_ttft_ms=reader.number("OFFLINE_TTFT_MS", 300.0, low=0.0, high=60_000.0),
             offline_fault=reader.text("OFFLINE_FAULT"),
             log_level=level,
+            metrics_token=reader.text("METRICS_TOKEN"),
+            show_metrics=reader.flag("SHOW_METRICS", True),
         )
 
 

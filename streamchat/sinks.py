@@ -73,9 +73,11 @@ class ChainlitSink:
         message: StreamingMessage,
         *,
         notify_error: Callable[[str], Awaitable[object]],
+        show_metrics: bool = False,
     ) -> None:
         self.message = message
         self._notify_error = notify_error
+        self._show_metrics = show_metrics
         self._streamed = False
 
     async def start(self) -> None:
@@ -97,12 +99,11 @@ class ChainlitSink:
             await self.message.update()
 
     async def finish(self, result: StreamResult) -> None:
-        note = result.note()
         if result.text or self._streamed:
-            content = result.text
-            if note:
-                content = f"{content}\n\n*({note})*" if content else f"*({note})*"
-            self.message.content = content
+            footer = [f"*({note})*"] if (note := result.note()) else []
+            if self._show_metrics:
+                footer.append(f"*{result.stats.summary()}*")
+            self.message.content = "\n\n".join([p for p in (result.text, *footer) if p])
             # send() ends the stream in the UI and persists the message when a data layer is on.
             await self.message.send()
         if result.error is not None:

@@ -96,3 +96,15 @@ async def test_error_before_any_text_sends_no_empty_bubble():
     await sink.finish(result("", EndReason.ERROR, error))
     assert message.calls == []
     assert errors == [error.user_message]
+
+
+async def test_stats_line_is_shown_under_the_answer_when_enabled():
+    message = FakeMessage()
+
+    async def notify(text: str) -> None:
+        raise AssertionError(text)
+
+    sink = ChainlitSink(message, notify_error=notify, show_metrics=True)
+    await sink.write("abc")
+    await sink.finish(result("abc", EndReason.COMPLETE))
+    assert message.calls[-1] == ("send", "abc\n\n*TTFT 0.10 s · ~3 tokens · 2.2 tok/s · 1.00 s*")
