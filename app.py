@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import chainlit as cl
 from chainlit.chat_context import chat_contexts
@@ -39,8 +42,23 @@ async def shutdown() -> None:
         await _runtime.aclose()
 
 
-async def _show_error(text: str) -> None:
-    await cl.ErrorMessage(content=text).send()
+async def _show_error(text: str, actions: list[cl.Action] | None = None) -> None:
+    message = await cl.ErrorMessage(content=text).send()
+    for action in actions or ():
+        await action.send(for_id=message.id)
+
+
+def _action(name: str, label: str) -> cl.Action:
+    return cl.Action(name=name, label=label, payload={})
+
+
+def _sink(chat: ChatSession) -> ChainlitSink:
+    return ChainlitSink(
+        cl.Message(content=""),
+        notify_error=_show_error,
+        make_action=_action,
+        show_metrics=chat.options.show_metrics,
+    )
 
 
 def _settings_widgets(options: ChatOptions, models: list[str]) -> list[object]:
@@ -109,12 +127,46 @@ async def on_message(message: cl.Message) -> None:
     if chat is None:
         await _show_error(f"streamchat is not configured correctly: {_config_error}")
         return
-    sink = ChainlitSink(
-        cl.Message(content=""), notify_error=_show_error, show_metrics=chat.options.show_metrics
-    )
     # A Stop cancels this task; the core finishes the message, keeps the partial answer in the
     # history and closes the upstream response before the cancellation goes on.
-    await chat.answer(message.content, sink)
+    await chat.answer(message.content, _sink(chat))
+
+
+def _start_stoppable_task(work: Coroutine[Any, Any, object]) -> None:
+    """Run an action's work the way Chainlit runs a message: as the session's current task (so
+    Stop cancels it), between task_start and task_end (so the UI shows it running). The action's
+    HTTP request returns at once instead of waiting for the whole answer."""
+
+    async def runner() -> None:
+        await context.emitter.task_start()
+        try:
+            await work
+        except asyncio.CancelledError:
+            pass  # stopped: the core has finished the message and kept the partial answer
+        finally:
+            await context.emitter.task_end()
+
+    context.session.current_task = asyncio.create_task(runner())
+
+
+@cl.action_callback("continue")
+async def on_continue(action: cl.Action) -> None:
+    chat: ChatSession | None = cl.user_session.get("chat")
+    if chat is None:
+        return
+    await action.remove()
+    _start_stoppable_task(chat.continue_answer(_sink(chat)))
+
+
+@cl.action_callback("retry")
+async def on_retry(action: cl.Action) -> None:
+    chat: ChatSession | None = cl.user_session.get("chat")
+    if chat is None:
+        return
+    await action.remove()
+    question = chat.take_unanswered_question()
+    if question is not None:
+        _start_stoppable_task(chat.answer(question, _sink(chat)))
 
 
 @cl.on_chat_end

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from streamchat.coalesce import CoalescingSink
 from streamchat.errors import ConfigError
 from streamchat.history import Conversation
-from streamchat.relay import DeltaSource, StreamResult, StreamRun
+from streamchat.relay import DeltaSource, Resilience, StreamResult, StreamRun
 from streamchat.sinks import Sink
-from streamchat.types import ChatRequest, EndReason
+from streamchat.types import ChatRequest, Delta, EndReason
 
 MAX_SYSTEM_PROMPT_CHARS = 20_000
 
@@ -64,11 +64,17 @@ class ChatSession:
     """A conversation with one provider. Answers one message at a time."""
 
     def __init__(
-        self, source: DeltaSource, options: ChatOptions, *, flush_interval_s: float = 0.04
+        self,
+        source: DeltaSource,
+        options: ChatOptions,
+        *,
+        flush_interval_s: float = 0.04,
+        resilience: Resilience | None = None,
     ) -> None:
         self.source = source
         self.options = options
         self.flush_interval_s = flush_interval_s
+        self.resilience = resilience or Resilience()
         self.history = Conversation()
         self._lock = asyncio.Lock()
 
@@ -87,6 +93,7 @@ class ChatSession:
         sink: Sink,
         *,
         extra_headers: Mapping[str, str] | None = None,
+        on_delta: Callable[[Delta], None] | None = None,
     ) -> StreamResult:
         """Stream the answer to the user's `text` into `sink`; record both in the history.
 
@@ -95,7 +102,12 @@ class ChatSession:
         async with self._lock:
             self.history.add_user(text)
             # Coalesce UI updates: the first token at once, then at most one write per interval.
-            run = StreamRun(self.source, CoalescingSink(sink, interval_s=self.flush_interval_s))
+            run = StreamRun(
+                self.source,
+                CoalescingSink(sink, interval_s=self.flush_interval_s),
+                resilience=self.resilience,
+                on_delta=on_delta,
+            )
             try:
                 result = await run.run(self.request(extra_headers))
             except asyncio.CancelledError:
@@ -103,3 +115,34 @@ class ChatSession:
                 raise
             self.history.add_assistant(result.text, result.reason)
             return result
+
+    async def continue_answer(self, sink: Sink) -> StreamResult | None:
+        """Continue the last answer if it was interrupted; None when there is nothing to continue.
+
+        The continuation streams into `sink` (without the words the model repeats at the seam)
+        and is appended to the answer in the history.
+        """
+        async with self._lock:
+            interrupted = self.history.interrupted_answer()
+            if interrupted is None:
+                return None
+            request = self.request()
+            # The request's history ends with the interrupted answer itself; the run adds it
+            # back with the instruction to continue.
+            base = replace(request, messages=request.messages[:-1])
+            run = StreamRun(
+                self.source,
+                CoalescingSink(sink, interval_s=self.flush_interval_s),
+                resilience=self.resilience,
+            )
+            try:
+                result = await run.run(base, continuing=interrupted.content)
+            except asyncio.CancelledError:
+                self.history.extend_last_answer(run.last_text, EndReason.STOPPED_BY_USER)
+                raise
+            self.history.extend_last_answer(result.text, result.reason)
+            return result
+
+    def take_unanswered_question(self) -> str | None:
+        """The question whose answer failed before any text, removed so it can be asked again."""
+        return self.history.take_unanswered_question()

@@ -93,4 +93,29 @@ class ProviderUnreachable(ProviderError):
 
 
 class StreamBroken(ProviderError):
+    """The stream broke. `cause` is one of: dropped, stalled, malformed, error_event, ended_early.
+    Before the first token it is retried like a connection error; after it, the answer is resumed.
+    """
+
     kind = "stream_broken"
+    retryable = True
+
+    def __init__(
+        self,
+        user_message: str,
+        *,
+        cause: str = "dropped",
+        status: int | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(user_message, status=status, detail=detail)
+        self.cause = cause
+
+    @property
+    def short_cause(self) -> str:
+        """For markers such as "Interrupted: connection lost after 212 tokens"."""
+        return {
+            "stalled": "the stream stalled",
+            "malformed": "an unreadable chunk",
+            "error_event": "a provider error",
+        }.get(self.cause, "connection lost")

@@ -42,6 +42,28 @@ class Conversation:
     def clear(self) -> None:
         self._turns.clear()
 
+    def interrupted_answer(self) -> Turn | None:
+        """The last answer if it was cut off with some text shown (it can be continued)."""
+        last = self._turns[-1] if self._turns else None
+        if last is None or last.role != "assistant" or not last.content:
+            return None
+        return last if last.ended is EndReason.ERROR else None
+
+    def extend_last_answer(self, text: str, ended: EndReason) -> None:
+        """Append a continuation to the last answer; it ended the way the continuation did."""
+        last = self._turns[-1]
+        self._turns[-1] = Turn("assistant", last.content + text, ended)
+
+    def take_unanswered_question(self) -> str | None:
+        """Remove and return the last question if its answer failed before any text."""
+        if len(self._turns) >= 2:
+            question, answer = self._turns[-2], self._turns[-1]
+            failed = answer.role == "assistant" and not answer.content
+            if question.role == "user" and failed and answer.ended is EndReason.ERROR:
+                del self._turns[-2:]
+                return question.content
+        return None
+
     def messages(self, system_prompt: str) -> tuple[ChatMessage, ...]:
         """The messages for the next request.
 

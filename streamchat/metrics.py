@@ -22,6 +22,8 @@ class StreamStats:
     usage_reported: bool  # token counts came from the provider, not from counting chunks
     chunks: int
     finish_reason: str | None = None
+    attempts: int = 1  # requests made for this answer: 1 + retries + resumes
+    resumes: int = 0  # of which continued a broken answer
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -43,6 +45,9 @@ class StreamStats:
         if (speed := self.tokens_per_second) is not None:
             parts.append(f"{speed:.1f} tok/s")
         parts.append(f"{self.duration_s:.2f} s")
+        if self.attempts > 1:
+            resumed = f", resumed {self.resumes}×" if self.resumes else ""
+            parts.append(f"{self.attempts} attempts{resumed}")
         return " · ".join(parts)
 
     def as_log_fields(self) -> dict[str, object]:
@@ -57,31 +62,65 @@ class StreamStats:
             if self.tokens_per_second is None
             else round(self.tokens_per_second, 2),
             "finish_reason": self.finish_reason,
+            "attempts": self.attempts,
+            "resumes": self.resumes,
         }
 
 
 class StatsRecorder:
-    """Watches the Deltas of one stream and produces its StreamStats."""
+    """Watches the Deltas of one answer (over all its attempts) and produces its StreamStats.
+
+    Tokens are summed over attempts, so retries and resumes are billed honestly: each attempt
+    counts what the provider reported for it, or its content chunks when it reported nothing
+    (a broken stream never sends its usage chunk).
+    """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self._clock = clock
         self._started = clock()
         self._first_token: float | None = None
-        self._content_chunks = 0
         self._chunks = 0
-        self._usage: Usage | None = None
         self._finish_reason: str | None = None
+        self._attempts = 1
+        self._resumes = 0
+        self._banked_completion = 0
+        self._banked_prompt = 0
+        self._all_reported = True
+        self._attempt_usage: Usage | None = None
+        self._attempt_content_chunks = 0
 
     def observe(self, delta: Delta) -> None:
         self._chunks += 1
         if delta.text:
-            self._content_chunks += 1
+            self._attempt_content_chunks += 1
             if self._first_token is None:
                 self._first_token = self._clock()
         if delta.usage is not None:
-            self._usage = delta.usage
+            self._attempt_usage = delta.usage
         if delta.finish_reason is not None:
             self._finish_reason = delta.finish_reason
+
+    def new_attempt(self, *, resume: bool) -> None:
+        """The next request for the same answer starts (a retry, or a resume if `resume`)."""
+        completion, prompt, reported = self._attempt_totals()
+        self._banked_completion += completion
+        self._banked_prompt += prompt
+        self._all_reported = self._all_reported and reported
+        self._attempt_usage = None
+        self._attempt_content_chunks = 0
+        self._finish_reason = None
+        self._attempts += 1
+        if resume:
+            self._resumes += 1
+
+    def _attempt_totals(self) -> tuple[int, int, bool]:
+        usage = self._attempt_usage
+        if usage is not None:
+            return usage.completion_tokens, usage.prompt_tokens, True
+        # Without reported usage, one content chunk is one token: true for OpenAI, Ollama,
+        # vLLM and llama.cpp, which send a chunk per token. An attempt that failed before any
+        # text cost nothing we can see.
+        return self._attempt_content_chunks, 0, self._attempt_content_chunks == 0
 
     @property
     def first_token_seen(self) -> bool:
@@ -89,17 +128,17 @@ class StatsRecorder:
 
     def snapshot(self) -> StreamStats:
         now = self._clock()
-        usage = self._usage
+        completion, prompt, reported = self._attempt_totals()
         return StreamStats(
             first_token_s=None if self._first_token is None else self._first_token - self._started,
             duration_s=now - self._started,
-            # Without reported usage, one content chunk is one token: true for OpenAI, Ollama,
-            # vLLM and llama.cpp, which send a chunk per token.
-            completion_tokens=usage.completion_tokens if usage else self._content_chunks,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            usage_reported=usage is not None,
+            completion_tokens=self._banked_completion + completion,
+            prompt_tokens=self._banked_prompt + prompt,
+            usage_reported=self._all_reported and reported and self._attempt_usage is not None,
             chunks=self._chunks,
             finish_reason=self._finish_reason,
+            attempts=self._attempts,
+            resumes=self._resumes,
         )
 
 

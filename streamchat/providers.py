@@ -69,12 +69,14 @@ class ChunkParser:
             raise StreamBroken(
                 "The provider sent a piece of the answer that could not be read, "
                 "so the answer stopped here.",
+                cause="malformed",
                 detail=f"malformed chunk: {payload[:200]!r}",
             ) from None
         if not isinstance(chunk, dict):
             raise StreamBroken(
                 "The provider sent a piece of the answer that could not be read, "
                 "so the answer stopped here.",
+                cause="malformed",
                 detail=f"chunk is not an object: {payload[:200]!r}",
             )
         if "error" in chunk:
@@ -122,6 +124,7 @@ def _stream_error(error: object) -> ProviderError:
     message = error.get("message", "") if isinstance(error, dict) else str(error)
     return StreamBroken(
         "The provider reported an error in the middle of the answer, so it stopped here.",
+        cause="error_event",
         detail=f"error event: {message}",
     )
 
@@ -157,7 +160,9 @@ class Provider:
             self._client = openai.AsyncOpenAI(
                 api_key=self._settings.api_key or _PLACEHOLDER_KEY,
                 base_url=self._base_url,
-                max_retries=self._settings.retries,
+                # StreamRun retries (it also covers failures after the headers and before the
+                # first token, which the SDK cannot see), so the SDK must not retry as well.
+                max_retries=0,
                 timeout=httpx2.Timeout(
                     self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
                 ),
@@ -218,6 +223,7 @@ class Provider:
                 raise StreamBroken(
                     "The provider stopped sending the answer (nothing arrived for "
                     f"{self._settings.request_timeout_s:g} s), so it stopped here.",
+                    cause="stalled",
                     detail=repr(exc),
                 ) from exc
             except (httpx2.TransportError, httpx2.StreamError) as exc:
@@ -228,6 +234,7 @@ class Provider:
         if not parser.done and parser.finish_reason is None:
             raise StreamBroken(
                 "The connection to the provider ended before the answer was complete.",
+                cause="ended_early",
                 detail="stream ended without finish_reason or [DONE]",
             )
 
@@ -254,6 +261,24 @@ class Provider:
                 return await stack.enter_async_context(completions.create(**kwargs))
         except openai.APIError as exc:
             raise self._map_error(exc, model=kwargs["model"]) from exc
+
+    async def complete(self, request: ChatRequest) -> tuple[str, str | None, Usage | None]:
+        """One non-streamed answer: (text, finish_reason, usage). For comparisons with streaming."""
+        kwargs = request.as_kwargs()
+        if not kwargs["model"]:
+            kwargs["model"] = await self.default_model()
+        try:
+            completion = await self.client.chat.completions.create(**kwargs, stream=False)
+        except openai.APIError as exc:
+            raise self._map_error(exc, model=kwargs["model"]) from exc
+        choice = completion.choices[0] if completion.choices else None
+        text = (choice.message.content or "") if choice else ""
+        usage = completion.usage
+        return (
+            text,
+            choice.finish_reason if choice else None,
+            Usage(usage.prompt_tokens, usage.completion_tokens) if usage else None,
+        )
 
     def _map_error(self, exc: openai.APIError, *, model: str | None) -> ProviderError:
         """Translate an SDK error into a short message a person can act on."""
@@ -336,3 +361,18 @@ def _retry_after(response: httpx2.Response) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
+
+
+class WholeAnswer:
+    """A DeltaSource that asks without `stream=True`: the whole answer arrives as one piece.
+
+    Everything downstream (stats, sinks, history) works unchanged, so "normal vs streaming"
+    comparisons measure only the difference that streaming makes.
+    """
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        text, finish_reason, usage = await self.provider.complete(request)
+        yield Delta(text=text, index=0, finish_reason=finish_reason or "stop", usage=usage)

@@ -11,16 +11,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from streamchat.errors import ProviderError, StreamBroken
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics, StatsRecorder, StreamStats
+from streamchat.overlap import OverlapRemover
 from streamchat.sinks import Sink
-from streamchat.types import ChatRequest, Delta, EndReason
+from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason
 
 log = logging.getLogger("streamchat.relay")
 
@@ -54,13 +56,65 @@ class StreamResult:
         if self.reason is EndReason.LENGTH:
             return "The answer reached the length limit."
         if self.reason is EndReason.ERROR and self.text:
-            cause = "connection lost" if isinstance(self.error, StreamBroken) else "error"
+            cause = self.error.short_cause if isinstance(self.error, StreamBroken) else "error"
             return f"Interrupted: {cause} after {tokens} tokens."
+        if self.stats.resumes:
+            times = "once" if self.stats.resumes == 1 else f"{self.stats.resumes} times"
+            return f"Resumed {times} after the stream broke."
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """How hard one answer tries. See docs/resilience.md.
+
+    Before the first token, retryable failures (connection errors, timeouts, 408/409/429/5xx,
+    a stream that broke before any text) are retried `retries` times with exponential backoff
+    and jitter, honouring Retry-After up to `retry_after_cap_s`. After the first token, a
+    broken stream (dropped, stalled, malformed chunk) is resumed `resumes` times.
+    """
+
+    retries: int = 2
+    resumes: int = 1
+    stall_s: float = 30.0
+    first_token_timeout_s: float = 60.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 8.0
+    retry_after_cap_s: float = 30.0
+
+    def backoff(self, retry: int, error: ProviderError, rng: random.Random) -> float:
+        """Seconds to wait before retry number `retry` (0-based)."""
+        delay = min(self.backoff_cap_s, self.backoff_base_s * 2**retry) * rng.uniform(0.5, 1.0)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after:
+            delay = max(delay, min(float(retry_after), self.retry_after_cap_s))
+        return delay
+
+
+# Sent after the partial answer when resuming; models follow it well, and the overlap remover
+# cleans up the few words they tend to repeat anyway.
+CONTINUE_INSTRUCTION = (
+    "Your previous answer was cut off. Continue it exactly where it stopped, "
+    "without repeating what you already wrote and without any preamble."
+)
+
+
+def continuation_request(request: ChatRequest, shown: str) -> ChatRequest:
+    """The request that asks the model to continue `shown`, the answer so far."""
+    messages = (
+        *request.messages,
+        ChatMessage("assistant", shown),
+        ChatMessage("user", CONTINUE_INSTRUCTION),
+    )
+    return replace(request, messages=messages)
+
+
 class StreamRun:
-    """One answer: open the upstream stream, pass its text to the sink, finish the sink."""
+    """One answer: open the upstream stream, pass its text to the sink, finish the sink.
+
+    Retries before the first token and resumes after it, per `resilience`; the user sees one
+    answer in one sink either way.
+    """
 
     def __init__(
         self,
@@ -68,14 +122,22 @@ class StreamRun:
         sink: Sink,
         *,
         stream_id: str | None = None,
+        resilience: Resilience | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
         metrics: ProcessMetrics = PROCESS_METRICS,
+        on_delta: Callable[[Delta], None] | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
+        self.resilience = resilience or Resilience()
         self.metrics = metrics
+        self._on_delta = on_delta  # sees every upstream chunk (raw chunk views, --raw)
         self.stream_id = stream_id or uuid.uuid4().hex[:12]
         self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
         self._shown: list[str] = []
 
     @property
@@ -83,45 +145,123 @@ class StreamRun:
         """What the user has seen so far; the caller keeps it when the run is cancelled."""
         return "".join(self._shown)
 
-    async def run(self, request: ChatRequest) -> StreamResult:
-        """Stream the answer to `request`. Re-raises CancelledError after finishing the sink."""
+    async def run(self, request: ChatRequest, *, continuing: str | None = None) -> StreamResult:
+        """Stream the answer to `request`. Re-raises CancelledError after finishing the sink.
+
+        With `continuing`, the model is asked to continue that earlier, interrupted answer; the
+        result's text is the continuation alone.
+        """
         stats = StatsRecorder(self._clock)
-        shown = self._shown
         self.metrics.streams_active.inc()
         try:
-            return await self._run(request, stats, shown)
+            return await self._run(request, stats, continuing)
         finally:
             self.metrics.streams_active.dec()
 
     async def _run(
-        self, request: ChatRequest, stats: StatsRecorder, shown: list[str]
+        self, request: ChatRequest, stats: StatsRecorder, continuing: str | None
     ) -> StreamResult:
         await self.sink.start()
-        try:
-            # aclosing: if we stop consuming early (cancellation while the sink writes), the
-            # provider's generator is closed here, and with it the HTTP response.
-            async with contextlib.aclosing(self.source.stream(request)) as deltas:
-                async for delta in deltas:
-                    stats.observe(delta)
-                    if delta.text:
-                        shown.append(delta.text)
-                        await self.sink.write(delta.text)
-        except asyncio.CancelledError:
-            result = self._result(shown, EndReason.STOPPED_BY_USER, stats)
+        policy = self.resilience
+        retries = resumes = 0
+        attempt_request = request
+        remover: OverlapRemover | None = None
+        earlier = continuing or ""
+        if continuing:
+            attempt_request = continuation_request(request, continuing)
+            remover = OverlapRemover(continuing)
+        while True:
+            try:
+                await self._attempt(attempt_request, stats, remover)
+            except asyncio.CancelledError:
+                result = self._result(EndReason.STOPPED_BY_USER, stats)
+                await self._finish(result)
+                raise
+            except ProviderError as exc:
+                if not self._shown and exc.retryable and retries < policy.retries:
+                    # Nothing shown yet: the same request again (for a Continue, the same
+                    # continuation request and a fresh overlap remover).
+                    if continuing:
+                        remover = OverlapRemover(continuing)
+                    delay = policy.backoff(retries, exc, self._rng)
+                    retries += 1
+                    log.info(
+                        "stream %s: %s before the first token; retry %d in %.2f s",
+                        self.stream_id,
+                        exc.kind,
+                        retries,
+                        delay,
+                    )
+                    try:
+                        await self._sleep(delay)
+                    except asyncio.CancelledError:
+                        await self._finish(self._result(EndReason.STOPPED_BY_USER, stats))
+                        raise
+                    stats.new_attempt(resume=False)
+                    continue
+                if self._shown and isinstance(exc, StreamBroken) and resumes < policy.resumes:
+                    resumes += 1
+                    shown = earlier + self.last_text
+                    log.info(
+                        "stream %s: %s after %d characters; resuming (%d of %d)",
+                        self.stream_id,
+                        exc.cause,
+                        len(shown),
+                        resumes,
+                        policy.resumes,
+                    )
+                    attempt_request = continuation_request(request, shown)
+                    remover = OverlapRemover(shown)
+                    stats.new_attempt(resume=True)
+                    continue
+                result = self._result(EndReason.ERROR, stats, error=exc)
+            else:
+                snapshot = stats.snapshot()
+                reason = (
+                    EndReason.LENGTH if snapshot.finish_reason == "length" else EndReason.COMPLETE
+                )
+                result = self._result(reason, stats)
             await self._finish(result)
-            raise
-        except ProviderError as exc:
-            result = self._result(shown, EndReason.ERROR, stats, error=exc)
-        else:
-            snapshot = stats.snapshot()
-            reason = EndReason.LENGTH if snapshot.finish_reason == "length" else EndReason.COMPLETE
-            result = self._result(shown, reason, stats)
-        await self._finish(result)
-        return result
+            return result
+
+    async def _attempt(
+        self, request: ChatRequest, stats: StatsRecorder, remover: OverlapRemover | None
+    ) -> None:
+        """One request. Raises StreamBroken(cause="stalled") when the provider goes quiet."""
+        policy = self.resilience
+        got_text = False
+        # aclosing: if we stop consuming early (Stop, a stall), the provider's generator is
+        # closed here, and with it the HTTP response.
+        async with contextlib.aclosing(self.source.stream(request)) as deltas:
+            iterator = aiter(deltas)
+            while True:
+                limit = policy.stall_s if got_text else policy.first_token_timeout_s
+                try:
+                    async with asyncio.timeout(limit):
+                        delta = await anext(iterator)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise StreamBroken(
+                        f"The provider sent nothing for {limit:g} s, so the answer stopped here.",
+                        cause="stalled",
+                    ) from None
+                stats.observe(delta)
+                if self._on_delta is not None:
+                    self._on_delta(delta)
+                if delta.text:
+                    got_text = True
+                    await self._show(remover.feed(delta.text) if remover else delta.text)
+        if remover is not None:
+            await self._show(remover.finish())
+
+    async def _show(self, text: str) -> None:
+        if text:
+            self._shown.append(text)
+            await self.sink.write(text)
 
     def _result(
         self,
-        shown: list[str],
         reason: EndReason,
         stats: StatsRecorder,
         *,
@@ -129,7 +269,7 @@ class StreamRun:
     ) -> StreamResult:
         return StreamResult(
             stream_id=self.stream_id,
-            text="".join(shown),
+            text=self.last_text,
             reason=reason,
             stats=stats.snapshot(),
             error=error,

@@ -91,7 +91,10 @@ class Runtime:
             show_metrics=self.settings.show_metrics,
         )
         chat = ChatSession(
-            self.provider, options, flush_interval_s=self.settings.stream_flush_ms / 1000
+            self.provider,
+            options,
+            flush_interval_s=self.settings.stream_flush_ms / 1000,
+            resilience=self.settings.resilience,
         )
         return chat, problem
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from streamchat.errors import ConfigError
+from streamchat.relay import Resilience
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer clearly and concisely, and say so when you are not sure."
@@ -62,6 +63,9 @@ class Settings:
     connect_timeout_s: float = 5.0
     retries: int = 2
     stream_flush_ms: float = 40.0
+    stream_resumes: int = 1
+    stream_stall_s: float = 30.0
+    first_token_timeout_s: float = 60.0
     offline_tps: float = 30.0
     offline_ttft_ms: float = 300.0
     offline_fault: str | None = None
@@ -73,6 +77,15 @@ class Settings:
     def offline(self) -> bool:
         """True when the built-in demo model is used: no key and no base URL configured."""
         return not self.api_key and not self.base_url
+
+    @property
+    def resilience(self) -> Resilience:
+        return Resilience(
+            retries=self.retries,
+            resumes=self.stream_resumes,
+            stall_s=self.stream_stall_s,
+            first_token_timeout_s=self.first_token_timeout_s,
+        )
 
     @property
     def provider_label(self) -> str:
@@ -112,6 +125,11 @@ class Settings:
             connect_timeout_s=reader.number("OPENAI_CONNECT_TIMEOUT_S", 5.0, low=0.1, high=600.0),
             retries=int(reader.number("STREAM_RETRIES", 2, low=0, high=10, integer=True)),
             stream_flush_ms=reader.number("STREAM_FLUSH_MS", 40.0, low=0.0, high=5000.0),
+            stream_resumes=int(reader.number("STREAM_RESUMES", 1, low=0, high=10, integer=True)),
+            stream_stall_s=reader.number("STREAM_STALL_S", 30.0, low=0.05, high=3600.0),
+            first_token_timeout_s=reader.number(
+                "STREAM_FIRST_TOKEN_TIMEOUT_S", 60.0, low=0.05, high=3600.0
+            ),
             offline_tps=reader.number("OFFLINE_TPS", 30.0, low=0.1, high=100_000.0),
             offline_ttft_ms=reader.number("OFFLINE_TTFT_MS", 300.0, low=0.0, high=60_000.0),
             offline_fault=reader.text("OFFLINE_FAULT"),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from streamchat.types import EndReason
 
 if TYPE_CHECKING:
     from streamchat.relay import StreamResult
@@ -52,6 +54,7 @@ class StreamingMessage(Protocol):
     """The part of `chainlit.Message` the Chainlit sink uses (kept abstract for tests)."""
 
     content: str
+    actions: list[Any]
 
     async def stream_token(self, token: str, is_sequence: bool = False) -> None: ...
 
@@ -64,19 +67,23 @@ class ChainlitSink:
     """Streams into a Chainlit message with `stream_token`; finishes it with a marker and, on
     failure, a short error message a person can act on.
 
-    `notify_error` sends a separate error message (app.py passes `cl.ErrorMessage(...).send`),
-    so this module does not import Chainlit and stays testable without a server.
+    `notify_error(text, actions)` sends a separate error message and `make_action(name, label)`
+    builds a Chainlit action; app.py passes both, so this module does not import Chainlit and
+    stays testable without a server. Actions offered: "continue" under an answer that was cut
+    off, "retry" with an error that came before any text.
     """
 
     def __init__(
         self,
         message: StreamingMessage,
         *,
-        notify_error: Callable[[str], Awaitable[object]],
+        notify_error: Callable[[str, list[Any]], Awaitable[object]],
+        make_action: Callable[[str, str], Any] | None = None,
         show_metrics: bool = False,
     ) -> None:
         self.message = message
         self._notify_error = notify_error
+        self._make_action = make_action
         self._show_metrics = show_metrics
         self._streamed = False
 
@@ -104,7 +111,13 @@ class ChainlitSink:
             if self._show_metrics:
                 footer.append(f"*{result.stats.summary()}*")
             self.message.content = "\n\n".join([p for p in (result.text, *footer) if p])
+            if result.reason is EndReason.ERROR:
+                self.message.actions = self._actions("continue", "Continue")
             # send() ends the stream in the UI and persists the message when a data layer is on.
             await self.message.send()
         if result.error is not None:
-            await self._notify_error(result.error.user_message)
+            retry = [] if result.text else self._actions("retry", "Retry")
+            await self._notify_error(result.error.user_message, retry)
+
+    def _actions(self, name: str, label: str) -> list[Any]:
+        return [self._make_action(name, label)] if self._make_action else []

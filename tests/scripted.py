@@ -43,3 +43,28 @@ class ScriptedSource:
                 yield Delta(text="", index=len(self.pieces) + 1, usage=self.usage)
         finally:
             self.closed.set()
+
+
+class SequenceSource:
+    """Answers each request with the next source in the list (retries and resumes)."""
+
+    def __init__(self, *sources: ScriptedSource) -> None:
+        self.sources = list(sources)
+        self.requests: list[ChatRequest] = []
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+        source = self.sources[len(self.requests)]
+        self.requests.append(request)
+        async for delta in source.stream(request):
+            yield delta
+
+
+class RecordingSleep:
+    """Stands in for asyncio.sleep: records the delays and returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)

@@ -9,12 +9,13 @@ import pytest
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import RateLimited, StreamBroken
-from streamchat.relay import StreamRun
+from streamchat.relay import Resilience, StreamRun
 from streamchat.sinks import MemorySink
 from streamchat.types import ChatMessage, ChatRequest, EndReason, Usage
 from tests.scripted import ScriptedSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
+ONE_TRY = Resilience(retries=0, resumes=0)
 
 
 class FakeClock:
@@ -58,7 +59,9 @@ async def test_length_finish_reason_is_reported():
 async def test_error_before_any_text_finishes_the_sink_with_the_error():
     error = RateLimited("The model provider is rate-limiting requests (429).", retry_after=2)
     sink = MemorySink()
-    result = await StreamRun(ScriptedSource([], fail_with=error), sink).run(REQUEST)
+    result = await StreamRun(ScriptedSource([], fail_with=error), sink, resilience=ONE_TRY).run(
+        REQUEST
+    )
     assert result.reason is EndReason.ERROR and result.error is error
     assert result.text == "" and sink.result is result
     assert result.note() is None  # nothing was shown, so there is nothing to mark
@@ -67,7 +70,8 @@ async def test_error_before_any_text_finishes_the_sink_with_the_error():
 async def test_broken_stream_keeps_the_partial_answer_and_marks_it():
     error = StreamBroken("The connection to the provider was lost in the middle of the answer.")
     sink = MemorySink()
-    result = await StreamRun(ScriptedSource(["one ", "two "], fail_with=error), sink).run(REQUEST)
+    source = ScriptedSource(["one ", "two "], fail_with=error)
+    result = await StreamRun(source, sink, resilience=ONE_TRY).run(REQUEST)
     assert result.text == "one two " == sink.text
     assert result.interrupted
     assert result.note() == "Interrupted: connection lost after 2 tokens."

@@ -22,6 +22,7 @@ STATS = StreamStats(
 class FakeMessage:
     def __init__(self) -> None:
         self.content = ""
+        self.actions: list = []
         self.calls: list[tuple] = []
 
     async def stream_token(self, token: str, is_sequence: bool = False) -> None:
@@ -40,10 +41,14 @@ class FakeMessage:
 def sink_and_errors():
     message, errors = FakeMessage(), []
 
-    async def notify(text: str) -> None:
-        errors.append(text)
+    async def notify(text: str, actions: list) -> None:
+        errors.append((text, actions))
 
-    return ChainlitSink(message, notify_error=notify), message, errors
+    return (
+        ChainlitSink(message, notify_error=notify, make_action=lambda n, label: (n, label)),
+        message,
+        errors,
+    )
 
 
 def result(text, reason, error=None):
@@ -87,7 +92,8 @@ async def test_broken_stream_keeps_text_marks_it_and_explains():
     error = StreamBroken("The connection to the provider was lost in the middle of the answer.")
     await sink.finish(result("abc", EndReason.ERROR, error))
     assert message.calls[-1][1].startswith("abc\n\n*(Interrupted: connection lost")
-    assert errors == [error.user_message]
+    assert message.actions == [("continue", "Continue")]
+    assert errors == [(error.user_message, [])]
 
 
 async def test_error_before_any_text_sends_no_empty_bubble():
@@ -95,13 +101,13 @@ async def test_error_before_any_text_sends_no_empty_bubble():
     error = ProviderUnavailable("The model provider had an error (500). Try again in a moment.")
     await sink.finish(result("", EndReason.ERROR, error))
     assert message.calls == []
-    assert errors == [error.user_message]
+    assert errors == [(error.user_message, [("retry", "Retry")])]
 
 
 async def test_stats_line_is_shown_under_the_answer_when_enabled():
     message = FakeMessage()
 
-    async def notify(text: str) -> None:
+    async def notify(text: str, actions: list) -> None:
         raise AssertionError(text)
 
     sink = ChainlitSink(message, notify_error=notify, show_metrics=True)
