@@ -31,7 +31,7 @@ async def startup() -> None:
     global _runtime, _config_error
     _runtime, _config_error = settings_or_error()
     configure_logging(_runtime.settings.log_level if _runtime else "INFO")
-    mount(server_app, metrics_token=_runtime.settings.metrics_token if _runtime else None)
+    mount(server_app, runtime=_runtime, config_error=_config_error)
     if _runtime is not None:
         await _runtime.start()
 

@@ -13,8 +13,10 @@ from collections.abc import Mapping
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError, ProviderError
+from streamchat.offline import OfflineServer
 from streamchat.providers import Provider
 from streamchat.settings import Settings
+from streamchat.sse import MemoryStreamStore, StreamHub
 
 log = logging.getLogger("streamchat.runtime")
 
@@ -27,8 +29,14 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.offline_server: object | None = None
+        self.offline_server: OfflineServer | None = None
         self._provider: Provider | None = None
+        # Answers streamed over SSE run here, so a reconnecting client can resume them.
+        self.hub = StreamHub(
+            MemoryStreamStore(ttl_s=settings.sse_ttl_s),
+            grace_s=settings.sse_grace_s,
+            keepalive_s=settings.sse_keepalive_s,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Runtime:
@@ -44,8 +52,6 @@ class Runtime:
         """Start the offline demo model if needed and build the provider."""
         base_url = self.settings.base_url
         if self.settings.offline:
-            from streamchat.offline import OfflineServer
-
             server = OfflineServer(
                 tokens_per_second=self.settings.offline_tps,
                 first_token_delay_ms=self.settings.offline_ttft_ms,
@@ -59,11 +65,12 @@ class Runtime:
         log.info("answers come from %s", self._provider.label)
 
     async def aclose(self) -> None:
+        await self.hub.aclose()
         if self._provider is not None:
             await self._provider.aclose()
         server = self.offline_server
         if server is not None:
-            await asyncio.to_thread(server.stop)  # type: ignore[attr-defined]
+            await asyncio.to_thread(server.stop)
             self.offline_server = None
 
     async def new_chat(self) -> tuple[ChatSession, ProviderError | None]:

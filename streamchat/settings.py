@@ -72,6 +72,10 @@ class Settings:
     log_level: str = "INFO"
     metrics_token: str | None = field(default=None, repr=False)
     show_metrics: bool = True
+    max_input_chars: int = 32_000
+    sse_grace_s: float = 30.0
+    sse_keepalive_s: float = 15.0
+    sse_ttl_s: float = 300.0
 
     @property
     def offline(self) -> bool:
@@ -136,6 +140,12 @@ class Settings:
             log_level=level,
             metrics_token=reader.text("METRICS_TOKEN"),
             show_metrics=reader.flag("SHOW_METRICS", True),
+            max_input_chars=int(
+                reader.number("MAX_INPUT_CHARS", 32_000, low=1, high=10_000_000, integer=True)
+            ),
+            sse_grace_s=reader.number("SSE_GRACE_S", 30.0, low=0.0, high=3600.0),
+            sse_keepalive_s=reader.number("SSE_KEEPALIVE_S", 15.0, low=0.05, high=3600.0),
+            sse_ttl_s=reader.number("SSE_TTL_S", 300.0, low=1.0, high=86_400.0),
         )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from streamchat.types import EndReason
 
 if TYPE_CHECKING:
     from streamchat.relay import StreamResult
+    from streamchat.sse import EventLog
 
 
 class Sink(Protocol):
@@ -121,3 +122,66 @@ class ChainlitSink:
 
     def _actions(self, name: str, label: str) -> list[Any]:
         return [self._make_action(name, label)] if self._make_action else []
+
+
+class ConsoleSink:
+    """Writes the answer to a text stream as it arrives; the outcome goes to `err`."""
+
+    def __init__(self, out: TextIO, err: TextIO, *, show_text: bool = True) -> None:
+        self.out = out
+        self.err = err
+        self.show_text = show_text
+        self._at_line_start = True
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, text: str) -> None:
+        self._at_line_start = text.endswith("\n")
+        if self.show_text:
+            self.out.write(text)
+            self.out.flush()
+
+    async def replace(self, text: str) -> None:
+        # A terminal cannot take text back: say so, then show what remains.
+        if self.show_text:
+            self.out.write("\n[earlier text withdrawn]\n" + text)
+            self.out.flush()
+        self._at_line_start = not text or text.endswith("\n")
+
+    async def finish(self, result: StreamResult) -> None:
+        if self.show_text and not self._at_line_start:
+            self.out.write("\n")
+            self.out.flush()
+        if note := result.note():
+            self.err.write(f"[{note}]\n")
+        if result.error is not None:
+            self.err.write(f"error: {result.error.user_message}\n")
+        self.err.write(f"[{result.stats.summary()}]\n")
+        self.err.flush()
+
+
+class SseSink:
+    """Writes an answer as named events into a resumable SSE event log (see sse.py):
+    `token` {text}, `retract` {text} (the shown text was cut back to `text`), `error`
+    {message, kind}, `metrics` {...}, `done` {reason, note}."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.log = event_log
+
+    async def start(self) -> None:
+        return None
+
+    async def write(self, text: str) -> None:
+        self.log.append("token", {"text": text})
+
+    async def replace(self, text: str) -> None:
+        self.log.append("retract", {"text": text})
+
+    async def finish(self, result: StreamResult) -> None:
+        if result.error is not None:
+            self.log.append(
+                "error", {"message": result.error.user_message, "kind": result.error.kind}
+            )
+        self.log.append("metrics", result.stats.as_log_fields())
+        self.log.append("done", {"reason": result.reason.value, "note": result.note()})

@@ -1,4 +1,5 @@
-"""HTTP routes streamchat adds to Chainlit's own FastAPI app (same port as the UI).
+"""HTTP routes streamchat adds to Chainlit's own FastAPI app (same port as the UI):
+`/metrics`, and the resumable SSE endpoint `/api/stream`.
 
 Chainlit serves its UI from a catch-all `GET /{full_path:path}` route, so a GET route added
 after it is never reached. `mount` inserts our routes before the catch-all.
@@ -7,23 +8,47 @@ after it is never reached. `mount` inserts our routes before the catch-all.
 from __future__ import annotations
 
 import hmac
+import json
+from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
+from streamchat.coalesce import CoalescingSink
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
+from streamchat.relay import StreamRun
+from streamchat.runtime import Runtime
+from streamchat.sinks import SseSink
+from streamchat.sse import (
+    KEEPALIVE,
+    KEEPALIVE_BYTES,
+    EventLog,
+    StreamHub,
+    encode_event,
+    encode_retry,
+    parse_event_id,
+)
+from streamchat.types import ChatMessage, ChatRequest
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _CATCH_ALL = "/{full_path:path}"
 
 
 def mount(
-    app: FastAPI, *, metrics: ProcessMetrics = PROCESS_METRICS, metrics_token: str | None = None
+    app: FastAPI,
+    *,
+    metrics: ProcessMetrics = PROCESS_METRICS,
+    runtime: Runtime | None = None,
+    config_error: Exception | None = None,
 ) -> None:
-    """Add /metrics (Prometheus text; bearer token required when `metrics_token` is set)."""
+    """Add /metrics (Prometheus text; bearer token required when METRICS_TOKEN is set) and the
+    SSE endpoint. With a configuration error, the endpoint answers 503 naming it."""
     if getattr(app.state, "streamchat_mounted", False):
         return
     app.state.streamchat_mounted = True
+    metrics_token = runtime.settings.metrics_token if runtime else None
+    streams = StreamEndpoint(runtime, config_error=str(config_error or ""))
 
     async def prometheus_metrics(request: Request) -> Response:
         if metrics_token and not _bearer_matches(request, metrics_token):
@@ -36,6 +61,7 @@ def mount(
         return Response(metrics.exposition(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     routes = [APIRoute("/metrics", prometheus_metrics, methods=["GET"], include_in_schema=False)]
+    routes += streams.routes()
     _insert_before_catch_all(app, routes)
 
 
@@ -52,3 +78,203 @@ def _insert_before_catch_all(app: FastAPI, routes: list[APIRoute]) -> None:
         len(existing),
     )
     existing[position:position] = routes
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message}}, status_code=status)
+
+
+class BadStreamRequest(ValueError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class StreamEndpoint:
+    """`GET /api/stream?prompt=...`, `POST /api/stream` {messages, model, temperature},
+    `DELETE /api/stream/{id}`. Answers run in a StreamHub, so a reconnect with Last-Event-ID
+    resumes the same answer."""
+
+    def __init__(
+        self,
+        runtime: Runtime | None,
+        *,
+        config_error: str | None = None,
+        retry_ms: int = 3000,
+    ) -> None:
+        self.runtime = runtime
+        self.hub = runtime.hub if runtime else StreamHub()
+        self.config_error = config_error
+        self.retry_ms = retry_ms
+
+    def routes(self) -> list[APIRoute]:
+        return [
+            APIRoute("/api/stream", self.get, methods=["GET"], include_in_schema=False),
+            APIRoute("/api/stream", self.post, methods=["POST"], include_in_schema=False),
+            APIRoute(
+                "/api/stream/{stream_id}", self.delete, methods=["DELETE"], include_in_schema=False
+            ),
+        ]
+
+    async def get(self, request: Request) -> Response:
+        resumed = self._resume(request)
+        if resumed is not None:
+            return resumed
+        params = request.query_params
+        prompt = params.get("prompt", "")
+        try:
+            messages = [ChatMessage("user", self._check_prompt(prompt))]
+            return await self._start(messages, params.get("model"), params.get("temperature"))
+        except BadStreamRequest as exc:
+            return _error(exc.status, exc.message)
+
+    async def post(self, request: Request) -> Response:
+        resumed = self._resume(request)
+        if resumed is not None:
+            return resumed
+        try:
+            try:
+                body = json.loads(await request.body() or b"null")
+            except ValueError:
+                raise BadStreamRequest(400, "The request body is not valid JSON.") from None
+            if not isinstance(body, dict):
+                raise BadStreamRequest(
+                    400, 'The request body must be a JSON object: {"messages": [...]}.'
+                )
+            messages = self._check_messages(body.get("messages"))
+            temperature = body.get("temperature")
+            return await self._start(
+                messages, body.get("model"), None if temperature is None else str(temperature)
+            )
+        except BadStreamRequest as exc:
+            return _error(exc.status, exc.message)
+
+    async def delete(self, stream_id: str) -> Response:
+        if await self.hub.cancel(stream_id):
+            return JSONResponse({"stopped": stream_id})
+        if self.hub.get(stream_id) is not None:
+            return JSONResponse({"stopped": stream_id, "note": "the stream had already ended"})
+        return _error(404, f"No stream with id {stream_id!r}.")
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _resume(self, request: Request) -> Response | None:
+        """A request with Last-Event-ID resumes that stream, whatever else it asks."""
+        header = request.headers.get("last-event-id")
+        if header is None:
+            return None
+        parsed = parse_event_id(header)
+        event_log = self.hub.get(parsed[0]) if parsed else None
+        if parsed is None or event_log is None:
+            return _error(
+                404, "That stream is no longer available (it ended too long ago). Ask again."
+            )
+        try:
+            event_log.since(parsed[1])  # checked now: follow() is lazy
+        except LookupError:
+            return _error(410, "Part of that stream is no longer kept. Ask again.")
+        return self._response(self.hub.follow(event_log, after_seq=parsed[1]), first=b"")
+
+    async def _start(
+        self, messages: list[ChatMessage], model: object, temperature: object
+    ) -> Response:
+        runtime = self.runtime
+        if runtime is None:
+            return _error(503, f"streamchat is not configured correctly: {self.config_error}")
+        options = await self._check_options(runtime, model, temperature)
+        request = ChatRequest(
+            messages=(ChatMessage("system", runtime.settings.system_prompt), *messages)
+            if runtime.settings.system_prompt.strip()
+            else tuple(messages),
+            model=options[0],
+            temperature=options[1],
+            max_tokens=runtime.settings.max_tokens,
+        )
+        settings = runtime.settings
+
+        async def produce(event_log: EventLog) -> None:
+            run = StreamRun(
+                runtime.provider,
+                CoalescingSink(SseSink(event_log), interval_s=settings.stream_flush_ms / 1000),
+                stream_id=event_log.stream_id,
+                resilience=settings.resilience,
+            )
+            await run.run(request)
+
+        event_log = self.hub.start(produce)
+        return self._response(self.hub.follow(event_log), first=encode_retry(self.retry_ms))
+
+    def _response(self, events: AsyncIterator[object], *, first: bytes) -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            if first:
+                yield first
+            async for item in events:
+                yield KEEPALIVE_BYTES if item is KEEPALIVE else encode_event(item)  # type: ignore[arg-type]
+
+        return StreamingResponse(
+            body(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def _max_chars(self) -> int:
+        return self.runtime.settings.max_input_chars if self.runtime else 32_000
+
+    def _check_prompt(self, prompt: str) -> str:
+        if not prompt.strip():
+            raise BadStreamRequest(400, "The prompt is missing: add ?prompt=your+question.")
+        if len(prompt) > self._max_chars():
+            raise BadStreamRequest(
+                413,
+                f"The prompt is too long ({len(prompt)} characters; "
+                f"the limit is {self._max_chars()}).",
+            )
+        return prompt
+
+    def _check_messages(self, value: object) -> list[ChatMessage]:
+        if not isinstance(value, list) or not value:
+            raise BadStreamRequest(
+                400, '"messages" must be a non-empty list of {"role", "content"} objects.'
+            )
+        messages = []
+        for position, item in enumerate(value):
+            if (
+                not isinstance(item, dict)
+                or item.get("role") not in ("system", "user", "assistant")
+                or not isinstance(item.get("content"), str)
+            ):
+                raise BadStreamRequest(
+                    400,
+                    f"messages[{position}] must be an object with a role (system, user or "
+                    "assistant) and a string content.",
+                )
+            messages.append(ChatMessage(item["role"], item["content"]))
+        if messages[-1].role != "user":
+            raise BadStreamRequest(400, "The last message must be the user's (role: user).")
+        self._check_prompt(messages[-1].content)
+        total = sum(len(m.content) for m in messages)
+        if total > self._max_chars() * 4:
+            raise BadStreamRequest(413, f"The conversation is too long ({total} characters).")
+        return messages
+
+    async def _check_options(
+        self, runtime: Runtime, model: object, temperature: object
+    ) -> tuple[str, float]:
+        chosen = str(model).strip() if model else ""
+        if chosen:
+            available = await runtime.available_models()
+            if available and chosen not in available:
+                raise BadStreamRequest(
+                    404,
+                    f"Unknown model {chosen!r}. Available: {', '.join(available[:20])}.",
+                )
+        value = runtime.settings.temperature
+        if temperature not in (None, ""):
+            try:
+                value = float(str(temperature))
+            except ValueError:
+                value = float("nan")
+            if not 0 <= value <= 2:
+                raise BadStreamRequest(400, "temperature must be a number between 0 and 2.")
+        return chosen, value

@@ -7,6 +7,8 @@ from fastapi.responses import HTMLResponse
 from starlette.testclient import TestClient
 
 from streamchat.metrics import ProcessMetrics, StreamStats
+from streamchat.runtime import Runtime
+from streamchat.settings import Settings
 from streamchat.web import mount
 
 
@@ -40,7 +42,8 @@ def test_metrics_route_wins_over_the_catch_all_and_counts_streams():
 
 def test_metrics_token_is_required_when_set():
     app = app_with_catch_all()
-    mount(app, metrics=ProcessMetrics(), metrics_token="s3cret-token")
+    runtime = Runtime(Settings.from_env({"METRICS_TOKEN": "s3cret-token"}))
+    mount(app, metrics=ProcessMetrics(), runtime=runtime)
     client = TestClient(app)
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -1,0 +1,5 @@
+"""`python -m streamchat`: the console front end."""
+
+from streamchat.cli import main
+
+raise SystemExit(main())
