@@ -160,8 +160,9 @@ class StreamEndpoint:
     # --- helpers -----------------------------------------------------------------------------
 
     def _resume(self, request: Request) -> Response | None:
-        """A request with Last-Event-ID resumes that stream, whatever else it asks."""
-        header = request.headers.get("last-event-id")
+        """A request with Last-Event-ID resumes that stream, whatever else it asks. The id may
+        also come as `?last_event_id=` (a closed EventSource cannot send the header)."""
+        header = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
         if header is None:
             return None
         parsed = parse_event_id(header)

@@ -1,0 +1,57 @@
+"""A person's first run, in a real browser: open the page, ask, watch the answer grow, see it
+complete. Headless Debian Chromium driven by Playwright, against the offline demo model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.conftest import ARTIFACTS
+from tests.harness import AppProcess
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[AppProcess]:
+    with AppProcess({"OFFLINE_TPS": "40", "OFFLINE_TTFT_MS": "100"}) as running:
+        yield running
+
+
+def answer_texts(page) -> list[str]:
+    return page.locator(".ai-message .message-content").all_inner_texts()
+
+
+def test_answer_grows_token_by_token_and_ends_complete(browser, app):
+    page = browser.new_page()
+    try:
+        page.goto(app.url)
+        composer = page.locator("#chat-input")
+        composer.wait_for(timeout=30_000)
+        composer.fill("What is time to first token?")
+        page.locator("#chat-submit").click()
+
+        # Sample the answer's length while it streams: it must be seen growing in several steps.
+        lengths: list[int] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            texts = answer_texts(page)
+            if texts:
+                lengths.append(len(texts[-1]))
+            if page.locator("#stop-button").count() == 0 and lengths and lengths[-1] > 200:
+                break
+            page.wait_for_timeout(50)
+        distinct = sorted(set(lengths))
+        assert len(distinct) >= 5, f"the answer should grow visibly over time, saw {distinct}"
+        assert lengths == sorted(lengths), "shown text only grows while streaming"
+
+        final = answer_texts(page)[-1]
+        assert "offline demo model" in final.lower()
+        assert "first token" in final.lower()
+        assert "Traceback" not in page.content()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
+    finally:
+        page.close()
