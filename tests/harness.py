@@ -1,0 +1,310 @@
+"""Run the real app and talk to it as the browser does.
+
+`AppProcess` starts `chainlit run app.py -h` on a free port from a temporary app root (so tests
+leave no `.files/` or translations behind in the checkout). `ChainlitClient` speaks Chainlit's
+Socket.IO protocol: the same auth payload, events and message shape as the web UI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import socketio
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Variables that would point the app at a real provider; tests never inherit them.
+_PROVIDER_VARS = (
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_MODEL",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "OFFLINE_FAULT",
+    "CHAINLIT_AUTH_SECRET",
+    "DATABASE_URL",
+    "REDIS_URL",
+)
+
+
+# The lines the Chainlit sink appends under an answer: a marker, then the stats line.
+_FOOTER = re.compile(
+    r"(\n\n\*\((?:Stopped by you|Interrupted:|Resumed |The answer reached)[^\n]*\)\*)?"
+    r"(\n\n\*TTFT [^\n]*\*)?\Z"
+)
+
+
+def strip_footer(content: str) -> str:
+    """An answer's text as the model wrote it, without the marker and stats lines."""
+    return _FOOTER.sub("", content, count=1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound then released)."""
+    return free_port()
+
+
+class AppProcess:
+    """`chainlit run app.py -h` in a subprocess with a clean environment."""
+
+    def __init__(
+        self, env: Mapping[str, str] | None = None, *, startup_timeout: float = 60
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._extra_env = dict(env or {})
+        self._startup_timeout = startup_timeout
+        self._root = Path(tempfile.mkdtemp(prefix="streamchat-app-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self._root / "app.log"
+
+    def start(self) -> AppProcess:
+        shutil.copytree(REPO / ".chainlit", self._root / ".chainlit", ignore=_no_translations)
+        shutil.copytree(REPO / "public", self._root / "public")
+        if (REPO / "chainlit.md").exists():
+            shutil.copy(REPO / "chainlit.md", self._root / "chainlit.md")
+        env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_VARS}
+        env.update(
+            {
+                "CHAINLIT_APP_ROOT": str(self._root),
+                "PYTHONUNBUFFERED": "1",
+                "OFFLINE_TPS": "200",
+                "OFFLINE_TTFT_MS": "20",
+                **self._extra_env,
+            }
+        )
+        log = self.log_path.open("wb")
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chainlit",
+                "run",
+                str(REPO / "app.py"),
+                "-h",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=self._root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"app exited early:\n{self.log()}")
+            try:
+                if httpx2.get(f"{self.url}/project/settings?language=en-US", timeout=1).status_code:
+                    return
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"app did not start within {self._startup_timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self) -> AppProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _no_translations(directory: str, names: list[str]) -> list[str]:
+    return [name for name in names if name == "translations"]
+
+
+@dataclass
+class Event:
+    name: str
+    data: Any
+    at: float
+
+
+@dataclass
+class Answer:
+    """Everything the server emitted for one user message, until task_end."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def named(self, *names: str) -> list[Event]:
+        return [e for e in self.events if e.name in names]
+
+    @property
+    def stream_events(self) -> list[Event]:
+        return self.named("stream_start", "stream_token")
+
+    @property
+    def streamed_text(self) -> str:
+        """The text as the browser builds it from stream_start + stream_token events."""
+        text = ""
+        for event in self.stream_events:
+            if event.name == "stream_start":
+                text = event.data.get("output") or ""
+            elif event.data.get("isSequence"):
+                text = event.data["token"]
+            else:
+                text += event.data["token"]
+        return text
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Final message states (new_message / update_message), in order."""
+        return [e.data for e in self.named("new_message", "update_message")]
+
+    def final_assistant_text(self) -> str:
+        streamed_ids = {e.data["id"] for e in self.named("stream_start")}
+        finals = [m for m in self.messages() if m["id"] in streamed_ids]
+        return finals[-1]["output"] if finals else ""
+
+    def errors(self) -> list[str]:
+        return [m["output"] for m in self.messages() if m.get("isError")]
+
+    def texts(self) -> list[str]:
+        return [m["output"] for m in self.messages()]
+
+
+class ChainlitClient:
+    """A Socket.IO client that behaves like Chainlit's web UI."""
+
+    def __init__(self, app_url: str, *, chat_profile: str = "") -> None:
+        self.app_url = app_url
+        self.session_id = str(uuid.uuid4())
+        self.chat_profile = chat_profile
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.events: list[Event] = []
+        self._new_event = asyncio.Event()
+        self.sio.on("*", self._on_any)
+
+    async def _on_any(self, name: str, data: Any = None) -> None:
+        self.events.append(Event(name, data, time.monotonic()))
+        self._new_event.set()
+
+    async def connect(self) -> ChainlitClient:
+        await self.sio.connect(
+            self.app_url,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            auth={
+                "clientType": "webapp",
+                "sessionId": self.session_id,
+                "threadId": "",
+                "userEnv": "{}",
+                "chatProfile": self.chat_profile,
+            },
+            wait_timeout=10,
+        )
+        await self.sio.emit("connection_successful")
+        # on_chat_start runs as a task and sends the chat settings when it is done.
+        await self.wait_for(lambda e: e.name in ("chat_settings", "new_message"), within=20)
+        return self
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.sio.disconnect()
+
+    async def wait_for(
+        self, predicate: Callable[[Event], bool], *, within: float = 20, start: int = 0
+    ) -> Event:
+        deadline = time.monotonic() + within
+        seen = start
+        while True:
+            for event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                names = [e.name for e in self.events[start:]]
+                raise TimeoutError(f"no matching event within {within} s; saw {names}")
+            self._new_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_event.wait(), remaining)
+
+    async def send(self, text: str) -> int:
+        """Send a user message as the UI does; returns the event index it was sent at."""
+        mark = len(self.events)
+        await self.sio.emit(
+            "client_message",
+            {
+                "message": {
+                    "threadId": "",
+                    "id": str(uuid.uuid4()),
+                    "name": "User",
+                    "type": "user_message",
+                    "output": text,
+                    "createdAt": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                    "metadata": {"location": self.app_url},
+                },
+                "fileReferences": [],
+            },
+        )
+        return mark
+
+    async def finished(self, mark: int, *, within: float = 60) -> Answer:
+        """Wait for the task_end that closes the message sent at `mark`."""
+        await self.wait_for(lambda e: e.name == "task_start", within=within, start=mark)
+        end = await self.wait_for(lambda e: e.name == "task_end", within=within, start=mark)
+        # Messages sent right before task_end may still be in flight on the same socket.
+        await asyncio.sleep(0.05)
+        index = self.events.index(end)
+        return Answer(self.events[mark : index + 1])
+
+    async def ask(self, text: str, *, within: float = 60) -> Answer:
+        return await self.finished(await self.send(text), within=within)
+
+    async def stop(self) -> None:
+        await self.sio.emit("stop")
+
+    async def change_settings(self, values: dict[str, Any]) -> None:
+        await self.sio.emit("chat_settings_change", values)
+
+
+async def click_action(app_url: str, client: ChainlitClient, name: str) -> None:
+    """Press an action button as the UI does: POST /project/action with the action's dict."""
+    event = await client.wait_for(lambda e: e.name == "action" and e.data.get("name") == name)
+    async with httpx2.AsyncClient(base_url=app_url, timeout=30) as http:
+        response = await http.post(
+            "/project/action", json={"sessionId": client.session_id, "action": event.data}
+        )
+        response.raise_for_status()

@@ -1,0 +1,262 @@
+"""The real app over real Socket.IO, as the browser uses it, against the offline model.
+
+Each app runs as `chainlit run app.py -h` in a subprocess. Where a test must see what the
+upstream saw (history sent, client went away), the app is pointed at a standalone offline
+server through OPENAI_BASE_URL: that is also the "any OpenAI-compatible server" path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from streamchat.offline import MODEL_ID, OfflineServer
+from streamchat.offline.lessons import choose_answer
+from tests.harness import AppProcess, ChainlitClient, closed_port, strip_footer
+
+pytestmark = pytest.mark.integration
+
+SECRET = "sk-proj-wrongwrongwrongwrongwrongwrong0123456789"
+
+
+@pytest.fixture(scope="module")
+def offline_app() -> Iterator[AppProcess]:
+    """The newcomer's app: no key, no base URL, the built-in demo model."""
+    with AppProcess({"OFFLINE_TPS": "60", "OFFLINE_TTFT_MS": "50"}) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[OfflineServer]:
+    with OfflineServer(tokens_per_second=40, first_token_delay_ms=20) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_url_app(upstream: OfflineServer) -> Iterator[AppProcess]:
+    env = {
+        "OPENAI_BASE_URL": upstream.base_url,
+        "STREAM_RETRIES": "0",
+        "SYSTEM_PROMPT": "Be brief.",
+    }
+    with AppProcess(env) as app:
+        yield app
+
+
+@pytest.fixture
+async def client(offline_app: AppProcess) -> AsyncIterator[ChainlitClient]:
+    chat = await ChainlitClient(offline_app.url).connect()
+    yield chat
+    await chat.close()
+
+
+@pytest.fixture
+async def upstream_client(base_url_app: AppProcess) -> AsyncIterator[ChainlitClient]:
+    chat = await ChainlitClient(base_url_app.url).connect()
+    yield chat
+    await chat.close()
+
+
+def request_messages(record) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in record.messages]
+
+
+# --- the newcomer's first run ---------------------------------------------------------------------
+
+
+async def test_offline_answer_arrives_as_many_stream_events_spread_over_time(client):
+    answer = await client.ask("What is a token?")
+    events = answer.stream_events
+    assert len(events) >= 20, "the answer should stream token by token"
+    assert events[-1].at - events[0].at > 0.2, "tokens should arrive over time, not at once"
+    final = answer.final_assistant_text()
+    assert strip_footer(final) == answer.streamed_text
+    assert "TTFT" in final, "the stats line is shown under the answer"
+    assert "offline demo model" in final.splitlines()[0].lower()
+    assert "token" in final.lower()
+    assert answer.errors() == []
+
+
+async def test_only_the_first_answer_says_it_is_the_demo_model(client):
+    first = await client.ask("hello")
+    second = await client.ask("What does stream=True do?")
+    assert "offline demo model" in first.final_assistant_text().lower()
+    assert "offline demo model" not in second.final_assistant_text().splitlines()[0].lower()
+
+
+async def test_chat_start_sends_settings_for_model_temperature_and_prompt(client):
+    settings = next(e for e in client.events if e.name == "chat_settings").data
+    by_id = {widget["id"]: widget for widget in settings}
+    assert set(by_id) == {"model", "temperature", "system_prompt", "show_metrics"}
+    assert MODEL_ID in json.dumps(by_id["model"])
+    assert by_id["temperature"]["initial"] == 0.7
+
+
+# --- any OpenAI-compatible server -----------------------------------------------------------------
+
+
+async def test_base_url_server_streams_the_intended_answer_with_history(upstream, upstream_client):
+    upstream.records.clear()
+    first = await upstream_client.ask("Tell me about time to first token")
+    second = await upstream_client.ask("And what about backpressure?")
+    records = upstream.records.wait_for(2, timeout=5)
+    first_text = strip_footer(first.final_assistant_text())
+    assert first_text == choose_answer(records[0].messages)
+    assert strip_footer(second.final_assistant_text()) == choose_answer(records[1].messages)
+    assert request_messages(records[1]) == [
+        ("system", "Be brief."),
+        ("user", "Tell me about time to first token"),
+        ("assistant", first_text),
+        ("user", "And what about backpressure?"),
+    ]
+    assert all(r.stream and r.completed for r in records)
+
+
+async def test_settings_change_applies_to_the_next_request(upstream, upstream_client):
+    upstream.records.clear()
+    await upstream_client.change_settings(
+        {"model": MODEL_ID, "temperature": 0.2, "system_prompt": "Answer like a teacher."}
+    )
+    await upstream_client.ask("What is SSE?")
+    record = upstream.records.wait_for(1, timeout=5)[0]
+    assert request_messages(record)[0] == ("system", "Answer like a teacher.")
+    assert record.body.get("temperature") == 0.2
+
+
+async def test_bad_setting_is_refused_with_a_message(upstream_client):
+    mark = len(upstream_client.events)
+    await upstream_client.change_settings({"temperature": "very hot"})
+    event = await upstream_client.wait_for(
+        lambda e: e.name == "new_message" and e.data.get("isError"), start=mark
+    )
+    assert "Temperature must be a number" in event.data["output"]
+
+
+async def test_unknown_model_from_settings_gets_a_clear_404_message(upstream_client):
+    await upstream_client.change_settings({"model": "no-such-model"})
+    answer = await upstream_client.ask("hello")
+    assert any("'no-such-model' was not found" in text for text in answer.errors())
+    await upstream_client.change_settings({"model": MODEL_ID})
+    assert (await upstream_client.ask("hello")).final_assistant_text()
+
+
+# --- Stop -----------------------------------------------------------------------------------------
+
+
+async def test_stop_ends_the_answer_keeps_the_partial_and_closes_upstream():
+    slow = OfflineServer(tokens_per_second=15, first_token_delay_ms=20)
+    with slow, AppProcess({"OPENAI_BASE_URL": slow.base_url}) as app:
+        chat = await ChainlitClient(app.url).connect()
+        try:
+            mark = await chat.send("Explain error handling and resume in detail")
+            await chat.wait_for(lambda e: e.name == "stream_token", start=mark)
+            await chat.wait_for(lambda e: e.name == "stream_token", start=len(chat.events))
+            await chat.stop()
+            record = slow.records.wait_for(1, timeout=5)[0]
+            assert record.ended.wait(1.0), "the upstream must see the client go away within 1 s"
+            assert record.client_disconnected and not record.completed
+            answer = await chat.finished(mark)
+            partial = answer.final_assistant_text()
+            assert "Stopped by you" in partial
+            shown = partial.split("\n\n*(Stopped by you")[0]
+            intended = choose_answer(record.messages)
+            assert shown and intended.startswith(shown) and shown != intended
+            assert "Task manually stopped." in answer.texts()
+
+            # The partial answer is in the history sent with the next question.
+            slow.records.clear()
+            await chat.ask("hello")
+            nxt = slow.records.wait_for(1, timeout=5)[0]
+            assert ("assistant", shown) in request_messages(nxt)
+        finally:
+            await chat.close()
+
+
+# --- errors a person can act on, and the app keeps working ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("directive", "expected"),
+    [
+        ("[fault: 429 retry_after=3]", "rate-limiting requests (429). Wait 3 s"),
+        ("[fault: 500]", "had an error (500)"),
+        ("[fault: 503]", "had an error (503)"),
+    ],
+)
+async def test_provider_errors_before_the_answer_get_a_clear_message(
+    upstream_client, directive, expected
+):
+    answer = await upstream_client.ask(f"What is a token? {directive}")
+    errors = answer.errors()
+    assert len(errors) == 1 and expected in errors[0]
+    assert "Traceback" not in json.dumps([e.data for e in answer.events])
+    assert answer.stream_events == []
+    assert (await upstream_client.ask("What is a token?")).final_assistant_text()
+
+
+@pytest.mark.parametrize(
+    ("directive", "expected"),
+    [
+        ("[fault: drop after=8]", "connection to the provider was lost"),
+        ("[fault: malformed after=8]", "could not be read"),
+    ],
+)
+async def test_a_broken_stream_keeps_the_partial_answer_and_explains(
+    upstream_client, directive, expected
+):
+    answer = await upstream_client.ask(f"What is a token? {directive}")
+    final = answer.final_assistant_text()
+    assert "Interrupted:" in final and "after 8 tokens" in final
+    assert any(expected in text for text in answer.errors())
+    assert (await upstream_client.ask("What is a token?")).final_assistant_text()
+
+
+async def test_wrong_key_gets_a_401_message_and_the_key_is_never_shown():
+    with OfflineServer(api_key="the-right-key", tokens_per_second=200) as guarded:
+        env = {"OPENAI_BASE_URL": guarded.base_url, "OPENAI_API_KEY": SECRET}
+        with AppProcess(env) as app:
+            chat = await ChainlitClient(app.url).connect()
+            try:
+                answer = await chat.ask("hello")
+                assert any("rejected the API key (401)" in text for text in answer.errors())
+                everything = json.dumps([e.data for e in chat.events])
+                assert SECRET not in everything and SECRET[:12] not in everything
+                assert SECRET not in app.log()
+            finally:
+                await chat.close()
+
+
+async def test_unreachable_provider_gets_a_clear_message_and_chat_still_starts():
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    with AppProcess({"OPENAI_BASE_URL": url, "STREAM_RETRIES": "0"}) as app:
+        chat = await ChainlitClient(app.url).connect()
+        try:
+            answer = await chat.ask("hello")
+            errors = answer.errors()
+            assert errors and "Could not reach the model provider at" in errors[-1]
+            assert url in errors[-1]
+            # A second message gets the same clear answer: the app has not crashed.
+            assert (await chat.ask("hello again")).errors()
+        finally:
+            await chat.close()
+
+
+async def test_bad_setting_in_the_environment_is_shown_in_the_chat_not_a_crash():
+    with AppProcess({"OFFLINE_TPS": "fast"}) as app:
+        chat = ChainlitClient(app.url)
+        try:
+            await chat.connect()
+            shown = [e.data["output"] for e in chat.events if e.name == "new_message"]
+            assert any("OFFLINE_TPS must be a number" in text for text in shown)
+            answer = await chat.ask("hello")
+            assert any("OFFLINE_TPS" in text for text in answer.errors())
+        finally:
+            await chat.close()
+
+
+async def test_model_default_comes_from_the_servers_model_list(upstream, upstream_client):
+    upstream.records.clear()
+    await upstream_client.ask("hello")
+    assert upstream.records.wait_for(1, timeout=5)[0].model == MODEL_ID
