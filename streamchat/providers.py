@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx2
@@ -203,7 +203,7 @@ class Provider:
             raise self._map_error(exc, model=None) from exc
         return sorted(model.id for model in page.data)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         """Yield the answer's Deltas. Closing this generator closes the HTTP response."""
         # Whoever opens the response closes it: the exit stack does so on completion, on error,
         # and when the consumer stops early (Stop pressed, a guardrail fired, the task was
@@ -373,6 +373,6 @@ class WholeAnswer:
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         text, finish_reason, usage = await self.provider.complete(request)
         yield Delta(text=text, index=0, finish_reason=finish_reason or "stop", usage=usage)

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -28,9 +28,10 @@ log = logging.getLogger("streamchat.relay")
 
 
 class DeltaSource(Protocol):
-    """Anything that streams Deltas for a request: the Provider, or a scripted fake in tests."""
+    """Anything that streams Deltas for a request: the Provider, or a scripted fake in tests.
+    `stream` is an async generator, so it can be closed early (that closes the HTTP response)."""
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[Delta]: ...
+    def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]: ...
 
 
 @dataclass(frozen=True, slots=True)

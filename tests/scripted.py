@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from streamchat.errors import ProviderError
 from streamchat.types import ChatRequest, Delta, Usage
@@ -28,7 +28,7 @@ class ScriptedSource:
         self.requests: list[ChatRequest] = []
         self.reached_hang = asyncio.Event()
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         self.requests.append(request)
         try:
             for index, piece in enumerate(self.pieces):
@@ -52,7 +52,7 @@ class SequenceSource:
         self.sources = list(sources)
         self.requests: list[ChatRequest] = []
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[Delta]:
+    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         source = self.sources[len(self.requests)]
         self.requests.append(request)
         async for delta in source.stream(request):
