@@ -99,20 +99,34 @@ def _settings_widgets(options: ChatOptions, models: list[str]) -> list[object]:
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
-    if _runtime is None:
-        await _show_error(f"streamchat is not configured correctly: {_config_error}")
-        return
-    chat, problem = await _runtime.new_chat()
-    cl.user_session.set("chat", chat)
-    models = await _runtime.available_models()
-    await cl.ChatSettings(_settings_widgets(chat.options, models)).send()  # type: ignore[arg-type]
-    if problem is not None:
-        await _show_error(problem.user_message)
+    # Set before the first await: a message sent while the chat is still starting (the model
+    # list can take seconds) waits for it instead of finding no chat.
+    ready = asyncio.Event()
+    cl.user_session.set("chat_ready", ready)
+    try:
+        if _runtime is None:
+            await _show_error(f"streamchat is not configured correctly: {_config_error}")
+            return
+        chat, problem = await _runtime.new_chat()
+        cl.user_session.set("chat", chat)
+        models = await _runtime.available_models()
+        await cl.ChatSettings(_settings_widgets(chat.options, models)).send()  # type: ignore[arg-type]
+        if problem is not None:
+            await _show_error(problem.user_message)
+    finally:
+        ready.set()
+
+
+async def _current_chat() -> ChatSession | None:
+    ready: asyncio.Event | None = cl.user_session.get("chat_ready")
+    if ready is not None:
+        await ready.wait()
+    return cl.user_session.get("chat")
 
 
 @cl.on_settings_update
 async def on_settings_update(values: dict[str, object]) -> None:
-    chat: ChatSession | None = cl.user_session.get("chat")
+    chat = await _current_chat()
     if chat is None:
         return
     try:
@@ -123,7 +137,7 @@ async def on_settings_update(values: dict[str, object]) -> None:
 
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
-    chat: ChatSession | None = cl.user_session.get("chat")
+    chat = await _current_chat()
     if chat is None:
         await _show_error(f"streamchat is not configured correctly: {_config_error}")
         return
@@ -151,7 +165,7 @@ def _start_stoppable_task(work: Coroutine[Any, Any, object]) -> None:
 
 @cl.action_callback("continue")
 async def on_continue(action: cl.Action) -> None:
-    chat: ChatSession | None = cl.user_session.get("chat")
+    chat = await _current_chat()
     if chat is None:
         return
     await action.remove()
@@ -160,7 +174,7 @@ async def on_continue(action: cl.Action) -> None:
 
 @cl.action_callback("retry")
 async def on_retry(action: cl.Action) -> None:
-    chat: ChatSession | None = cl.user_session.get("chat")
+    chat = await _current_chat()
     if chat is None:
         return
     await action.remove()

@@ -235,8 +235,11 @@ class ChainlitClient:
             wait_timeout=10,
         )
         await self.sio.emit("connection_successful")
-        # on_chat_start runs as a task and sends the chat settings when it is done.
-        await self.wait_for(lambda e: e.name in ("chat_settings", "new_message"), within=20)
+        # on_chat_start runs as a Chainlit "run" step; its update_message marks the end.
+        await self.wait_for(
+            lambda e: e.name == "update_message" and e.data.get("name") == "on_chat_start",
+            within=30,
+        )
         return self
 
     async def close(self) -> None:
@@ -283,8 +286,11 @@ class ChainlitClient:
 
     async def finished(self, mark: int, *, within: float = 60) -> Answer:
         """Wait for the task_end that closes the message sent at `mark`."""
-        await self.wait_for(lambda e: e.name == "task_start", within=within, start=mark)
-        end = await self.wait_for(lambda e: e.name == "task_end", within=within, start=mark)
+        start = await self.wait_for(lambda e: e.name == "task_start", within=within, start=mark)
+        # A task_end from before this message (the end of chat start) may arrive after `mark`:
+        # the answer's own task_end is the first one after its task_start.
+        begun = self.events.index(start)
+        end = await self.wait_for(lambda e: e.name == "task_end", within=within, start=begun)
         # Messages sent right before task_end may still be in flight on the same socket.
         await asyncio.sleep(0.05)
         index = self.events.index(end)
@@ -297,7 +303,9 @@ class ChainlitClient:
         await self.sio.emit("stop")
 
     async def change_settings(self, values: dict[str, Any]) -> None:
-        await self.sio.emit("chat_settings_change", values)
+        # call() waits for the server's acknowledgement, sent when the handler has finished,
+        # so the next message is answered with the new settings.
+        await self.sio.call("chat_settings_change", values, timeout=10)
 
 
 async def click_action(app_url: str, client: ChainlitClient, name: str) -> None:
@@ -308,3 +316,16 @@ async def click_action(app_url: str, client: ChainlitClient, name: str) -> None:
             "/project/action", json={"sessionId": client.session_id, "action": event.data}
         )
         response.raise_for_status()
+
+
+async def upstream_requests(server: Any, count: int, *, within: float = 10) -> list[Any]:
+    """The offline server's first `count` request records, waited for off the event loop (a
+    blocking wait would also stall this process's Socket.IO client and hold back its sends)."""
+    records: list[Any] = await asyncio.to_thread(server.records.wait_for, count, within)
+    return records
+
+
+async def upstream_ended(record: Any, *, within: float) -> bool:
+    """Whether the upstream request ended within `within` seconds (waited off the loop)."""
+    ended: bool = await asyncio.to_thread(record.ended.wait, within)
+    return ended

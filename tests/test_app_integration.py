@@ -14,7 +14,14 @@ import pytest
 
 from streamchat.offline import MODEL_ID, OfflineServer
 from streamchat.offline.lessons import choose_answer
-from tests.harness import AppProcess, ChainlitClient, closed_port, strip_footer
+from tests.harness import (
+    AppProcess,
+    ChainlitClient,
+    closed_port,
+    strip_footer,
+    upstream_ended,
+    upstream_requests,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +31,13 @@ SECRET = "sk-proj-wrongwrongwrongwrongwrongwrong0123456789"
 @pytest.fixture(scope="module")
 def offline_app() -> Iterator[AppProcess]:
     """The newcomer's app: no key, no base URL, the built-in demo model."""
-    with AppProcess({"OFFLINE_TPS": "60", "OFFLINE_TTFT_MS": "50"}) as app:
+    with AppProcess({"OFFLINE_TPS": "150", "OFFLINE_TTFT_MS": "50"}) as app:
         yield app
 
 
 @pytest.fixture(scope="module")
 def upstream() -> Iterator[OfflineServer]:
-    with OfflineServer(tokens_per_second=40, first_token_delay_ms=20) as server:
+    with OfflineServer(tokens_per_second=300, first_token_delay_ms=20) as server:
         yield server
 
 
@@ -39,6 +46,7 @@ def base_url_app(upstream: OfflineServer) -> Iterator[AppProcess]:
     env = {
         "OPENAI_BASE_URL": upstream.base_url,
         "STREAM_RETRIES": "0",
+        "STREAM_RESUMES": "0",
         "SYSTEM_PROMPT": "Be brief.",
     }
     with AppProcess(env) as app:
@@ -101,7 +109,7 @@ async def test_base_url_server_streams_the_intended_answer_with_history(upstream
     upstream.records.clear()
     first = await upstream_client.ask("Tell me about time to first token")
     second = await upstream_client.ask("And what about backpressure?")
-    records = upstream.records.wait_for(2, timeout=5)
+    records = await upstream_requests(upstream, 2, within=5)
     first_text = strip_footer(first.final_assistant_text())
     assert first_text == choose_answer(records[0].messages)
     assert strip_footer(second.final_assistant_text()) == choose_answer(records[1].messages)
@@ -120,7 +128,7 @@ async def test_settings_change_applies_to_the_next_request(upstream, upstream_cl
         {"model": MODEL_ID, "temperature": 0.2, "system_prompt": "Answer like a teacher."}
     )
     await upstream_client.ask("What is SSE?")
-    record = upstream.records.wait_for(1, timeout=5)[0]
+    record = (await upstream_requests(upstream, 1, within=5))[0]
     assert request_messages(record)[0] == ("system", "Answer like a teacher.")
     assert record.body.get("temperature") == 0.2
 
@@ -146,7 +154,7 @@ async def test_unknown_model_from_settings_gets_a_clear_404_message(upstream_cli
 
 
 async def test_stop_ends_the_answer_keeps_the_partial_and_closes_upstream():
-    slow = OfflineServer(tokens_per_second=15, first_token_delay_ms=20)
+    slow = OfflineServer(tokens_per_second=25, first_token_delay_ms=20)
     with slow, AppProcess({"OPENAI_BASE_URL": slow.base_url}) as app:
         chat = await ChainlitClient(app.url).connect()
         try:
@@ -154,8 +162,10 @@ async def test_stop_ends_the_answer_keeps_the_partial_and_closes_upstream():
             await chat.wait_for(lambda e: e.name == "stream_token", start=mark)
             await chat.wait_for(lambda e: e.name == "stream_token", start=len(chat.events))
             await chat.stop()
-            record = slow.records.wait_for(1, timeout=5)[0]
-            assert record.ended.wait(1.0), "the upstream must see the client go away within 1 s"
+            record = (await upstream_requests(slow, 1, within=5))[0]
+            assert await upstream_ended(record, within=1.0), (
+                "the upstream must see the client go away within 1 s"
+            )
             assert record.client_disconnected and not record.completed
             answer = await chat.finished(mark)
             partial = answer.final_assistant_text()
@@ -168,7 +178,7 @@ async def test_stop_ends_the_answer_keeps_the_partial_and_closes_upstream():
             # The partial answer is in the history sent with the next question.
             slow.records.clear()
             await chat.ask("hello")
-            nxt = slow.records.wait_for(1, timeout=5)[0]
+            nxt = (await upstream_requests(slow, 1, within=5))[0]
             assert ("assistant", shown) in request_messages(nxt)
         finally:
             await chat.close()
@@ -259,4 +269,4 @@ async def test_bad_setting_in_the_environment_is_shown_in_the_chat_not_a_crash()
 async def test_model_default_comes_from_the_servers_model_list(upstream, upstream_client):
     upstream.records.clear()
     await upstream_client.ask("hello")
-    assert upstream.records.wait_for(1, timeout=5)[0].model == MODEL_ID
+    assert (await upstream_requests(upstream, 1, within=5))[0].model == MODEL_ID

@@ -9,7 +9,14 @@ import pytest
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
 from streamchat.relay import CONTINUE_INSTRUCTION
-from tests.harness import AppProcess, ChainlitClient, click_action, strip_footer
+from tests.harness import (
+    AppProcess,
+    ChainlitClient,
+    click_action,
+    strip_footer,
+    upstream_ended,
+    upstream_requests,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +52,7 @@ async def chat(app: AppProcess) -> AsyncIterator[ChainlitClient]:
 async def test_rate_limit_then_success_completes_after_waiting_retry_after(chat, upstream):
     upstream.records.clear()
     answer = await chat.ask(f"{QUESTION} [fault: 429 retry_after=1 times=1]")
-    records = upstream.records.wait_for(2, timeout=5)
+    records = await upstream_requests(upstream, 2, within=5)
     assert records[1].started_at - records[0].ended_at >= 1.0, "waited at least Retry-After"
     assert answer.errors() == []
     assert strip_footer(answer.final_assistant_text()) == choose_answer(records[1].messages)
@@ -55,7 +62,7 @@ async def test_rate_limit_then_success_completes_after_waiting_retry_after(chat,
 async def test_server_error_three_times_gives_one_clear_message_and_retry_works(chat, upstream):
     upstream.records.clear()
     answer = await chat.ask(f"{QUESTION} [fault: 500 times=3]")
-    assert len(upstream.records.wait_for(3, timeout=10)) == 3
+    assert len(await upstream_requests(upstream, 3, within=10)) == 3
     errors = answer.errors()
     assert len(errors) == 1 and "had an error (500)" in errors[0]
     assert any(e.name == "action" and e.data["name"] == "retry" for e in answer.events)
@@ -69,7 +76,7 @@ async def test_server_error_three_times_gives_one_clear_message_and_retry_works(
 async def test_drop_mid_answer_is_resumed_into_one_answer_without_repeats(chat, upstream):
     upstream.records.clear()
     answer = await chat.ask(f"{QUESTION} [fault: drop after=15 times=1]")
-    first, second = upstream.records.wait_for(2, timeout=10)
+    first, second = await upstream_requests(upstream, 2, within=10)
     intended = choose_answer(first.messages)
     final = answer.final_assistant_text()
     assert strip_footer(final) == intended, "one answer, no duplicated words at the seam"
@@ -82,8 +89,10 @@ async def test_drop_mid_answer_is_resumed_into_one_answer_without_repeats(chat, 
 async def test_stall_is_detected_then_resumed(chat, upstream):
     upstream.records.clear()
     answer = await chat.ask(f"{QUESTION} [fault: stall after=10 times=1]")
-    first, _ = upstream.records.wait_for(2, timeout=10)
-    assert first.ended.wait(2) and first.client_disconnected, "the stalled response was closed"
+    first, _ = await upstream_requests(upstream, 2, within=10)
+    assert await upstream_ended(first, within=2) and first.client_disconnected, (
+        "the stalled response was closed"
+    )
     assert strip_footer(answer.final_assistant_text()) == choose_answer(first.messages)
     assert "Resumed once" in answer.final_assistant_text()
 
@@ -91,14 +100,14 @@ async def test_stall_is_detected_then_resumed(chat, upstream):
 async def test_malformed_chunk_is_resumed(chat, upstream):
     upstream.records.clear()
     answer = await chat.ask(f"{QUESTION} [fault: malformed after=12 times=1]")
-    first, _ = upstream.records.wait_for(2, timeout=10)
+    first, _ = await upstream_requests(upstream, 2, within=10)
     assert strip_footer(answer.final_assistant_text()) == choose_answer(first.messages)
 
 
 async def test_drop_twice_marks_the_answer_interrupted_and_continue_finishes_it(chat, upstream):
     upstream.records.clear()
     answer = await chat.ask(f"{QUESTION} [fault: drop after=12 times=2]")
-    first, _ = upstream.records.wait_for(2, timeout=10)
+    first, _ = await upstream_requests(upstream, 2, within=10)
     final = answer.final_assistant_text()
     assert "Interrupted: connection lost after" in final
     partial = strip_footer(final)

@@ -14,7 +14,7 @@ import pytest
 
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
-from tests.harness import AppProcess
+from tests.harness import AppProcess, upstream_ended, upstream_requests
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ async def test_get_answers_with_an_event_stream_not_the_ui_page(client, upstream
 async def test_token_events_reassemble_to_the_upstream_answer(client, upstream):
     upstream.records.clear()
     events = await read_all(client, "GET", "/api/stream", params={"prompt": "What is SSE?"})
-    record = upstream.records.wait_for(1, timeout=5)[0]
+    record = (await upstream_requests(upstream, 1, within=5))[0]
     assert text_of(events) == choose_answer(record.messages)
     metrics = next(e for e in events if isinstance(e, Received) and e.event == "metrics").data
     assert metrics["completion_tokens"] > 10 and metrics["ttft_s"] is not None
@@ -110,7 +110,7 @@ async def test_post_with_messages_sends_the_conversation(client, upstream):
         {"role": "user", "content": "And backpressure?"},
     ]
     events = await read_all(client, "POST", "/api/stream", json={"messages": messages})
-    record = upstream.records.wait_for(1, timeout=5)[0]
+    record = (await upstream_requests(upstream, 1, within=5))[0]
     assert [m["content"] for m in record.messages[-3:]] == [m["content"] for m in messages]
     assert text_of(events) == choose_answer(record.messages)
 
@@ -151,8 +151,10 @@ async def test_abandoned_stream_closes_the_upstream_after_the_grace_period():
                 async for item in sse_events(r):
                     if isinstance(item, Received) and item.event == "token":
                         break
-            record = slow.records.wait_for(1, timeout=5)[0]
-            assert record.ended.wait(5), "upstream closed once the grace period passed"
+            record = (await upstream_requests(slow, 1, within=5))[0]
+            assert await upstream_ended(record, within=5), (
+                "upstream closed once the grace period passed"
+            )
             assert record.client_disconnected and not record.completed
 
 
@@ -181,8 +183,8 @@ async def test_delete_stops_a_running_stream():
                     rest = [e async for e in sse_events(r) if isinstance(e, Received)]
                 assert rest[-1].event == "done"
                 assert rest[-1].data["reason"] == "stopped_by_user"
-                record = slow.records.wait_for(1, timeout=5)[0]
-                assert record.ended.wait(1.0) and record.client_disconnected
+                record = (await upstream_requests(slow, 1, within=5))[0]
+                assert await upstream_ended(record, within=1.0) and record.client_disconnected
                 missing = await http.delete("/api/stream/nope")
                 assert missing.status_code == 404
 

@@ -1,0 +1,118 @@
+"""Fault injection for the offline demo model: errors and broken streams on request, for tests
+and for teaching error handling.
+
+A fault is chosen per request by a directive anywhere in a user message, by the request header
+`X-Streamchat-Fault`, or by the server's default (`--fault`, the app's OFFLINE_FAULT). The
+grammar, the same in all three places (in a message it sits inside `[fault: ...]`)::
+
+    KIND [key=value ...]
+
+    429        retry_after=SECONDS (default 1)      HTTP 429 with Retry-After
+    500 | 502 | 503                                  that HTTP status with an error body
+    401                                              HTTP 401 invalid_api_key
+    drop       after=N (default 10)                  N content tokens, then the connection drops
+    stall      after=N (default 10) seconds=S        N tokens, then silence for S seconds
+                                                     (default: until the client goes away)
+    malformed  after=N (default 10)                  N tokens, then a chunk that is not JSON
+    any kind:  times=K                               only the first K requests carrying the
+                                                     same directive in the same first user
+                                                     message fail; later ones succeed
+
+Examples: `[fault: drop after=20]`, `[fault: 429 retry_after=2 times=1]`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+
+KINDS = ("429", "500", "502", "503", "401", "drop", "stall", "malformed")
+_DIRECTIVE = re.compile(r"\[fault:\s*([^\]]*)\]", re.IGNORECASE)
+_ALLOWED_KEYS = {
+    "429": {"retry_after", "times"},
+    "500": {"times"},
+    "502": {"times"},
+    "503": {"times"},
+    "401": {"times"},
+    "drop": {"after", "times"},
+    "stall": {"after", "seconds", "times"},
+    "malformed": {"after", "times"},
+}
+
+
+class FaultSyntaxError(ValueError):
+    """A directive we cannot follow; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    kind: str
+    after: int = 10
+    seconds: float | None = None
+    retry_after: float = 1.0
+    times: int | None = None
+    spec: str = ""
+
+    @property
+    def is_http_error(self) -> bool:
+        return self.kind in ("429", "500", "502", "503", "401")
+
+
+def parse_fault(spec: str) -> Fault:
+    parts = spec.split()
+    if not parts:
+        raise FaultSyntaxError("empty fault directive; expected e.g. [fault: drop after=10]")
+    kind = parts[0].lower()
+    if kind not in KINDS:
+        raise FaultSyntaxError(f"unknown fault kind {kind!r}; known: {', '.join(KINDS)}")
+    values: dict[str, float] = {}
+    for part in parts[1:]:
+        key, sep, raw = part.partition("=")
+        if not sep or key not in _ALLOWED_KEYS[kind]:
+            allowed = ", ".join(sorted(_ALLOWED_KEYS[kind])) or "none"
+            raise FaultSyntaxError(f"fault {kind!r} takes {allowed}; got {part!r}")
+        try:
+            number = float(raw)
+        except ValueError:
+            raise FaultSyntaxError(f"{key} must be a number; got {raw!r}") from None
+        if number < 0 or (key in ("after", "times") and number != int(number)):
+            raise FaultSyntaxError(f"{key} must be a whole number of at least 0; got {raw!r}")
+        values[key] = number
+    return Fault(
+        kind=kind,
+        after=int(values.get("after", 10)),
+        seconds=values.get("seconds"),
+        retry_after=values.get("retry_after", 1.0),
+        times=int(values["times"]) if "times" in values else None,
+        spec=" ".join(parts),
+    )
+
+
+def find_directive(messages: list[dict[str, object]]) -> tuple[str, str] | None:
+    """(directive text, the user message it is in) of the first directive in a user message."""
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str):
+            match = _DIRECTIVE.search(content)
+            if match:
+                return match.group(1).strip(), content
+    return None
+
+
+def strip_directives(text: str) -> str:
+    return re.sub(r"\s{2,}", " ", _DIRECTIVE.sub("", text)).strip()
+
+
+class FaultCounter:
+    """Counts requests per (directive, first user message) so `times=K` can stop failing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def applies(self, fault: Fault, key: tuple[str, str]) -> bool:
+        with self._lock:
+            count = self._seen.get(key, 0) + 1
+            self._seen[key] = count
+        return fault.times is None or count <= fault.times

@@ -1,0 +1,286 @@
+"""What the offline demo model says: scripted lessons about streaming, chosen by relevance.
+
+`choose_answer(messages)` is pure and deterministic, so tests can compare what was streamed with
+what was intended. It also writes guardrail demos (an answer with a fake email, card number,
+phone number, API key or blocked word in the middle) and continuations of a cut-off answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from streamchat.offline.faults import strip_directives
+
+DEMO_NOTICE = (
+    "*This is streamchat's offline demo model: it streams scripted lessons about streaming, "
+    "it is not an LLM. To connect a real model, set `OPENAI_API_KEY` (or `OPENAI_BASE_URL` "
+    "for a local server such as Ollama) in `.env`.*"
+)
+
+GUARDRAIL_DEMO_KINDS = ("email", "card", "phone", "secret", "blocked_word")
+
+_DEMO_VALUES = {
+    "email": ("an email address", "jane.doe@example.com"),
+    "card": ("a credit card number", "4111 1111 1111 1111"),
+    "phone": ("a phone number", "+1 415 555 0123"),
+    "secret": ("an API key", "sk-proj-Q7xLm2VbN9cR4tZ8wK1pJ6hD3fG5sA0eY2uI9oP4"),
+    "blocked_word": ("a blocked word", "darn"),
+}
+_DEMO_TRIGGERS = {
+    "email": ("email", "e-mail", "mail"),
+    "card": ("card", "credit"),
+    "phone": ("phone", "number to call", "mobile"),
+    "secret": ("secret", "api key", "key", "token", "password"),
+    "blocked_word": ("blocked", "blocklist", "word", "profanity", "swear"),
+}
+
+_GREETINGS = {"hi", "hello", "hey", "hiya", "namaste", "salam", "assalamualaikum", "yo"}
+_CONTINUE = re.compile(r"\bcontinue\b|\bcut off\b|\bgo on\b", re.IGNORECASE)
+_WORD = re.compile(r"[a-z0-9]+(?:[-=][a-z0-9]+)*")
+_STOPWORDS = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "but",
+        "by",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "me",
+        "of",
+        "on",
+        "or",
+        "so",
+        "that",
+        "the",
+        "this",
+        "to",
+        "was",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "will",
+        "with",
+        "you",
+        "your",
+        "about",
+        "tell",
+        "explain",
+        "please",
+        "mean",
+        "means",
+        "work",
+        "works",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Lesson:
+    name: str
+    title: str
+    keywords: tuple[str, ...]
+    body: str
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ization", "isation", "ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word
+
+
+def _terms(text: str) -> list[str]:
+    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
+
+
+@lru_cache(maxsize=1)
+def lessons() -> tuple[Lesson, ...]:
+    """The lesson files shipped in streamchat/offline/lessons/, in name order."""
+    found = []
+    folder = resources.files("streamchat.offline") / "lessons"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".md"):
+            continue
+        text = entry.read_text(encoding="utf-8")
+        _, header, body = text.split("---\n", 2)
+        fields = dict(line.split(":", 1) for line in header.strip().splitlines() if ":" in line)
+        keywords = tuple(k.strip().lower() for k in fields["keywords"].split(",") if k.strip())
+        found.append(Lesson(entry.name, fields["title"].strip(), keywords, body.strip()))
+    return tuple(found)
+
+
+@lru_cache(maxsize=1)
+def _index() -> tuple[list[Counter[str]], dict[str, float]]:
+    documents = [
+        Counter(_terms(" ".join((lesson.title, *lesson.keywords, lesson.body))))
+        for lesson in lessons()
+    ]
+    count = len(documents)
+    document_frequency: Counter[str] = Counter()
+    for terms in documents:
+        document_frequency.update(set(terms))
+    idf = {term: math.log((1 + count) / (1 + df)) + 1 for term, df in document_frequency.items()}
+    return documents, idf
+
+
+def best_lesson(question: str) -> Lesson | None:
+    """The most relevant lesson, or None when nothing matches well enough."""
+    lowered = question.lower()
+    terms = _terms(question)
+    documents, idf = _index()
+    best: tuple[float, int] = (0.0, -1)
+    for position, lesson in enumerate(lessons()):
+        score = 0.0
+        # Whole keyword phrases ("time to first token", "stream=true") count most.
+        score += sum(4.0 for keyword in lesson.keywords if keyword in lowered and " " in keyword)
+        keyword_terms = {_stem(k) for k in lesson.keywords if " " not in k}
+        title_terms = set(_terms(lesson.title))
+        document = documents[position]
+        for term in set(terms):
+            weight = idf.get(term, 0.0)
+            if term in keyword_terms:
+                score += 3.0 * weight
+            if term in title_terms:
+                score += 2.0 * weight
+            score += weight * math.log1p(document.get(term, 0)) * 0.5
+        if score > best[0]:
+            best = (score, position)
+    return lessons()[best[1]] if best[0] >= 2.0 else None
+
+
+def topics_answer(intro: str) -> str:
+    topics = "\n".join(f"- **{lesson.title}**" for lesson in lessons())
+    return (
+        f"{intro}\n\nI can talk about:\n\n{topics}\n\n"
+        "Try for example *What does stream=True do?*, *Why does time to first token matter?* or "
+        "*Show me a guardrail demo with an email*. You can also add a fault to a question, such "
+        "as `[fault: drop after=20]`, to watch the app recover from a broken stream."
+    )
+
+
+def _demo_kind(question: str) -> str | None:
+    lowered = question.lower()
+    if "demo" not in lowered and "demonstrat" not in lowered:
+        return None
+    for kind in GUARDRAIL_DEMO_KINDS:
+        if any(trigger in lowered for trigger in _DEMO_TRIGGERS[kind]):
+            return kind
+    return "email" if "guardrail" in lowered else None
+
+
+def guardrail_demo(kind: str) -> str:
+    what, value = _DEMO_VALUES[kind]
+    extra = (
+        " The list of blocked words is configurable; this demo uses a harmless stand-in."
+        if kind == "blocked_word"
+        else ""
+    )
+    return (
+        f"Here is a guardrail demo with {what}. The answer streams normally at first, so you "
+        f"can see the text arrive token by token. Now comes the value: {value} is what a "
+        "guardrail should catch, and the text after it is what you should never see when "
+        "the guard stops the stream. In hold mode the value never reaches the screen; with "
+        f"redaction it is replaced by a label and the answer goes on.{extra} This sentence "
+        "closes the demo, so a stopped answer is easy to tell from a complete one."
+    )
+
+
+def _answer_to(question: str) -> str:
+    cleaned = strip_directives(question)
+    words = _WORD.findall(cleaned.lower())
+    if words and len(words) <= 3 and words[0] in _GREETINGS:
+        return topics_answer(
+            "Hello! I am the offline demo model. I stream short, scripted lessons about how "
+            "streaming LLM answers works, so you can see streaming without any API key."
+        )
+    kind = _demo_kind(cleaned)
+    if kind is not None:
+        return guardrail_demo(kind)
+    lesson = best_lesson(cleaned)
+    if lesson is None:
+        return topics_answer(
+            "I am a scripted demo model, not an LLM, so I can only answer questions about "
+            "streaming that I have a lesson for, and I did not find one for that question."
+        )
+    return f"## {lesson.title}\n\n{lesson.body}"
+
+
+def _fresh_answer(messages: list[dict[str, object]]) -> str:
+    """The answer to the conversation as it stands (its last user message)."""
+    question = ""
+    for message in reversed(messages):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            question = str(message["content"])
+            break
+    answer = _answer_to(question)
+    first = not any(m.get("role") == "assistant" for m in messages)
+    return f"{DEMO_NOTICE}\n\n{answer}" if first else answer
+
+
+def _continuation(messages: list[dict[str, object]]) -> str | None:
+    """When asked to continue a cut-off answer: the rest of it, starting (as real models do)
+    by repeating its last few words. None when the request is not a continuation."""
+    if not messages:
+        return None
+    last = messages[-1]
+    if last.get("role") == "assistant":
+        partial, earlier = str(last.get("content") or ""), messages[:-1]
+    elif (
+        last.get("role") == "user"
+        and _CONTINUE.search(str(last.get("content") or ""))
+        and len(messages) >= 2
+        and messages[-2].get("role") == "assistant"
+    ):
+        partial, earlier = str(messages[-2].get("content") or ""), messages[:-2]
+    else:
+        return None
+    intended = _fresh_answer(earlier)
+    shared = len(partial) if intended.startswith(partial) else _common_prefix(intended, partial)
+    if shared == 0 or shared >= len(intended):
+        return None  # unrelated, or already complete: answer the message afresh
+    # Repeat the last three words of what was shown, the way models restate where they were.
+    start = shared
+    for _ in range(3):
+        start = intended.rfind(" ", 0, max(start, 0))
+        if start <= 0:
+            start = 0
+            break
+    return intended[start:]
+
+
+def _common_prefix(a: str, b: str) -> int:
+    size = 0
+    for left, right in zip(a, b, strict=False):
+        if left != right:
+            break
+        size += 1
+    return size
+
+
+def choose_answer(messages: list[dict[str, object]]) -> str:
+    """The text the offline model streams for these request messages."""
+    continuation = _continuation(messages)
+    if continuation is not None:
+        return continuation
+    return _fresh_answer(messages)

@@ -1,0 +1,480 @@
+"""The offline demo model's HTTP server: OpenAI-compatible `/v1/chat/completions` (streamed and
+not) and `/v1/models`, on loopback, in a thread of its own with its own event loop.
+
+It paces tokens like a real model, notices a client going away at once (and stops), injects
+faults on request (see faults.py), and records what happened to every request so tests can
+assert it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from streamchat.offline.faults import (
+    Fault,
+    FaultCounter,
+    FaultSyntaxError,
+    find_directive,
+    parse_fault,
+)
+from streamchat.offline.lessons import choose_answer
+from streamchat.offline.tokens import count_tokens, tokenize
+
+log = logging.getLogger("streamchat.offline")
+
+MODEL_ID = "streamchat-demo"
+FAULT_HEADER = "x-streamchat-fault"
+_CREATED = 1_732_406_400
+
+
+@dataclass
+class RequestRecord:
+    """What happened to one POST /v1/chat/completions."""
+
+    request_id: str
+    model: str
+    stream: bool
+    fault: str | None
+    messages: list[dict[str, Any]]
+    body: dict[str, Any]
+    headers: dict[str, str]
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    tokens_sent: int = 0
+    client_disconnected: bool = False
+    completed: bool = False
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def end(self, *, completed: bool = False, disconnected: bool = False) -> None:
+        if self.ended.is_set():
+            return
+        self.completed = completed
+        self.client_disconnected = disconnected
+        self.ended_at = time.time()
+        self.ended.set()
+
+
+class RequestLog:
+    """Thread-safe record of requests, for tests and for teaching views."""
+
+    def __init__(self) -> None:
+        self._records: list[RequestRecord] = []
+        self._changed = threading.Condition()
+
+    def add(self, record: RequestRecord) -> None:
+        with self._changed:
+            self._records.append(record)
+            self._changed.notify_all()
+
+    def all(self) -> list[RequestRecord]:
+        with self._changed:
+            return list(self._records)
+
+    def last(self) -> RequestRecord:
+        with self._changed:
+            if not self._records:
+                raise LookupError("no request has been made yet")
+            return self._records[-1]
+
+    def wait_for(self, count: int, timeout: float) -> list[RequestRecord]:
+        """Block until at least `count` requests were made; raise TimeoutError otherwise."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._records) >= count, timeout):
+                raise TimeoutError(f"{len(self._records)} of {count} requests within {timeout} s")
+            return list(self._records)
+
+    def clear(self) -> None:
+        with self._changed:
+            self._records.clear()
+
+
+class DropConnection(Exception):
+    """Raised inside a streaming response to cut the connection without finishing it."""
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": None, "code": code}},
+        status_code=status,
+    )
+
+
+def _chunk(completion_id: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": _CREATED,
+        "model": MODEL_ID,
+        "system_fingerprint": "fp_streamchat_demo",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+    }
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _Handler:
+    """The ASGI routes, bound to one server's settings, counters and log."""
+
+    def __init__(self, server: OfflineServer) -> None:
+        self.server = server
+        self.counter = FaultCounter()
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
+                Route("/v1/chat/completions", self.completions, methods=["POST"]),
+            ]
+        )
+
+    def _authorised(self, request: Request) -> bool:
+        expected = self.server.api_key
+        return expected is None or request.headers.get("authorization") == f"Bearer {expected}"
+
+    async def models(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": MODEL_ID,
+                        "object": "model",
+                        "created": _CREATED,
+                        "owned_by": "streamchat",
+                    }
+                ],
+            }
+        )
+
+    async def model(self, request: Request) -> Response:
+        if request.path_params["model_id"] != MODEL_ID:
+            return _error(
+                404, "The model does not exist.", "invalid_request_error", "model_not_found"
+            )
+        return JSONResponse(
+            {"id": MODEL_ID, "object": "model", "created": _CREATED, "owned_by": "streamchat"}
+        )
+
+    async def completions(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "The request body is not valid JSON.", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "The request body must be a JSON object.", "invalid_request_error")
+        messages = body.get("messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) for m in messages)
+        ):
+            return _error(400, "'messages' must be a non-empty list.", "invalid_request_error")
+        model = body.get("model")
+        if model != MODEL_ID:
+            return _error(
+                404,
+                f"The model '{model}' does not exist. This server offers '{MODEL_ID}'.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        try:
+            fault = self._fault(request, messages)
+        except FaultSyntaxError as exc:
+            return _error(400, f"Bad fault directive: {exc}", "invalid_request_error")
+
+        stream = bool(body.get("stream"))
+        record = RequestRecord(
+            request_id=f"chatcmpl-{uuid.uuid4().hex[:20]}",
+            model=str(model),
+            stream=stream,
+            fault=fault.spec if fault else None,
+            messages=messages,
+            body=body,
+            headers={
+                k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"
+            },
+        )
+        self.server.records.add(record)
+        log.info("request %s stream=%s fault=%s", record.request_id, stream, record.fault or "-")
+
+        if fault is not None and fault.is_http_error:
+            record.end()
+            return self._fault_response(fault)
+
+        tokens = tokenize(choose_answer(messages))
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "stop"
+        if isinstance(limit, int) and 0 < limit < len(tokens):
+            tokens, finish = tokens[:limit], "length"
+        prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
+        if not stream:
+            return await self._whole(record, tokens, finish, prompt_tokens)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            self._stream(record, tokens, finish, prompt_tokens, include_usage, fault),
+            media_type="text/event-stream; charset=utf-8",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def _fault(self, request: Request, messages: list[dict[str, Any]]) -> Fault | None:
+        header = request.headers.get(FAULT_HEADER)
+        found = find_directive(messages)
+        if found is not None:
+            spec, key_text = found
+        elif header:
+            spec, key_text = header, "header"
+        elif self.server.default_fault:
+            spec, key_text = self.server.default_fault, "default"
+        else:
+            return None
+        fault = parse_fault(spec)
+        return fault if self.counter.applies(fault, (fault.spec, key_text)) else None
+
+    def _fault_response(self, fault: Fault) -> Response:
+        if fault.kind == "429":
+            response = _error(
+                429,
+                "Rate limit reached for requests. Please try again later.",
+                "requests",
+                "rate_limit_exceeded",
+            )
+            response.headers["Retry-After"] = f"{fault.retry_after:g}"
+            return response
+        if fault.kind == "401":
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        return _error(
+            int(fault.kind),
+            "The server had an error while processing your request.",
+            "server_error",
+        )
+
+    async def _whole(
+        self, record: RequestRecord, tokens: list[str], finish: str, prompt_tokens: int
+    ) -> Response:
+        # As long as streaming the same answer would take, so comparisons are honest.
+        try:
+            await asyncio.sleep(self.server.first_token_delay_s + len(tokens) / self.server.tps)
+        except asyncio.CancelledError:
+            record.end(disconnected=True)
+            raise
+        record.tokens_sent = len(tokens)
+        record.end(completed=True)
+        return JSONResponse(
+            {
+                "id": record.request_id,
+                "object": "chat.completion",
+                "created": _CREATED,
+                "model": MODEL_ID,
+                "system_fingerprint": "fp_streamchat_demo",
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": "".join(tokens),
+                            "refusal": None,
+                        },
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": len(tokens),
+                    "total_tokens": prompt_tokens + len(tokens),
+                },
+            }
+        )
+
+    async def _stream(
+        self,
+        record: RequestRecord,
+        tokens: list[str],
+        finish: str,
+        prompt_tokens: int,
+        include_usage: bool,
+        fault: Fault | None,
+    ) -> AsyncIterator[bytes]:
+        cid = record.request_id
+        interval = 1.0 / self.server.tps
+        try:
+            yield _chunk(cid, {"role": "assistant", "content": ""})
+            await asyncio.sleep(self.server.first_token_delay_s)
+            for position, token in enumerate(tokens):
+                if fault is not None and position == fault.after:
+                    if fault.kind == "drop":
+                        raise DropConnection(record.request_id)
+                    if fault.kind == "stall":
+                        await asyncio.sleep(fault.seconds if fault.seconds is not None else 3600)
+                    if fault.kind == "malformed":
+                        yield (
+                            b'data: {"id": "'
+                            + cid.encode()
+                            + b'", "choices": [{"delta": {not json\n\n'
+                        )
+                if position:
+                    await asyncio.sleep(interval)
+                yield _chunk(cid, {"content": token})
+                record.tokens_sent += 1
+            yield _chunk(cid, {}, finish)
+            if include_usage:
+                usage = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": _CREATED,
+                    "model": MODEL_ID,
+                    "system_fingerprint": "fp_streamchat_demo",
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": len(tokens),
+                        "total_tokens": prompt_tokens + len(tokens),
+                    },
+                }
+                yield b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+            record.end(completed=True)
+        except asyncio.CancelledError:
+            # Starlette cancels the response when the client disconnects.
+            record.end(disconnected=True)
+            raise
+        except DropConnection:
+            record.end()
+            raise
+        finally:
+            record.end(disconnected=True)
+
+
+class _QuietDrops(logging.Filter):
+    """uvicorn logs an exception raised inside a response; a planned drop is not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        while exc is not None:
+            if isinstance(exc, DropConnection):
+                return False
+            exc = (
+                exc.__cause__
+                or exc.__context__
+                or (
+                    exc.exceptions[0]
+                    if isinstance(exc, BaseExceptionGroup) and exc.exceptions
+                    else None
+                )
+            )
+        return True
+
+
+class OfflineServer:
+    """The offline demo model on 127.0.0.1. `start()` returns its base URL (…/v1)."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tokens_per_second: float = 30.0,
+        first_token_delay_ms: float = 300.0,
+        default_fault: str | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        if tokens_per_second <= 0:
+            raise ValueError("tokens_per_second must be positive")
+        if default_fault:
+            parse_fault(default_fault)  # fail now, with the reason, not at the first request
+        self.host = host
+        self._requested_port = port
+        self.tps = tokens_per_second
+        self.first_token_delay_s = max(first_token_delay_ms, 0.0) / 1000
+        self.default_fault = default_fault or None
+        self.api_key = api_key
+        self.records = RequestLog()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def port(self) -> int:
+        if self._socket is None:
+            raise RuntimeError("the offline server is not started")
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> str:
+        if self._thread is not None:
+            return self.base_url
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self._requested_port))
+        self._socket = sock
+        config = uvicorn.Config(
+            _Handler(self).app(),
+            log_config=None,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+        logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._run, name=f"offline-model-{self.port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the offline demo model did not start")
+            time.sleep(0.01)
+        return self.base_url
+
+    def _run(self) -> None:
+        assert self._server is not None and self._socket is not None
+        # Its own event loop: the app's loop (patched by nest_asyncio under `chainlit run`)
+        # never runs the demo model's pacing, and vice versa.
+        asyncio.run(self._server.serve(sockets=[self._socket]))
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(10)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> OfflineServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
