@@ -83,7 +83,7 @@ class ChunkParser:
             raise _stream_error(chunk["error"])
         return self._delta(chunk, payload)
 
-    def _delta(self, chunk: dict[str, Any], payload: str) -> Delta | None:
+    def _delta(self, chunk: dict[str, Any], payload: str) -> Delta:
         text = ""
         finish_reason = None
         for choice in chunk.get("choices") or ():
@@ -97,8 +97,8 @@ class ChunkParser:
             if choice.get("finish_reason"):
                 finish_reason = str(choice["finish_reason"])
         usage = _usage(chunk.get("usage"))
-        if not text and finish_reason is None and usage is None:
-            return None
+        # Every chunk becomes a Delta, also role-only and empty ones: raw chunk views count and
+        # show them, and they cost nothing downstream (empty text is not shown).
         if finish_reason is not None:
             self.finish_reason = finish_reason
         delta_obj = Delta(

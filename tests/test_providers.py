@@ -112,9 +112,12 @@ def test_parser_handles_every_common_chunk_shape():
     )
     deltas = [d for line in lines if (d := parser.feed_line(line)) is not None]
     assert "".join(d.text for d in deltas) == "Hello"
-    assert [d.finish_reason for d in deltas] == [None, None, "stop", None]
+    # One Delta per chunk (role-only and null-content ones too), none for comments or [DONE].
+    assert [d.text for d in deltas] == ["", "Hel", "lo", "", "", ""]
+    assert [d.finish_reason for d in deltas] == [None, None, None, None, "stop", None]
     assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == 2
-    assert [d.index for d in deltas] == [0, 1, 2, 3]
+    assert [d.index for d in deltas] == [0, 1, 2, 3, 4, 5]
+    assert '"role": "assistant"' in deltas[0].raw
     assert parser.done
 
 
