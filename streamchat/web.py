@@ -72,12 +72,26 @@ def _bearer_matches(request: Request, token: str) -> bool:
 
 
 def _insert_before_catch_all(app: FastAPI, routes: list[APIRoute]) -> None:
+    """Put `routes` ahead of whatever holds Chainlit's catch-all GET route: the route itself
+    in older FastAPI, the included router that contains it in newer ones."""
     existing = app.router.routes
     position = next(
-        (i for i, route in enumerate(existing) if getattr(route, "path", None) == _CATCH_ALL),
-        len(existing),
+        (i for i, route in enumerate(existing) if _holds_catch_all(route)), len(existing)
     )
     existing[position:position] = routes
+    # FastAPI caches the effective route table by a version counter; tell it we changed it.
+    mark_changed = getattr(app.router, "_mark_routes_changed", None)
+    if callable(mark_changed):
+        mark_changed()
+
+
+def _holds_catch_all(route: object) -> bool:
+    if getattr(route, "path", None) == _CATCH_ALL:
+        return True
+    inner = getattr(getattr(route, "original_router", None), "routes", None)
+    if inner is None:
+        inner = getattr(route, "routes", None) if not hasattr(route, "path") else None
+    return bool(inner) and any(_holds_catch_all(child) for child in inner)
 
 
 def _error(status: int, message: str) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse
 from starlette.testclient import TestClient
 
@@ -13,12 +13,15 @@ from streamchat.web import mount
 
 
 def app_with_catch_all() -> FastAPI:
+    """Built like chainlit.server.app: the UI's catch-all GET route in an included router."""
     app = FastAPI()
+    router = APIRouter()
 
-    @app.get("/{full_path:path}")
+    @router.get("/{full_path:path}")
     async def ui(full_path: str) -> HTMLResponse:  # stands in for Chainlit's UI route
         return HTMLResponse("<html>ui</html>")
 
+    app.include_router(router)
     return app
 
 
