@@ -174,13 +174,14 @@ async def test_delete_stops_a_running_stream():
         with AppProcess(env) as own:
             async with httpx2.AsyncClient(base_url=own.url, timeout=30) as http:
                 async with http.stream("GET", "/api/stream", params={"prompt": "hi"}) as r:
-                    async for item in sse_events(r):
+                    events = sse_events(r)
+                    async for item in events:
                         if isinstance(item, Received):
                             stream_id = item.id.split(":")[0]
                             break
                     stopped = await http.delete(f"/api/stream/{stream_id}")
                     assert stopped.status_code == 200
-                    rest = [e async for e in sse_events(r) if isinstance(e, Received)]
+                    rest = [e async for e in events if isinstance(e, Received)]
                 assert rest[-1].event == "done"
                 assert rest[-1].data["reason"] == "stopped_by_user"
                 record = (await upstream_requests(slow, 1, within=5))[0]
