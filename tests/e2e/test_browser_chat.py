@@ -3,6 +3,7 @@ complete. Headless Debian Chromium driven by Playwright, against the offline dem
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 
@@ -40,12 +41,16 @@ def test_answer_grows_token_by_token_and_ends_complete(browser, app):
             texts = answer_texts(page)
             if texts:
                 lengths.append(len(texts[-1]))
-            if page.locator("#stop-button").count() == 0 and lengths and lengths[-1] > 200:
+            # The stats line is added when the answer is finished.
+            if texts and "TTFT" in texts[-1]:
                 break
             page.wait_for_timeout(50)
         distinct = sorted(set(lengths))
         assert len(distinct) >= 5, f"the answer should grow visibly over time, saw {distinct}"
-        assert lengths == sorted(lengths), "shown text only grows while streaming"
+        # Shown text only grows while streaming; when a markdown mark such as `*` or a backtick
+        # is closed, the rendered text may lose that one character.
+        assert all(after >= before - 2 for before, after in itertools.pairwise(lengths))
+        assert "TTFT" in answer_texts(page)[-1], "the answer finished within the time limit"
 
         final = answer_texts(page)[-1]
         assert "offline demo model" in final.lower()
