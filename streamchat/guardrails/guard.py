@@ -1,0 +1,325 @@
+"""The incremental Guard: checks a stream as it arrives and decides what may be shown.
+
+Each `feed` normalises only the new text and scans it plus an overlap of `max_match - 1`
+characters, so a violation split across any chunk boundary is found and a whole stream costs
+O(length). A match that touches the end of what has arrived may still grow ("jane@example.co"
+before the "m"), so it is acted on only once text follows it, or at `finish`.
+
+Modes:
+- hold: text is released only when it is more than `max_match` characters behind the newest
+  text and not part of a possible match, so violating text never reaches the user;
+- buffered: text is released at once and checked every `buffer_chars`; a violation retracts
+  what was shown to the last safe prefix.
+
+Actions: stop (release the safe prefix and refuse the rest) or redact (hold mode only: replace
+each match with a label such as "[email removed]" and go on).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from streamchat.guardrails.normalize import Normalizer
+from streamchat.guardrails.policies import Match, Policy, describe, label
+
+log = logging.getLogger("streamchat.guardrails")
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """Where and what, never the matched text. Positions are in the original stream text."""
+
+    policy: str
+    kind: str
+    start: int
+    end: int
+    label: str
+
+    def message(self) -> str:
+        return f"Stopped: the answer contained {describe(self.kind)}."
+
+    def input_message(self) -> str:
+        return f"Your message was not sent: it contains {describe(self.kind)}."
+
+
+@dataclass(frozen=True, slots=True)
+class GuardStep:
+    release: str = ""  # text to append to what the user sees
+    violation: Violation | None = None  # the violation that stopped the stream
+    retract_to: int | None = None  # buffered mode: cut the shown text to this many characters
+    stopped: bool = False
+
+
+@dataclass
+class GuardRecord:
+    """What the guard did for one stream: for the metrics line and the logs."""
+
+    policies: tuple[str, ...]
+    violations: list[Violation] = field(default_factory=list)
+    redactions: int = 0
+    check_errors: int = 0
+    released_before_stop: int | None = None
+    max_held_chars: int = 0
+    max_hold_s: float = 0.0
+
+
+class Guard:
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        *,
+        mode: str = "hold",
+        action: str = "stop",
+        buffer_chars: int = 200,
+        stream_id: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if mode not in ("hold", "buffered"):
+            raise ValueError(f"unknown guardrail mode {mode!r}")
+        if action not in ("stop", "redact"):
+            raise ValueError(f"unknown guardrail action {action!r}")
+        self.policies = tuple(policies)
+        self.mode = mode
+        # Text that has been shown cannot be un-shown: redaction needs hold mode.
+        self.action = action if mode == "hold" else "stop"
+        self.buffer_chars = max(1, buffer_chars)
+        self.stream_id = stream_id
+        self._clock = clock
+        self.max_match = max((p.max_match for p in self.policies), default=1)
+        # Policies whose matches have no natural end (a key of unknown length) cap them at
+        # max_match; a capped match may go on beyond what was matched.
+        self._caps = {p.name: p.max_match for p in self.policies if getattr(p, "open_ended", False)}
+        self.record = GuardRecord(policies=tuple(p.name for p in self.policies))
+        self._norm = Normalizer()
+        self._unreleased = ""  # original text after the release point (bounded by the hold)
+        self._released = 0  # original characters passed on (shown, redacted or skipped)
+        self._scanned = 0  # normalised characters scanned so far
+        self._shown: list[str] = []
+        self._shown_length = 0
+        self._handled: dict[tuple[int, int, str], str] = {}  # decided match -> policy name
+        self._arrivals: deque[tuple[int, float]] = deque()  # (original length, time)
+        self.stopped = False
+
+    @property
+    def shown_text(self) -> str:
+        """Exactly what has been released so far (after redaction or retraction)."""
+        return "".join(self._shown)
+
+    # --- the stream ---------------------------------------------------------------------------
+
+    def feed(self, text: str) -> GuardStep:
+        if self.stopped or not text:
+            return GuardStep(stopped=self.stopped)
+        if not self.policies:
+            self._emit(text)
+            return GuardStep(release=text)
+        self._unreleased += text
+        self._norm.feed(text)
+        if self.mode == "buffered":
+            return self._feed_buffered()
+        self._arrivals.append((self._norm.original_length, self._clock()))
+        return self._feed_hold(final=False)
+
+    def finish(self) -> GuardStep:
+        """The stream ended: decide everything still open and release the rest if it is safe."""
+        if self.stopped or not self.policies:
+            return GuardStep(stopped=self.stopped)
+        if self.mode == "buffered":
+            step = self._check_buffered(final=True)
+        else:
+            step = self._feed_hold(final=True)
+        if not step.stopped:
+            self._final_check()
+        return step
+
+    # --- hold mode ----------------------------------------------------------------------------
+
+    def _feed_hold(self, *, final: bool) -> GuardStep:
+        matches, tentative_start = self._scan(final=final)
+        # A match still growing may start before a decided one: nothing from its start on may
+        # be released, whatever happens to the decided one.
+        limit = None if tentative_start is None else self._norm.to_original(tentative_start)
+        out: list[str] = []
+        for match in matches:
+            start = self._norm.to_original(match.start)
+            end = self._norm.to_original(match.end)
+            if start < self._released:
+                continue  # inside text already dealt with (an earlier redaction)
+            violation = self._violation(match, start, end)
+            out.append(self._take(start if limit is None else min(start, limit)))
+            blocked_by_growing = limit is not None and limit < start
+            if self.action == "redact" and not self._saturated(match) and not blocked_by_growing:
+                self._skip(end)
+                self._emit(violation.label)
+                out.append(violation.label)
+                self.record.redactions += 1
+                continue
+            return self._stop(violation, "".join(out))
+        if final:
+            safe = self._norm.original_length
+        else:
+            # Far enough behind the newest text that no violation can still start there, and
+            # before any match that may still grow.
+            safe_norm = len(self._norm) - self.max_match
+            if tentative_start is not None:
+                safe_norm = min(safe_norm, tentative_start)
+            safe = self._norm.to_original(safe_norm) if safe_norm > 0 else 0
+        out.append(self._take(safe))
+        self._note_hold()
+        return GuardStep(release="".join(out))
+
+    def _saturated(self, match: Match) -> bool:
+        # A match as long as its policy's cap may go on beyond it: redacting only the first part
+        # would show the rest, so it stops the stream instead (fail closed).
+        cap = self._caps.get(self._handled.get((match.start, match.end, match.kind), ""), 0)
+        return cap > 0 and match.end - match.start >= cap
+
+    # --- buffered mode ------------------------------------------------------------------------
+
+    def _feed_buffered(self) -> GuardStep:
+        if len(self._norm) - self._scanned >= self.buffer_chars:
+            step = self._check_buffered(final=False)
+            if step.stopped:
+                return step
+        return GuardStep(release=self._take(self._norm.original_length))
+
+    def _check_buffered(self, *, final: bool) -> GuardStep:
+        # Shown text cannot wait for a match to finish growing: act on any match at once.
+        matches, _ = self._scan(final=True)
+        if not matches:
+            return GuardStep()
+        first = matches[0]
+        start = self._norm.to_original(first.start)
+        violation = self._violation(first, start, self._norm.to_original(first.end))
+        if start < self._released:
+            # Shown already: retract to the last safe prefix (buffered text is shown verbatim).
+            self._shown = [self.shown_text[:start]]
+            self._shown_length = start
+            self._stop(violation, "")
+            return GuardStep(violation=violation, retract_to=start, stopped=True)
+        return self._stop(violation, self._take(start))
+
+    # --- scanning -----------------------------------------------------------------------------
+
+    def _scan(self, *, final: bool) -> tuple[list[Match], int | None]:
+        """New decided matches (absolute normalised positions, in order, not overlapping) and
+        the start of the earliest match that touches the end and may still grow."""
+        end = len(self._norm)
+        start = max(0, self._scanned - (self.max_match - 1))
+        window = self._norm.window(start, end)
+        decided: list[Match] = []
+        tentative: int | None = None
+        for policy in self.policies:
+            try:
+                found = policy.find(window)
+            except Exception:
+                # A check that fails must not let text through: the whole window violates.
+                log.exception("guardrail policy %s failed; failing closed", policy.name)
+                self.record.check_errors += 1
+                found = [Match(0, len(window), "check_error")]
+            for match in found:
+                absolute = Match(match.start + start, match.end + start, match.kind)
+                key = (absolute.start, absolute.end, absolute.kind)
+                if key in self._handled:
+                    continue
+                if absolute.end >= end and not final and absolute.kind != "check_error":
+                    tentative = (
+                        absolute.start if tentative is None else min(tentative, absolute.start)
+                    )
+                    continue
+                self._handled[key] = policy.name
+                decided.append(absolute)
+        self._scanned = end
+        decided.sort(key=lambda m: (m.start, -m.end))
+        kept: list[Match] = []
+        for match in decided:
+            if not kept or match.start >= kept[-1].end:
+                kept.append(match)
+        return kept, tentative
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _violation(self, match: Match, start: int, end: int) -> Violation:
+        policy = self._handled.get((match.start, match.end, match.kind), "guardrails")
+        violation = Violation(policy, match.kind, start, end, label(match.kind))
+        self.record.violations.append(violation)
+        # Never the matched text: policy, kind, position and stream only.
+        log.warning(
+            "guardrail violation stream=%s policy=%s kind=%s start=%d end=%d action=%s",
+            self.stream_id,
+            policy,
+            match.kind,
+            start,
+            end,
+            self.action,
+        )
+        return violation
+
+    def _stop(self, violation: Violation, release: str) -> GuardStep:
+        self.stopped = True
+        self.record.released_before_stop = self._shown_length
+        self._unreleased = ""
+        return GuardStep(release=release, violation=violation, stopped=True)
+
+    def _take(self, upto: int) -> str:
+        """Release original text from the release point up to original index `upto`."""
+        if upto <= self._released:
+            return ""
+        count = upto - self._released
+        text, self._unreleased = self._unreleased[:count], self._unreleased[count:]
+        self._released = upto
+        self._emit(text)
+        return text
+
+    def _skip(self, upto: int) -> None:
+        """Pass over original text without showing it (it was redacted)."""
+        count = max(0, upto - self._released)
+        self._unreleased = self._unreleased[count:]
+        self._released = max(self._released, upto)
+
+    def _emit(self, text: str) -> None:
+        if text:
+            self._shown.append(text)
+            self._shown_length += len(text)
+
+    def _note_hold(self) -> None:
+        held = self._norm.original_length - self._released
+        self.record.max_held_chars = max(self.record.max_held_chars, held)
+        while self._arrivals and self._arrivals[0][0] <= self._released:
+            self._arrivals.popleft()
+        if self._arrivals:
+            waited = self._clock() - self._arrivals[0][1]
+            self.record.max_hold_s = max(self.record.max_hold_s, waited)
+
+    def _final_check(self) -> None:
+        """One check over the whole answer. Normalisation is per character, so whole-text
+        positions equal the stream's; anything found here that the stream check did not decide
+        is a guard bug: logged loudly and counted, never silent."""
+        whole = self._norm.window(0)
+        for policy in self.policies:
+            try:
+                found = policy.find(whole)
+            except Exception:
+                self.record.check_errors += 1
+                continue
+            missed = [m for m in found if (m.start, m.end, m.kind) not in self._handled]
+            if missed:
+                self.record.check_errors += 1
+                log.error(
+                    "final check found %d match(es) the stream check missed (stream=%s policy=%s)",
+                    len(missed),
+                    self.stream_id,
+                    policy.name,
+                )
+
+
+def check_text(policies: Sequence[Policy], text: str) -> list[Violation]:
+    """Check a whole text (a user's message) with the same policies; violations in order."""
+    guard = Guard(policies, mode="hold", action="redact")
+    guard.feed(text)
+    guard.finish()
+    return list(guard.record.violations)

@@ -1,0 +1,66 @@
+"""One normalisation for every policy, applied incrementally, with a map back to the original.
+
+Each character is NFKC-normalised on its own (fullwidth letters become ASCII, ligatures split),
+invisible characters (zero-width spaces and joiners, soft hyphens, BOM, bidi controls) are
+dropped, and any run of whitespace becomes one space. Working per character makes the result
+independent of where the stream was cut into chunks; `origin[i]` is the index in the original
+text of normalised character `i`, so a violation found in normalised text maps back exactly.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+INVISIBLE = frozenset(
+    "\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b\u200c\u200d\u200e\u200f"
+    "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069"
+    "\u206a\u206b\u206c\u206d\u206e\u206f\u3164\ufeff\uffa0"
+)
+
+
+class Normalizer:
+    """Feed original text; read `text` (normalised so far) and `origin` (the index map)."""
+
+    def __init__(self) -> None:
+        self._chars: list[str] = []
+        self.origin: list[int] = []
+        self.original_length = 0
+        self._in_space = False
+
+    def feed(self, text: str) -> None:
+        base = self.original_length
+        chars, origin = self._chars, self.origin
+        for offset, char in enumerate(text):
+            if char in INVISIBLE:
+                continue
+            if char.isspace():
+                if not self._in_space:
+                    chars.append(" ")
+                    origin.append(base + offset)
+                    self._in_space = True
+                continue
+            self._in_space = False
+            folded = unicodedata.normalize("NFKC", char) if ord(char) > 127 else char
+            for piece in folded:
+                if piece.isspace():
+                    piece = " "
+                chars.append(piece)
+                origin.append(base + offset)
+        self.original_length += len(text)
+
+    def __len__(self) -> int:
+        return len(self._chars)
+
+    def window(self, start: int, end: int | None = None) -> str:
+        return "".join(self._chars[start:end])
+
+    def to_original(self, position: int) -> int:
+        """Original index where normalised position `position` begins (end of text if past)."""
+        return self.origin[position] if position < len(self.origin) else self.original_length
+
+
+def normalize(text: str) -> str:
+    """The whole-text form, for input checks and final checks."""
+    normalizer = Normalizer()
+    normalizer.feed(text)
+    return normalizer.window(0)

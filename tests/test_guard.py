@@ -1,0 +1,317 @@
+"""The incremental guard: same verdict whatever the chunking, violating text never released in
+hold mode, clean text passed through exactly, linear cost, failing closed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamchat.errors import ConfigError
+from streamchat.guardrails import (
+    BlocklistPolicy,
+    Guard,
+    GuardrailConfig,
+    Match,
+    PiiPolicy,
+    SecretsPolicy,
+    build_guard,
+    check_input,
+)
+from streamchat.guardrails.normalize import Normalizer
+
+POLICIES = (PiiPolicy(), SecretsPolicy(), BlocklistPolicy(["darn", "hate"]))
+
+VIOLATIONS = {
+    "email": "jane.doe@example.com",
+    "card": "4111 1111 1111 1111",
+    "phone": "+1 415 555 0123",
+    "api_key": "sk-proj-Q7xLm2VbN9cR4tZ8wK1pJ6hD3fG5sA0eY2uI9oP4",
+    "blocked_word": "darn",
+    "iban": "GB82 WEST 1234 5698 7654 32",
+    "private_key": "-----BEGIN RSA PRIVATE KEY-----",
+}
+
+prose = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ,.", min_size=0, max_size=150).map(
+    lambda s: " " + re.sub(r"\s+", " ", s).strip() + " "
+)
+
+
+def split(text: str, sizes: list[int]) -> list[str]:
+    pieces, position, turn = [], 0, 0
+    while position < len(text):
+        size = max(1, sizes[turn % len(sizes)])
+        pieces.append(text[position : position + size])
+        position += size
+        turn += 1
+    return pieces
+
+
+def run(text: str, sizes: list[int], **options):
+    guard = Guard(POLICIES, **options)
+    released: list[str] = []
+    prefixes: list[str] = []
+    violation = None
+    for piece in split(text, sizes):
+        step = guard.feed(piece)
+        released.append(step.release)
+        prefixes.append("".join(released))
+        if step.stopped:
+            violation = step.violation
+            break
+    else:
+        step = guard.finish()
+        released.append(step.release)
+        prefixes.append("".join(released))
+        violation = step.violation or violation
+    return "".join(released), prefixes, violation, guard
+
+
+@pytest.mark.parametrize("kind", sorted(VIOLATIONS))
+@pytest.mark.parametrize("sizes", [[1], [3], [97], [10_000], [2, 5, 1, 8]])
+def test_violation_split_across_chunks_is_found_at_the_same_place_and_never_released(kind, sizes):
+    value = VIOLATIONS[kind]
+    text = f"Here is some harmless text first, then {value} and more text after it ends here."
+    released, prefixes, violation, _ = run(text, sizes)
+    assert violation is not None and violation.kind == kind
+    start = text.index(value)
+    assert violation.start == start
+    assert released == text[:start]
+    for prefix in prefixes:
+        assert value[:4] not in prefix[len("Here is some harmless text first, then ") - 1 :]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    before=prose,
+    after=prose,
+    kind=st.sampled_from(sorted(VIOLATIONS)),
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+)
+def test_any_split_gives_the_same_verdict_and_no_part_of_the_match_is_released(
+    before, after, kind, sizes
+):
+    value = VIOLATIONS[kind]
+    text = before + value + after
+    released, prefixes, violation, _ = run(text, sizes)
+    whole_released, _, whole_violation, _ = run(text, [len(text)])
+    assert violation is not None and whole_violation is not None
+    assert (violation.kind, violation.start) == (whole_violation.kind, whole_violation.start)
+    assert released == whole_released
+    start = violation.start
+    for prefix in prefixes:
+        assert len(prefix) <= start, "nothing at or after the match start is ever released"
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=prose, sizes=st.lists(st.integers(1, 20), min_size=1, max_size=6))
+def test_without_a_violation_released_text_equals_the_input_exactly(text, sizes):
+    released, _, violation, _ = run(text, sizes)
+    assert violation is None
+    assert released == text
+
+
+@pytest.mark.parametrize("sizes", [[1], [3], [97]])
+def test_redact_replaces_each_match_with_a_label_and_continues(sizes):
+    text = "Mail jane.doe@example.com or call +1 415 555 0123, then stop saying darn. The end."
+    released, _, violation, guard = run(text, sizes, action="redact")
+    assert violation is None
+    assert released == (
+        "Mail [email removed] or call [phone number removed], then stop saying "
+        "[blocked word removed]. The end."
+    )
+    assert guard.record.redactions == 3
+    assert guard.shown_text == released
+
+
+def test_zero_width_characters_do_not_hide_an_email():
+    text = "write to jane\u200b.doe@exa\u200dmple.com today, thanks for reading this."
+    released, _, violation, _ = run(text, [2])
+    assert violation is not None and violation.kind == "email"
+    assert released == "write to "
+
+
+def test_fullwidth_and_leetspeak_are_caught():
+    fullwidth = "ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ"
+    _, _, violation, _ = run(f"contact {fullwidth} now please, thanks a lot.", [1])
+    assert violation is not None and violation.kind == "email"
+    _, _, violation, _ = run("I h4t3 waiting for answers, it is true.", [1])
+    assert violation is not None and violation.kind == "blocked_word"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "This class is about assistants and their classic passes.",
+        "Version 1.2.3.4 was released on 2024-01-15 at 12:30:45.",
+        "Order number 1234567812345678 shipped.",  # Luhn-valid but issuer digit 1
+        "Card 4111 1111 1111 1112 is not valid.",  # Luhn fails
+        "ISBN 978-3-16-148410-0 and hash 9f86d081884c7d659a2feaa0c55ad015.",
+        "The ratio was 12345 to 67890 over 3 years.",
+        "password: example and api_key = ${OPENAI_API_KEY}",
+        "Use stream=True and max_tokens=256 in the request.",
+    ],
+)
+def test_ordinary_text_passes_untouched(text):
+    released, _, violation, _ = run(text, [3])
+    assert violation is None, violation
+    assert released == text
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"),
+    [
+        ("SSN 536-22-1234 is on the form.", "ssn"),
+        ("CNIC 42101-1234567-1 belongs to someone.", "cnic"),
+        ("Aadhaar 2345 6789 0124 is in the demo.", "aadhaar"),
+        ("PAN ABCPE1234F is on the card.", "pan"),
+        ("call 0300 1234567 in Karachi today", "phone"),
+        ("call +91 98765 43210 in Mumbai today", "phone"),
+        ("AWS key AKIAIOSFODNN7EXAMPLE is the docs sample.", "api_key"),
+        ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789AB here", "token"),
+        ("xoxb-123456789012-abcdefghijkl is a Slack token", "token"),
+        (
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N here",
+            "token",
+        ),
+        ("DB_PASSWORD=Zx9!kq2#Lm7v in the env file", "password"),
+        ("IBAN DE89370400440532013000 for transfers", "iban"),
+    ],
+)
+def test_each_policy_finds_its_kind(text, kind):
+    _, _, violation, _ = run(text + " and some trailing words to end.", [4])
+    assert violation is not None and violation.kind == kind
+
+
+def test_buffered_mode_shows_text_at_once_and_retracts_to_the_safe_prefix():
+    guard = Guard(POLICIES, mode="buffered", buffer_chars=50)
+    text = "A harmless start. Then jane.doe@example.com appears here in the middle of it all."
+    shown, retract = "", None
+    for piece in split(text, [5]):
+        step = guard.feed(piece)
+        shown += step.release
+        if step.stopped:
+            retract = step.retract_to
+            break
+    else:
+        step = guard.finish()
+        retract = step.retract_to
+    assert retract == text.index("jane")
+    assert guard.shown_text == "A harmless start. Then "
+    assert guard.action == "stop"
+
+
+def test_redact_in_buffered_mode_falls_back_to_stop():
+    config = GuardrailConfig.from_env({"GUARDRAIL_MODE": "buffered", "GUARDRAIL_ACTION": "redact"})
+    assert config.action == "stop" and config.redact_fell_back
+
+
+def test_a_throwing_policy_fails_closed():
+    class Broken:
+        name = "broken"
+        max_match = 10
+
+        def find(self, text: str) -> list[Match]:
+            raise RuntimeError("bug")
+
+    guard = Guard([Broken()])
+    step = guard.feed("anything at all")
+    assert step.stopped and step.violation is not None
+    assert step.violation.kind == "check_error" and step.release == ""
+    assert guard.record.check_errors == 1
+
+
+def test_an_overlong_secret_fails_closed_instead_of_leaking_its_tail():
+    key = "sk-proj-" + "A1b2C3d4" * 30
+    released, _, violation, _ = run(f"the key is {key} and more", [7], action="redact")
+    assert violation is not None and violation.kind == "api_key"
+    assert released == "the key is "
+
+
+def test_guard_cost_is_linear_in_the_stream():
+    class Counting:
+        name = "counting"
+        max_match = 50
+
+        def __init__(self) -> None:
+            self.scanned = 0
+
+        def find(self, text: str) -> list[Match]:
+            self.scanned += len(text)
+            return []
+
+    for size in (1, 4, 50):
+        policy = Counting()
+        guard = Guard([policy])
+        text = "x" * 20_000
+        for piece in split(text, [size]):
+            guard.feed(piece)
+        guard.finish()
+        # Each chunk is scanned with an overlap of max_match - 1, plus one final whole check.
+        assert policy.scanned <= len(text) + (len(text) / size) * 50 + len(text) + 100
+
+
+def test_hold_record_reports_delay_and_hold_size():
+    ticks = iter(range(1000))
+    guard = Guard(POLICIES, clock=lambda: float(next(ticks)))
+    for piece in split("word " * 100, [5]):
+        guard.feed(piece)
+    guard.finish()
+    assert 0 < guard.record.max_held_chars <= guard.max_match + 5
+    assert guard.record.max_hold_s > 0
+
+
+def test_input_check_names_the_kind_never_the_text():
+    config = GuardrailConfig.from_env({})
+    violations = check_input(config, "my card is 4111-1111-1111-1111, thanks")
+    assert [v.kind for v in violations] == ["card"]
+    message = violations[0].input_message()
+    assert message == "Your message was not sent: it contains a credit card number."
+    assert "4111" not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"GUARDRAILS": "pii,magic"}, "unknown policy magic"),
+        ({"GUARDRAIL_MODE": "later"}, "GUARDRAIL_MODE must be one of hold, buffered"),
+        ({"GUARDRAIL_ACTION": "shout"}, "GUARDRAIL_ACTION must be one of stop, redact"),
+        ({"GUARDRAIL_BUFFER_CHARS": "0"}, "GUARDRAIL_BUFFER_CHARS"),
+        ({"GUARDRAILS": "regex"}, "GUARDRAIL_REGEX_FILE must name a file"),
+        ({"GUARDRAILS_LOCKED": "maybe"}, "GUARDRAILS_LOCKED must be true or false"),
+    ],
+)
+def test_bad_guardrail_settings_are_explained(env, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        GuardrailConfig.from_env(env)
+
+
+def test_off_disables_every_policy_and_text_passes_at_once():
+    config = GuardrailConfig.from_env({"GUARDRAILS": "off"})
+    guard = build_guard(config)
+    assert guard.feed("jane.doe@example.com").release == "jane.doe@example.com"
+
+
+def test_user_regex_file_with_named_patterns_and_a_bad_line(tmp_path):
+    good = tmp_path / "patterns.txt"
+    good.write_text("# max_match: 20\norder_id = ORD-\\d{6}\n")
+    config = GuardrailConfig.from_env({"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(good)})
+    guard = build_guard(config)
+    step = guard.feed("your order ORD-123456 has shipped, more text follows to end this.")
+    step = step if step.stopped else guard.finish()
+    assert step.violation is not None and step.violation.kind == "order_id"
+    bad = tmp_path / "bad.txt"
+    bad.write_text("ok\n(unclosed\n")
+    config = GuardrailConfig.from_env({"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(bad)})
+    with pytest.raises(ConfigError, match="line 2"):
+        build_guard(config)
+
+
+def test_normalizer_maps_positions_back_to_the_original():
+    normalizer = Normalizer()
+    for piece in ["ａ\u200bb  ", "\n c"]:
+        normalizer.feed(piece)
+    assert normalizer.window(0) == "ab c"
+    assert [normalizer.to_original(i) for i in range(4)] == [0, 2, 3, 7]
