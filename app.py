@@ -15,6 +15,7 @@ from chainlit.server import app as server_app
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
+from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.logs import configure_logging
 from streamchat.runtime import Runtime, settings_or_error
 from streamchat.sinks import ChainlitSink
@@ -61,7 +62,9 @@ def _sink(chat: ChatSession) -> ChainlitSink:
     )
 
 
-def _settings_widgets(options: ChatOptions, models: list[str]) -> list[object]:
+def _settings_widgets(
+    options: ChatOptions, models: list[str], guardrails: GuardrailConfig
+) -> list[object]:
     model_widget: object
     if models:
         values = [options.model, *models] if options.model not in models else models
@@ -94,6 +97,24 @@ def _settings_widgets(options: ChatOptions, models: list[str]) -> list[object]:
             label="Show stats under each answer (time to first token, tokens, tokens/s)",
             initial=options.show_metrics,
         ),
+        Switch(
+            id="guardrails_on",
+            label=f"Guardrails ({', '.join(guardrails.policies) or 'none configured'})",
+            initial=options.guardrails_on and guardrails.enabled,
+            disabled=guardrails.locked or not guardrails.enabled,
+            description=guardrail_note(guardrails),
+        ),
+        Select(
+            id="guardrail_mode",
+            label="Guardrail mode",
+            items={
+                "hold: text appears once it is checked (a short delay)": "hold",
+                "buffered: text appears at once, retracted on a violation": "buffered",
+            },
+            initial_value=options.guardrail_mode,
+            disabled=guardrails.locked or not guardrails.enabled,
+            description=guardrail_note(guardrails),
+        ),
     ]
 
 
@@ -110,7 +131,8 @@ async def on_chat_start() -> None:
         chat, problem = await _runtime.new_chat()
         cl.user_session.set("chat", chat)
         models = await _runtime.available_models()
-        await cl.ChatSettings(_settings_widgets(chat.options, models)).send()  # type: ignore[arg-type]
+        widgets = _settings_widgets(chat.options, models, chat.guardrails)
+        await cl.ChatSettings(widgets).send()  # type: ignore[arg-type]
         if problem is not None:
             await _show_error(problem.user_message)
     finally:

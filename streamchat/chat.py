@@ -13,8 +13,15 @@ from typing import Any
 
 from streamchat.coalesce import CoalescingSink
 from streamchat.errors import ConfigError
+from streamchat.guardrails import GuardrailConfig, build_guard, check_input
 from streamchat.history import Conversation
-from streamchat.relay import DeltaSource, Resilience, StreamResult, StreamRun
+from streamchat.relay import (
+    DeltaSource,
+    Resilience,
+    StreamResult,
+    StreamRun,
+    blocked_input_result,
+)
 from streamchat.sinks import Sink
 from streamchat.types import ChatRequest, Delta, EndReason
 
@@ -30,6 +37,8 @@ class ChatOptions:
     system_prompt: str
     max_tokens: int | None = None
     show_metrics: bool = True  # a stats line (TTFT, tokens, tokens/s) under each answer
+    guardrails_on: bool = True
+    guardrail_mode: str = "hold"
 
     def updated(self, values: Mapping[str, Any]) -> ChatOptions:
         """Apply submitted settings. Raises ConfigError with a message for the user."""
@@ -57,6 +66,13 @@ class ChatOptions:
             changes["system_prompt"] = prompt
         if "show_metrics" in values:
             changes["show_metrics"] = bool(values["show_metrics"])
+        if "guardrails_on" in values:
+            changes["guardrails_on"] = bool(values["guardrails_on"])
+        if "guardrail_mode" in values:
+            mode = str(values["guardrail_mode"])
+            if mode not in ("hold", "buffered"):
+                raise ConfigError("The guardrail mode must be hold or buffered.")
+            changes["guardrail_mode"] = mode
         return replace(self, **changes)
 
 
@@ -70,13 +86,34 @@ class ChatSession:
         *,
         flush_interval_s: float = 0.04,
         resilience: Resilience | None = None,
+        guardrails: GuardrailConfig | None = None,
     ) -> None:
         self.source = source
         self.options = options
         self.flush_interval_s = flush_interval_s
         self.resilience = resilience or Resilience()
+        self.guardrails = guardrails or GuardrailConfig(policies=())
         self.history = Conversation()
         self._lock = asyncio.Lock()
+
+    @property
+    def guardrail_config(self) -> GuardrailConfig:
+        """The operator's guardrails with this chat's choices (unless the operator locked them)."""
+        return self.guardrails.with_choices(
+            enabled=self.options.guardrails_on, mode=self.options.guardrail_mode
+        )
+
+    def _run(self, sink: Sink, on_delta: Callable[[Delta], None] | None = None) -> StreamRun:
+        run = StreamRun(
+            self.source,
+            CoalescingSink(sink, interval_s=self.flush_interval_s),
+            resilience=self.resilience,
+            on_delta=on_delta,
+        )
+        config = self.guardrail_config
+        if config.enabled:
+            run.guard = build_guard(config, stream_id=run.stream_id)
+        return run
 
     def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:
         return ChatRequest(
@@ -100,14 +137,12 @@ class ChatSession:
         On Stop (cancellation) the partial answer is recorded before CancelledError goes on.
         """
         async with self._lock:
+            config = self.guardrail_config
+            if config.enabled and (blocked := check_input(config, text)):
+                # Nothing goes upstream, and the message stays out of the history.
+                return await blocked_input_result(blocked[0], sink)
             self.history.add_user(text)
-            # Coalesce UI updates: the first token at once, then at most one write per interval.
-            run = StreamRun(
-                self.source,
-                CoalescingSink(sink, interval_s=self.flush_interval_s),
-                resilience=self.resilience,
-                on_delta=on_delta,
-            )
+            run = self._run(sink, on_delta)
             try:
                 result = await run.run(self.request(extra_headers))
             except asyncio.CancelledError:
@@ -130,11 +165,7 @@ class ChatSession:
             # The request's history ends with the interrupted answer itself; the run adds it
             # back with the instruction to continue.
             base = replace(request, messages=request.messages[:-1])
-            run = StreamRun(
-                self.source,
-                CoalescingSink(sink, interval_s=self.flush_interval_s),
-                resilience=self.resilience,
-            )
+            run = self._run(sink)
             try:
                 result = await run.run(base, continuing=interrupted.content)
             except asyncio.CancelledError:

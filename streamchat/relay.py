@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from streamchat.errors import ProviderError, StreamBroken
+from streamchat.guardrails import Guard, GuardStep, Violation
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics, StatsRecorder, StreamStats
 from streamchat.overlap import OverlapRemover
 from streamchat.sinks import Sink
@@ -43,6 +44,8 @@ class StreamResult:
     reason: EndReason
     stats: StreamStats
     error: ProviderError | None = None
+    violation: Violation | None = None
+    input_blocked: bool = False  # the user's message was blocked; nothing was sent upstream
 
     @property
     def interrupted(self) -> bool:
@@ -52,6 +55,10 @@ class StreamResult:
     def note(self) -> str | None:
         """A short marker for an answer that did not complete, for people and history views."""
         tokens = self.stats.completion_tokens
+        if self.reason is EndReason.GUARDRAIL and self.violation is not None:
+            if self.input_blocked:
+                return self.violation.input_message()
+            return self.violation.message()
         if self.reason is EndReason.STOPPED_BY_USER:
             return f"Stopped by you after {tokens} tokens."
         if self.reason is EndReason.LENGTH:
@@ -110,6 +117,36 @@ def continuation_request(request: ChatRequest, shown: str) -> ChatRequest:
     return replace(request, messages=messages)
 
 
+async def blocked_input_result(violation: Violation, sink: Sink) -> StreamResult:
+    """The outcome for a user message that the input check blocked: nothing was sent."""
+    result = StreamResult(
+        stream_id=uuid.uuid4().hex[:12],
+        text="",
+        reason=EndReason.GUARDRAIL,
+        stats=StatsRecorder().snapshot(),
+        violation=violation,
+        input_blocked=True,
+    )
+    log.info(
+        "input blocked policy=%s kind=%s start=%d",
+        violation.policy,
+        violation.kind,
+        violation.start,
+    )
+    PROCESS_METRICS.guardrail_stops.labels(policy=violation.policy).inc()
+    await sink.start()
+    await sink.finish(result)
+    return result
+
+
+class _GuardrailStop(Exception):
+    """Internal: the guard stopped the stream (a verdict, not an error)."""
+
+    def __init__(self, violation: Violation) -> None:
+        super().__init__(violation.kind)
+        self.violation = violation
+
+
 class StreamRun:
     """One answer: open the upstream stream, pass its text to the sink, finish the sink.
 
@@ -129,9 +166,11 @@ class StreamRun:
         rng: random.Random | None = None,
         metrics: ProcessMetrics = PROCESS_METRICS,
         on_delta: Callable[[Delta], None] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
+        self.guard = guard  # checks the text between the upstream and the sink; kept across resumes
         self.resilience = resilience or Resilience()
         self.metrics = metrics
         self._on_delta = on_delta  # sees every upstream chunk (raw chunk views, --raw)
@@ -140,6 +179,9 @@ class StreamRun:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._shown: list[str] = []
+        # Text that came from upstream (after seam overlap removal), shown or still held by
+        # the guard: retries happen only before any, resumes continue from all of it.
+        self._received: list[str] = []
 
     @property
     def last_text(self) -> str:
@@ -174,12 +216,16 @@ class StreamRun:
         while True:
             try:
                 await self._attempt(attempt_request, stats, remover)
+                if self.guard is not None:
+                    await self._apply(self.guard.finish())
+            except _GuardrailStop as stop:
+                result = self._result(EndReason.GUARDRAIL, stats, violation=stop.violation)
             except asyncio.CancelledError:
                 result = self._result(EndReason.STOPPED_BY_USER, stats)
                 await self._finish(result)
                 raise
             except ProviderError as exc:
-                if not self._shown and exc.retryable and retries < policy.retries:
+                if not self._received and exc.retryable and retries < policy.retries:
                     # Nothing shown yet: the same request again (for a Continue, the same
                     # continuation request and a fresh overlap remover).
                     if continuing:
@@ -200,9 +246,9 @@ class StreamRun:
                         raise
                     stats.new_attempt(resume=False)
                     continue
-                if self._shown and isinstance(exc, StreamBroken) and resumes < policy.resumes:
+                if self._received and isinstance(exc, StreamBroken) and resumes < policy.resumes:
                     resumes += 1
-                    shown = earlier + self.last_text
+                    shown = earlier + "".join(self._received)
                     log.info(
                         "stream %s: %s after %d characters; resuming (%d of %d)",
                         self.stream_id,
@@ -215,7 +261,7 @@ class StreamRun:
                     remover = OverlapRemover(shown)
                     stats.new_attempt(resume=True)
                     continue
-                result = self._result(EndReason.ERROR, stats, error=exc)
+                result = await self._give_up(exc, stats)
             else:
                 snapshot = stats.snapshot()
                 reason = (
@@ -252,9 +298,38 @@ class StreamRun:
                     self._on_delta(delta)
                 if delta.text:
                     got_text = True
-                    await self._show(remover.feed(delta.text) if remover else delta.text)
+                    await self._check(remover.feed(delta.text) if remover else delta.text)
         if remover is not None:
-            await self._show(remover.finish())
+            await self._check(remover.finish())
+
+    async def _give_up(self, error: ProviderError, stats: StatsRecorder) -> StreamResult:
+        """The answer failed for good: what the guard still holds is checked as the end of the
+        stream and shown if safe, so the partial answer is all the user may see."""
+        if self.guard is not None:
+            try:
+                await self._apply(self.guard.finish())
+            except _GuardrailStop as stop:
+                return self._result(EndReason.GUARDRAIL, stats, violation=stop.violation)
+        return self._result(EndReason.ERROR, stats, error=error)
+
+    async def _check(self, text: str) -> None:
+        """Pass text through the guard (if any) to the sink."""
+        if not text:
+            return
+        self._received.append(text)
+        if self.guard is None:
+            await self._show(text)
+        else:
+            await self._apply(self.guard.feed(text))
+
+    async def _apply(self, step: GuardStep) -> None:
+        if step.retract_to is not None:
+            kept = self.last_text[: step.retract_to]
+            self._shown[:] = [kept]
+            await self.sink.replace(kept)
+        await self._show(step.release)
+        if step.stopped and step.violation is not None:
+            raise _GuardrailStop(step.violation)
 
     async def _show(self, text: str) -> None:
         if text:
@@ -267,6 +342,7 @@ class StreamRun:
         stats: StatsRecorder,
         *,
         error: ProviderError | None = None,
+        violation: Violation | None = None,
     ) -> StreamResult:
         return StreamResult(
             stream_id=self.stream_id,
@@ -274,6 +350,7 @@ class StreamRun:
             reason=reason,
             stats=stats.snapshot(),
             error=error,
+            violation=violation,
         )
 
     async def _finish(self, result: StreamResult) -> None:
@@ -285,9 +362,20 @@ class StreamRun:
         if result.error is not None:
             fields["error_kind"] = result.error.kind
             fields["error_detail"] = result.error.detail
+        if result.violation is not None:
+            fields["guardrail_policy"] = result.violation.policy
+            fields["guardrail_kind"] = result.violation.kind
+        if self.guard is not None and self.guard.policies:
+            record = self.guard.record
+            fields["guard_held_chars_max"] = record.max_held_chars
+            fields["guard_hold_s_max"] = round(record.max_hold_s, 4)
+            fields["guard_redactions"] = record.redactions
+            fields["guard_check_errors"] = record.check_errors
         # One structured line per answer; never the text itself.
         log.info("stream_end %s", json.dumps(fields, sort_keys=True))
         self.metrics.record(
             result.stats, result.reason.value, result.error.kind if result.error else None
         )
+        if result.violation is not None:
+            self.metrics.guardrail_stops.labels(policy=result.violation.policy).inc()
         await self.sink.finish(result)

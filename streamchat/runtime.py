@@ -96,12 +96,14 @@ class Runtime:
             system_prompt=self.settings.system_prompt,
             max_tokens=self.settings.max_tokens,
             show_metrics=self.settings.show_metrics,
+            guardrail_mode=self.settings.guardrails.mode,
         )
         chat = ChatSession(
             self.provider,
             options,
             flush_interval_s=self.settings.stream_flush_ms / 1000,
             resilience=self.settings.resilience,
+            guardrails=self.settings.guardrails,
         )
         return chat, problem
 

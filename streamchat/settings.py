@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from streamchat.errors import ConfigError
+from streamchat.guardrails import GuardrailConfig
 from streamchat.relay import Resilience
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -76,6 +77,7 @@ class Settings:
     sse_grace_s: float = 30.0
     sse_keepalive_s: float = 15.0
     sse_ttl_s: float = 300.0
+    guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
 
     @property
     def offline(self) -> bool:
@@ -146,6 +148,7 @@ class Settings:
             sse_grace_s=reader.number("SSE_GRACE_S", 30.0, low=0.0, high=3600.0),
             sse_keepalive_s=reader.number("SSE_KEEPALIVE_S", 15.0, low=0.05, high=3600.0),
             sse_ttl_s=reader.number("SSE_TTL_S", 300.0, low=1.0, high=86_400.0),
+            guardrails=GuardrailConfig.from_env(env),
         )
 
 

@@ -119,6 +119,9 @@ class ChainlitSink:
         if result.error is not None:
             retry = [] if result.text else self._actions("retry", "Retry")
             await self._notify_error(result.error.user_message, retry)
+        elif result.reason is EndReason.GUARDRAIL and not (result.text or self._streamed):
+            # Blocked before anything was shown (the user's message, or the answer's start).
+            await self._notify_error(result.note() or "Blocked by a guardrail.", [])
 
     def _actions(self, name: str, label: str) -> list[Any]:
         return [self._make_action(name, label)] if self._make_action else []
@@ -179,6 +182,15 @@ class SseSink:
         self.log.append("retract", {"text": text})
 
     async def finish(self, result: StreamResult) -> None:
+        if result.violation is not None:
+            self.log.append(
+                "guardrail",
+                {
+                    "policy": result.violation.policy,
+                    "kind": result.violation.kind,
+                    "message": result.note(),
+                },
+            )
         if result.error is not None:
             self.log.append(
                 "error", {"message": result.error.user_message, "kind": result.error.kind}

@@ -16,8 +16,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
 from streamchat.coalesce import CoalescingSink
+from streamchat.guardrails import build_guard, check_input
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
-from streamchat.relay import StreamRun
+from streamchat.relay import StreamRun, blocked_input_result
 from streamchat.runtime import Runtime
 from streamchat.sinks import SseSink
 from streamchat.sse import (
@@ -208,12 +209,22 @@ class StreamEndpoint:
         )
         settings = runtime.settings
 
+        guardrails = settings.guardrails
+
         async def produce(event_log: EventLog) -> None:
+            sink = SseSink(event_log)
+            # The same guardrails as the chat UI: the question first, then the answer.
+            if guardrails.enabled and (blocked := check_input(guardrails, messages[-1].content)):
+                await blocked_input_result(blocked[0], sink)
+                return
             run = StreamRun(
                 runtime.provider,
-                CoalescingSink(SseSink(event_log), interval_s=settings.stream_flush_ms / 1000),
+                CoalescingSink(sink, interval_s=settings.stream_flush_ms / 1000),
                 stream_id=event_log.stream_id,
                 resilience=settings.resilience,
+                guard=build_guard(guardrails, stream_id=event_log.stream_id)
+                if guardrails.enabled
+                else None,
             )
             await run.run(request)
 

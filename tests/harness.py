@@ -46,7 +46,7 @@ _PROVIDER_VARS = (
 
 # The lines the Chainlit sink appends under an answer: a marker, then the stats line.
 _FOOTER = re.compile(
-    r"(\n\n\*\((?:Stopped by you|Interrupted:|Resumed |The answer reached)[^\n]*\)\*)?"
+    r"(\n\n\*\((?:Stopped by you|Stopped: |Interrupted:|Resumed |The answer reached)[^\n]*\)\*)?"
     r"(\n\n\*TTFT [^\n]*\*)?\Z"
 )
 

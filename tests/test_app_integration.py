@@ -97,7 +97,14 @@ async def test_only_the_first_answer_says_it_is_the_demo_model(client):
 async def test_chat_start_sends_settings_for_model_temperature_and_prompt(client):
     settings = next(e for e in client.events if e.name == "chat_settings").data
     by_id = {widget["id"]: widget for widget in settings}
-    assert set(by_id) == {"model", "temperature", "system_prompt", "show_metrics"}
+    assert set(by_id) == {
+        "model",
+        "temperature",
+        "system_prompt",
+        "show_metrics",
+        "guardrails_on",
+        "guardrail_mode",
+    }
     assert MODEL_ID in json.dumps(by_id["model"])
     assert by_id["temperature"]["initial"] == 0.7
 

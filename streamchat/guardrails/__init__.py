@@ -6,6 +6,7 @@ from streamchat.guardrails.config import (
     build_guard,
     build_policies,
     check_input,
+    guardrail_note,
 )
 from streamchat.guardrails.guard import Guard, GuardRecord, GuardStep, Violation, check_text
 from streamchat.guardrails.policies import (
@@ -33,4 +34,5 @@ __all__ = [
     "build_policies",
     "check_input",
     "check_text",
+    "guardrail_note",
 ]

@@ -150,3 +150,18 @@ def build_guard(config: GuardrailConfig, *, stream_id: str = "") -> Guard:
 
 def check_input(config: GuardrailConfig, text: str) -> list[Violation]:
     return check_text(build_policies(config), text)
+
+
+def guardrail_note(config: GuardrailConfig) -> str:
+    """What the settings panel says about the guardrails, in a sentence or two."""
+    if not config.enabled:
+        return "No guardrails are configured (GUARDRAILS=off)."
+    notes = [f"Action: {config.action}."]
+    if config.requested_action == "redact":
+        notes.append(
+            "Redact works only in hold mode (shown text cannot be un-shown); "
+            "in buffered mode a violation stops the answer instead."
+        )
+    if config.locked:
+        notes.append("Set by the operator (GUARDRAILS_LOCKED).")
+    return " ".join(notes)

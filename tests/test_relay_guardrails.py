@@ -1,0 +1,108 @@
+"""Guardrails inside the relay: a violation stops the answer and closes the upstream, never
+reaching the sink; redact continues; buffered retracts; the guard spans the resume seam; a
+blocked user message is never sent upstream."""
+
+from __future__ import annotations
+
+import random
+
+from streamchat.chat import ChatOptions, ChatSession
+from streamchat.errors import StreamBroken
+from streamchat.guardrails import GuardrailConfig, build_guard
+from streamchat.relay import Resilience, StreamRun
+from streamchat.sinks import MemorySink
+from streamchat.types import ChatMessage, ChatRequest, EndReason
+from tests.scripted import RecordingSleep, ScriptedSource, SequenceSource
+
+REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
+EMAIL = "jane.doe@example.com"
+
+
+def tokens(text: str, size: int = 3) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def guard(**env: str):
+    return build_guard(GuardrailConfig.from_env(env))
+
+
+async def test_violation_stops_the_answer_closes_upstream_and_never_reaches_the_sink():
+    text = f"Write to {EMAIL} for help, and here is a lot more text after it."
+    source = ScriptedSource(tokens(text))
+    sink = MemorySink()
+    result = await StreamRun(source, sink, guard=guard()).run(REQUEST)
+    assert result.reason is EndReason.GUARDRAIL
+    assert result.violation is not None and result.violation.kind == "email"
+    assert sink.text == "Write to " == result.text
+    assert all("jane" not in w and "@" not in w for w in sink.writes)
+    assert source.closed.is_set()
+    assert result.note() == "Stopped: the answer contained an email address."
+
+
+async def test_redact_continues_with_labels():
+    text = f"Write to {EMAIL} for help. That is all for now, thanks for asking."
+    sink = MemorySink()
+    result = await StreamRun(
+        ScriptedSource(tokens(text)), sink, guard=guard(GUARDRAIL_ACTION="redact")
+    ).run(REQUEST)
+    assert result.reason is EndReason.COMPLETE
+    assert sink.text == text.replace(EMAIL, "[email removed]")
+
+
+async def test_buffered_mode_retracts_what_was_shown():
+    text = "A" * 30 + f" then {EMAIL} shows up, and the stream goes on for a while more."
+    sink = MemorySink()
+    run = StreamRun(
+        ScriptedSource(tokens(text, 2)),
+        sink,
+        guard=guard(GUARDRAIL_MODE="buffered", GUARDRAIL_BUFFER_CHARS="20"),
+    )
+    result = await run.run(REQUEST)
+    assert result.reason is EndReason.GUARDRAIL
+    assert "jane" in "".join(sink.writes), "buffered mode showed it before the check"
+    assert sink.text == text[: text.index(EMAIL)] == result.text
+
+
+async def test_a_violation_split_across_the_resume_seam_is_still_caught():
+    before = "Contact us at jane.doe@exam"
+    source = SequenceSource(
+        ScriptedSource(tokens(before), fail_with=StreamBroken("lost", cause="dropped")),
+        ScriptedSource(tokens("doe@example.com and more words follow here to the end.")),
+    )
+    sink = MemorySink()
+    result = await StreamRun(
+        source,
+        sink,
+        guard=guard(),
+        resilience=Resilience(resumes=1),
+        sleep=RecordingSleep(),
+        rng=random.Random(0),
+    ).run(REQUEST)
+    assert result.reason is EndReason.GUARDRAIL and result.violation is not None
+    assert result.violation.kind == "email"
+    assert sink.text == "Contact us at "
+    assert result.stats.resumes == 1
+
+
+async def test_a_blocked_user_message_is_never_sent_and_not_kept():
+    source = ScriptedSource(["never"])
+    chat = ChatSession(
+        source,
+        ChatOptions(model="m", temperature=0, system_prompt=""),
+        guardrails=GuardrailConfig.from_env({}),
+    )
+    sink = MemorySink()
+    result = await chat.answer("my card is 4111 1111 1111 1111", sink)
+    assert source.requests == []
+    assert result.input_blocked and sink.result is result
+    assert result.note() == "Your message was not sent: it contains a credit card number."
+    assert chat.history.turns == ()
+
+
+async def test_guardrails_can_be_switched_off_per_chat_unless_locked():
+    options = ChatOptions(model="m", temperature=0, system_prompt="", guardrails_on=False)
+    chat = ChatSession(ScriptedSource([EMAIL]), options, guardrails=GuardrailConfig.from_env({}))
+    assert not chat.guardrail_config.enabled
+    locked = GuardrailConfig.from_env({"GUARDRAILS_LOCKED": "true"})
+    chat = ChatSession(ScriptedSource([EMAIL]), options, guardrails=locked)
+    assert chat.guardrail_config.enabled
