@@ -146,6 +146,7 @@ def test_fullwidth_and_leetspeak_are_caught():
     [
         "This class is about assistants and their classic passes.",
         "Version 1.2.3.4 was released on 2024-01-15 at 12:30:45.",
+        "small version 2024-01-15 12 the piece",  # a date and a number: not a US phone number
         "Order number 1234567812345678 shipped.",  # Luhn-valid but issuer digit 1
         "Card 4111 1111 1111 1112 is not valid.",  # Luhn fails
         "ISBN 978-3-16-148410-0 and hash 9f86d081884c7d659a2feaa0c55ad015.",

@@ -135,25 +135,42 @@ class PiiPolicy:
         found += _validated(_CNIC, text, "cnic", cnic.is_valid)
         found += _validated(_AADHAAR, text, "aadhaar", aadhaar.is_valid)
         found += _validated(_PAN, text, "pan", pan.is_valid)
-        if (
-            len(_DIGITS.findall(text)) >= 7
-        ):  # phonenumbers is the costly one: skip if it can't match
-            found += self._phones(text, taken=found)
+        found += self._phones(text, taken=found)
         return found
 
     def _phones(self, text: str, taken: list[Match]) -> list[Match]:
         phones: list[Match] = []
-        for region in self.phone_regions:
-            for number in phonenumbers.PhoneNumberMatcher(
-                text, region, leniency=phonenumbers.Leniency.VALID
-            ):
-                candidate = Match(number.start, number.end, "phone")
-                overlaps = any(
-                    m.start < candidate.end and candidate.start < m.end for m in taken + phones
-                )
-                if not overlaps:
-                    phones.append(candidate)
+        # phonenumbers is the costly part: only phone-shaped runs of 7-15 digits are given to
+        # it, and the verdict for a run is cached (overlapping windows see it many times).
+        for candidate in _PHONE_CANDIDATE.finditer(text):
+            raw = candidate.group()
+            if not 7 <= len(_DIGITS.findall(raw)) <= 15 or _DATE_OR_TIME.search(raw):
+                continue
+            for start, end in _phone_spans(raw, self.phone_regions):
+                match = Match(candidate.start() + start, candidate.start() + end, "phone")
+                if not any(m.start < match.end and match.start < m.end for m in taken + phones):
+                    phones.append(match)
         return phones
+
+
+# A run that could hold a phone number: digits with spaces, dots, dashes or brackets.
+_PHONE_CANDIDATE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().-]{5,22}\d(?![\w])")
+# Dates and times are digit runs too: "2024-01-15 12" is a valid US number to phonenumbers.
+_DATE_OR_TIME = re.compile(
+    r"(?:19|20)\d\d[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])|\d{1,2}:\d{2}"
+)
+
+
+@lru_cache(maxsize=4096)
+def _phone_spans(raw: str, regions: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    spans: list[tuple[int, int]] = []
+    for region in regions:
+        for number in phonenumbers.PhoneNumberMatcher(
+            raw, region, leniency=phonenumbers.Leniency.VALID
+        ):
+            if not any(s < number.end and number.start < e for s, e in spans):
+                spans.append((number.start, number.end))
+    return tuple(spans)
 
 
 # --- secrets ----------------------------------------------------------------------------------
