@@ -79,3 +79,22 @@ def test_env_file_fills_in_beneath_the_process_environment(tmp_path, monkeypatch
     settings = Settings.from_env(load_env_file(env_file))
     assert settings.model == "from-process"
     assert settings.system_prompt == "Be brief."
+
+
+def test_env_example_is_valid_and_documents_every_variable():
+    from pathlib import Path
+
+    from dotenv import dotenv_values
+
+    root = Path(__file__).resolve().parent.parent
+    example = {k: v for k, v in dotenv_values(root / ".env.example").items() if v is not None}
+    assert Settings.from_env(example).offline, "copying .env.example keeps the offline default"
+    sources = (root / "streamchat" / "settings.py").read_text() + (
+        root / "streamchat" / "guardrails" / "config.py"
+    ).read_text()
+    read = set(re.findall(r'(?:reader\.\w+|environ\.get)\(\s*"([A-Z_]+)"', sources))
+    assert len(read) > 20
+    readme = (root / "README.md").read_text()
+    for name in sorted(read):
+        assert name in example, f"{name} is missing from .env.example"
+        assert f"`{name}`" in readme, f"{name} is missing from the README's table"
