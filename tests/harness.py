@@ -71,8 +71,13 @@ class AppProcess:
     """`chainlit run app.py -h` in a subprocess with a clean environment."""
 
     def __init__(
-        self, env: Mapping[str, str] | None = None, *, startup_timeout: float = 60
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        startup_timeout: float = 60,
+        app_path: Path | None = None,
     ) -> None:
+        self.app_path = app_path or REPO / "app.py"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._extra_env = dict(env or {})
@@ -103,7 +108,7 @@ class AppProcess:
                 "-m",
                 "chainlit",
                 "run",
-                str(REPO / "app.py"),
+                str(self.app_path),
                 "-h",
                 "--host",
                 "127.0.0.1",
@@ -117,6 +122,11 @@ class AppProcess:
         )
         self._wait_ready()
         return self
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self._startup_timeout

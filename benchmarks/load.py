@@ -1,0 +1,222 @@
+"""Load: streamchat against the canonical per-token Chainlit app, side by side in one run.
+
+Starts a fixed-rate OpenAI-compatible upstream (benchmarks/upstream.py, its own process), then
+each app in turn (`chainlit run`, its own process) against it: the baseline
+(benchmarks/baseline_app.py, `stream_token` per SDK chunk), streamchat with GUARDRAILS=off (the
+streaming path alone) and streamchat with its default guardrails. For N concurrent chat
+sessions over real Socket.IO (the browser's protocol) each asks one question whose answer is
+`--tokens` tokens at `--tps` tokens/s, and the benchmark reports per app and N:
+
+- server CPU seconds per 1000 delivered tokens (utime+stime of the app process, /proc);
+- delivery lag p50/p99: arrival time of a UI event minus the upstream's send time of the newest
+  token it contains;
+- time to first token p50/p99: question sent -> first UI event with text;
+- Socket.IO stream events per answer;
+- answers whose final text differs from the upstream's (must be 0).
+
+Run: python benchmarks/load.py [--quick] [--sessions 1,10,25,50,100] [--tps 50] [--tokens 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx2
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.harness import AppProcess, ChainlitClient, free_port, strip_footer  # noqa: E402
+
+TOKEN = re.compile(r"w(\d+) ")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+@dataclass
+class Figures:
+    app: str
+    sessions: int
+    cpu_per_1k_tokens: float
+    lag_p50_ms: float
+    lag_p99_ms: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+    events_per_answer: float
+    mismatches: int
+    notes: list[str] = field(default_factory=list)
+
+
+async def run_load(app: AppProcess, upstream_url: str, sessions: int, tokens: int) -> Figures:
+    clients = [ChainlitClient(app.url) for _ in range(sessions)]
+    await asyncio.gather(*(client.connect() for client in clients))
+    tag = f"{app.port}-{sessions}-{time.time():.0f}"
+    questions = [f"q {tag} {i}" for i in range(sessions)]
+    expected = "".join(f"w{i} " for i in range(tokens))
+    cpu_before = cpu_seconds(app.pid)
+    marks = await asyncio.gather(*(c.send(q) for c, q in zip(clients, questions, strict=True)))
+    sent_at = time.monotonic(), time.time()
+    answers = await asyncio.gather(
+        *(c.finished(m, within=300) for c, m in zip(clients, marks, strict=True))
+    )
+    cpu_used = cpu_seconds(app.pid) - cpu_before
+    lags, ttfts, events, mismatches = [], [], [], 0
+    async with httpx2.AsyncClient(base_url=upstream_url, timeout=30) as http:
+        for client, question, answer in zip(clients, questions, answers, strict=True):
+            sent = (await http.get("/_sent", params={"q": question})).json()
+            text = ""
+            stream = answer.stream_events
+            events.append(len(stream))
+            for event in stream:
+                if event.name == "stream_start":
+                    text = event.data.get("output") or ""
+                elif event.data.get("isSequence"):
+                    text = event.data["token"]
+                else:
+                    text += event.data["token"]
+                found = TOKEN.findall(text)
+                if not found:
+                    continue
+                if len(ttfts) < len(events):
+                    ttfts.append((event.at - sent_at[0]) * 1000)
+                newest = int(found[-1])
+                # event.at is monotonic; convert to wall time to compare with the upstream's.
+                arrival_wall = sent_at[1] + (event.at - sent_at[0])
+                lags.append((arrival_wall - sent[newest]) * 1000)
+            if strip_footer(answer.final_assistant_text()) != expected:
+                mismatches += 1
+            await client.close()
+    return Figures(
+        app="",
+        sessions=sessions,
+        cpu_per_1k_tokens=cpu_used / (sessions * tokens) * 1000,
+        lag_p50_ms=percentile(lags, 50),
+        lag_p99_ms=percentile(lags, 99),
+        ttft_p50_ms=percentile(ttfts, 50),
+        ttft_p99_ms=percentile(ttfts, 99),
+        events_per_answer=statistics.mean(events) if events else 0.0,
+        mismatches=mismatches,
+    )
+
+
+def start_upstream(tps: float, tokens: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "upstream.py"), "--port", str(port),
+         "--tps", str(tps), "--tokens", str(tokens)],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx2.get(f"{url}/v1/models", timeout=1)
+            return proc, url
+        except httpx2.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the benchmark upstream did not start")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--sessions", default="1,10,25,50,100")
+    parser.add_argument("--tps", type=float, default=50)
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="N in 1, 10 only")
+    args = parser.parse_args()
+    counts = [1, 10] if args.quick else [int(n) for n in args.sessions.split(",")]
+    upstream, url = start_upstream(args.tps, args.tokens)
+    apps = {
+        "baseline (stream_token per chunk)": (REPO / "benchmarks" / "baseline_app.py", {}),
+        "streamchat, GUARDRAILS=off": (REPO / "app.py", {"GUARDRAILS": "off"}),
+        "streamchat, default guardrails": (REPO / "app.py", {}),
+    }
+    results: list[Figures] = []
+    try:
+        for name, (path, extra) in apps.items():
+            env = {
+                "OPENAI_BASE_URL": f"{url}/v1",
+                "OPENAI_MODEL": "bench",
+                "STREAM_RETRIES": "0",
+                "SHOW_METRICS": "false",
+                "LOG_LEVEL": "WARNING",
+                **extra,
+            }
+            with AppProcess(env, app_path=path) as app:
+                await run_load(app, url, 1, 10)  # warm up imports and first-request paths
+                for sessions in counts:
+                    figures = await run_load(app, url, sessions, args.tokens)
+                    figures.app = name
+                    results.append(figures)
+                    print(
+                        f"{name:36} N={sessions:<4} cpu/1k={figures.cpu_per_1k_tokens:.3f}s "
+                        f"lag p50/p99={figures.lag_p50_ms:.0f}/{figures.lag_p99_ms:.0f} ms "
+                        f"ttft p50={figures.ttft_p50_ms:.0f} ms "
+                        f"events={figures.events_per_answer:.0f} "
+                        f"mismatches={figures.mismatches}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+    report(results, counts, args)
+
+
+def report(results: list[Figures], counts: list[int], args: argparse.Namespace) -> None:
+    print(f"Upstream: {args.tokens} tokens per answer at {args.tps:g} tokens/s; "
+          f"{os.cpu_count()} CPU cores.\n")  # fmt: skip
+    print("| app | N | CPU s / 1000 tokens | lag p50 ms | lag p99 ms | TTFT p50 ms | "
+          "TTFT p99 ms | events / answer | wrong answers |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for f in results:
+        print(f"| {f.app} | {f.sessions} | {f.cpu_per_1k_tokens:.3f} | {f.lag_p50_ms:.0f} | "
+              f"{f.lag_p99_ms:.0f} | {f.ttft_p50_ms:.0f} | {f.ttft_p99_ms:.0f} | "
+              f"{f.events_per_answer:.0f} | {f.mismatches} |")  # fmt: skip
+    by = {(f.app, f.sessions): f for f in results}
+    base, ours = "baseline (stream_token per chunk)", "streamchat, GUARDRAILS=off"
+    print("\nTargets (streaming path, GUARDRAILS=off, against the baseline in the same run):")
+    cpu_ratios = [by[(ours, n)].cpu_per_1k_tokens / by[(base, n)].cpu_per_1k_tokens
+                  for n in counts if (ours, n) in by and (base, n) in by]  # fmt: skip
+    if cpu_ratios:
+        worst = max(cpu_ratios)
+        print(f"- CPU per delivered token at most 1/4 of the baseline's: worst ratio "
+              f"{worst:.2f} -> {'PASS' if worst <= 0.25 else 'FAIL'}")  # fmt: skip
+    if (ours, 25) in by and (base, 25) in by:
+        lag = by[(ours, 25)].lag_p99_ms
+        verdict = "PASS" if lag < 250 else "FAIL"
+        print(f"- p99 delivery lag under 250 ms at N=25: {lag:.0f} ms (baseline "
+              f"{by[(base, 25)].lag_p99_ms:.0f} ms) -> {verdict}")  # fmt: skip
+    if (ours, 1) in by and (base, 1) in by:
+        diff = by[(ours, 1)].ttft_p50_ms - by[(base, 1)].ttft_p50_ms
+        print(f"- TTFT p50 within 10 ms of the baseline's at N=1: {diff:+.1f} ms -> "
+              f"{'PASS' if diff <= 10 else 'FAIL'}")  # fmt: skip
+    wrong = sum(f.mismatches for f in results)
+    print(f"- every answer's text equals the upstream's: {wrong} wrong -> "
+          f"{'PASS' if wrong == 0 else 'FAIL'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
