@@ -84,16 +84,8 @@ async def run_load(app: AppProcess, upstream_url: str, sessions: int, tokens: in
     async with httpx2.AsyncClient(base_url=upstream_url, timeout=30) as http:
         for client, question, answer in zip(clients, questions, answers, strict=True):
             sent = (await http.get("/_sent", params={"q": question})).json()
-            text = ""
-            stream = answer.stream_events
-            events.append(len(stream))
-            for event in stream:
-                if event.name == "stream_start":
-                    text = event.data.get("output") or ""
-                elif event.data.get("isSequence"):
-                    text = event.data["token"]
-                else:
-                    text += event.data["token"]
+            events.append(len(answer.stream_events))
+            for event, text in answer.progress():
                 found = TOKEN.findall(text)
                 if not found:
                     continue

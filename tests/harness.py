@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,9 +185,9 @@ class Answer:
     def stream_events(self) -> list[Event]:
         return self.named("stream_start", "stream_token")
 
-    @property
-    def streamed_text(self) -> str:
-        """The text as the browser builds it from stream_start + stream_token events."""
+    def progress(self) -> Iterator[tuple[Event, str]]:
+        """Each stream event with the text the browser shows after it (stream_start sets the
+        text, stream_token appends, or replaces with isSequence)."""
         text = ""
         for event in self.stream_events:
             if event.name == "stream_start":
@@ -196,7 +196,13 @@ class Answer:
                 text = event.data["token"]
             else:
                 text += event.data["token"]
-        return text
+            yield event, text
+
+    @property
+    def streamed_text(self) -> str:
+        """The text as the browser builds it from the stream events."""
+        texts = [text for _, text in self.progress()]
+        return texts[-1] if texts else ""
 
     def messages(self) -> list[dict[str, Any]]:
         """Final message states (new_message / update_message), in order."""
