@@ -28,6 +28,8 @@ from streamchat.guardrails.policies import Match, Policy, describe, label
 
 log = logging.getLogger("streamchat.guardrails")
 
+_GROWTH_MARGIN = 1
+
 
 @dataclass(frozen=True, slots=True)
 class Violation:
@@ -101,6 +103,8 @@ class Guard:
         self._shown: list[str] = []
         self._shown_length = 0
         self._handled: dict[tuple[int, int, str], str] = {}  # decided match -> policy name
+        self._open: dict[tuple[int, str], str] = {}  # growing matches: (start, kind) -> policy
+        self._capped: set[tuple[int, int, str]] = set()  # decided because they outgrew the window
         self._arrivals: deque[tuple[int, float]] = deque()  # (original length, time)
         self.stopped = False
 
@@ -162,9 +166,9 @@ class Guard:
         if final:
             safe = self._norm.original_length
         else:
-            # Far enough behind the newest text that no violation can still start there, and
-            # before any match that may still grow.
-            safe_norm = len(self._norm) - self.max_match
+            # Before anything where a violation could still be in progress, and before any
+            # match that may still grow.
+            safe_norm = self._hold_start()
             if tentative_start is not None:
                 safe_norm = min(safe_norm, tentative_start)
             safe = self._norm.to_original(safe_norm) if safe_norm > 0 else 0
@@ -172,10 +176,29 @@ class Guard:
         self._note_hold()
         return GuardStep(release="".join(out))
 
+    def _hold_start(self) -> int:
+        """The earliest normalised position where a violation could still be in progress: at
+        most max_match characters back, less where every policy can tell (see Policy)."""
+        tail_start = max(0, len(self._norm) - self.max_match)
+        tail = self._norm.window(tail_start)
+        start = len(self._norm)
+        for policy in self.policies:
+            hold_from = getattr(policy, "hold_from", None)
+            try:
+                offset = hold_from(tail) if hold_from is not None else 0
+            except Exception:
+                log.exception("guardrail policy %s failed to say what to hold", policy.name)
+                offset = 0  # fail closed: hold everything
+            start = min(start, tail_start + max(0, offset))
+        return start
+
     def _saturated(self, match: Match) -> bool:
         # A match as long as its policy's cap may go on beyond it: redacting only the first part
         # would show the rest, so it stops the stream instead (fail closed).
-        cap = self._caps.get(self._handled.get((match.start, match.end, match.kind), ""), 0)
+        key = (match.start, match.end, match.kind)
+        if key in self._capped:
+            return True
+        cap = self._caps.get(self._handled.get(key, ""), 0)
         return cap > 0 and match.end - match.start >= cap
 
     # --- buffered mode ------------------------------------------------------------------------
@@ -207,12 +230,12 @@ class Guard:
 
     def _scan(self, *, final: bool) -> tuple[list[Match], int | None]:
         """New decided matches (absolute normalised positions, in order, not overlapping) and
-        the start of the earliest match that touches the end and may still grow."""
+        the start of the earliest match that may still grow."""
         end = len(self._norm)
         start = max(0, self._scanned - (self.max_match - 1))
         window = self._norm.window(start, end)
         decided: list[Match] = []
-        tentative: int | None = None
+        still_open: dict[tuple[int, str], str] = {}
         for policy in self.policies:
             try:
                 found = policy.find(window)
@@ -226,19 +249,32 @@ class Guard:
                 key = (absolute.start, absolute.end, absolute.kind)
                 if key in self._handled:
                     continue
-                if absolute.end >= end and not final and absolute.kind != "check_error":
-                    tentative = (
-                        absolute.start if tentative is None else min(tentative, absolute.start)
-                    )
+                # A match ending at, or one character before, the newest text may still grow:
+                # numbers go on after a separator ("4111 1111" + " 1111").
+                growing = absolute.end >= end - _GROWTH_MARGIN
+                if growing and not final and absolute.kind != "check_error":
+                    still_open[(absolute.start, absolute.kind)] = policy.name
                     continue
                 self._handled[key] = policy.name
                 decided.append(absolute)
+        # A growing match that has slid out of the scan window (its start is further back than
+        # the overlap reaches) can no longer be seen: it outgrew max_match, so it is decided now
+        # as a capped match, which stops the stream (fail closed).
+        for (match_start, kind), policy_name in self._open.items():
+            if (match_start, kind) in still_open or match_start >= start:
+                continue
+            capped = Match(match_start, match_start + self.max_match, kind)
+            self._handled[(capped.start, capped.end, capped.kind)] = policy_name
+            self._capped.add((capped.start, capped.end, capped.kind))
+            decided.append(capped)
+        self._open = still_open
         self._scanned = end
         decided.sort(key=lambda m: (m.start, -m.end))
         kept: list[Match] = []
         for match in decided:
             if not kept or match.start >= kept[-1].end:
                 kept.append(match)
+        tentative = min((s for s, _ in still_open), default=None)
         return kept, tentative
 
     # --- helpers ------------------------------------------------------------------------------

@@ -42,7 +42,10 @@ class Match:
 class Policy(Protocol):
     """Finds violations in normalised text. `max_match`: the longest text one match can span.
     A policy may also set `open_ended = True` when its matches are capped at max_match rather
-    than naturally bounded; a capped match then stops the stream instead of being redacted."""
+    than naturally bounded; a capped match then stops the stream instead of being redacted.
+    And it may define `hold_from(text) -> int`: the position in `text` (the newest max_match
+    characters) from which a match still in progress could start; text before it can be
+    released at once. Without it, hold mode holds the full max_match characters."""
 
     name: str
     max_match: int
@@ -78,6 +81,17 @@ def label(kind: str) -> str:
     return KINDS.get(kind, ("", "[removed]"))[1]
 
 
+_TRAILING_WORD = re.compile(r"\S*$")
+# Characters that numbers with separators (phones, cards, IBANs, IDs) are made of.
+_TRAILING_NUMBERISH = re.compile(r"[0-9A-Z+()./ -]*$")
+
+
+def trailing_word_start(text: str) -> int:
+    """Where the last run of non-space characters begins (len(text) after a space)."""
+    found = _TRAILING_WORD.search(text)
+    return found.start() if found else len(text)
+
+
 def _validated(
     pattern: re.Pattern[str], text: str, kind: str, valid: Callable[[str], bool]
 ) -> list[Match]:
@@ -94,12 +108,13 @@ _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,3}\.[A-Za-z]{2,24}(?![\w-])"
 )
-# 13-19 digits, optionally grouped by single spaces or dashes.
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])")
+# A run of digits, optionally grouped by single spaces or dashes; cards (13-19 digits) are
+# looked for inside it.
+_DIGIT_RUN = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,}(?![\d])")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
 _SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 _CNIC = re.compile(r"(?<![\d-])\d{5}-\d{7}-\d(?![\d-])")
-_AADHAAR = re.compile(r"(?<!\d)(?<!\d )[2-9]\d{3} ?\d{4} ?\d{4}(?! ?\d)")
+_AADHAAR = re.compile(r"(?<!\d)(?<!\d )[2-9]\d{3} ?\d{4} ?\d{4}(?!\d)")
 _PAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{3}[ABCFGHJLPT][A-Z]\d{4}[A-Z](?![A-Za-z0-9])")
 _DIGITS = re.compile(r"\d")
 
@@ -117,6 +132,39 @@ def _card_ok(value: str) -> bool:
     )
 
 
+def _longest_valid(
+    pattern: re.Pattern[str],
+    text: str,
+    kind: str,
+    valid: Callable[[str], bool],
+    *,
+    longest: int = 64,
+) -> list[Match]:
+    """Numbers inside runs of digits and separators. A run may hold more than the number
+    ("4111 1111 1111 1111 0"), so every start after a separator and every end after a
+    character is tried, longest first: the verdict must not depend on what follows."""
+    found: list[Match] = []
+    for run in pattern.finditer(text):
+        raw, base = run.group(), run.start()
+        starts = [0] + [i + 1 for i, c in enumerate(raw) if c in " -"]
+        ends = [i + 1 for i, c in enumerate(raw) if c.isalnum()]
+        chosen = next(
+            (
+                (start, end)
+                for start in starts
+                for end in reversed(ends)
+                if start < end <= start + longest and valid(raw[start:end])
+            ),
+            None,
+        )
+        if chosen is not None:
+            # While the run reaches the end of what has arrived it may still grow into another
+            # number: report it to the end, which keeps the verdict open (see Guard).
+            end = run.end() if not text[run.end() :].strip(" -") else base + chosen[1]
+            found.append(Match(base + chosen[0], end, kind))
+    return found
+
+
 class PiiPolicy:
     """Emails, phone numbers, card numbers, IBANs and national IDs (US SSN, Pakistan CNIC,
     India Aadhaar and PAN)."""
@@ -127,10 +175,17 @@ class PiiPolicy:
     def __init__(self, phone_regions: Sequence[str] = ("US", "IN", "PK")) -> None:
         self.phone_regions = tuple(phone_regions)
 
+    def hold_from(self, text: str) -> int:
+        """Where a match not yet complete could start: emails have no spaces, so within the
+        last word; numbers may contain spaces, so within the trailing run of number-ish
+        characters (digits, capitals, + ( ) . / - and spaces)."""
+        numberish = _TRAILING_NUMBERISH.search(text)
+        return min(trailing_word_start(text), numberish.start() if numberish else len(text))
+
     def find(self, text: str) -> list[Match]:
         found = [Match(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
-        found += _validated(_CARD, text, "card", _card_ok)
-        found += _validated(_IBAN, text, "iban", lambda v: iban.is_valid(v.replace(" ", "")))
+        found += _longest_valid(_DIGIT_RUN, text, "card", _card_ok, longest=25)
+        found += _longest_valid(_IBAN, text, "iban", lambda v: iban.is_valid(v.replace(" ", "")))
         found += _validated(_SSN, text, "ssn", ssn.is_valid)
         found += _validated(_CNIC, text, "cnic", cnic.is_valid)
         found += _validated(_AADHAAR, text, "aadhaar", aadhaar.is_valid)
@@ -146,8 +201,11 @@ class PiiPolicy:
             raw = candidate.group()
             if not 7 <= len(_DIGITS.findall(raw)) <= 15 or _DATE_OR_TIME.search(raw):
                 continue
-            for start, end in _phone_spans(raw, self.phone_regions):
-                match = Match(candidate.start() + start, candidate.start() + end, "phone")
+            # Only separators after it: the run may still grow, so keep the verdict open.
+            at_end = not text[candidate.end() :].strip(" ().-")
+            for start, end in _phone_spans_trimmed(raw, self.phone_regions):
+                stop = candidate.end() if at_end else candidate.start() + end
+                match = Match(candidate.start() + start, stop, "phone")
                 if not any(m.start < match.end and match.start < m.end for m in taken + phones):
                     phones.append(match)
         return phones
@@ -159,6 +217,19 @@ _PHONE_CANDIDATE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().-]{5,22}\d(?![\w])")
 _DATE_OR_TIME = re.compile(
     r"(?:19|20)\d\d[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])|\d{1,2}:\d{2}"
 )
+
+
+def _phone_spans_trimmed(raw: str, regions: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """Phone numbers in a run, also when more digits follow the number after a space
+    ("+1 415 555 0123 45"): the run is tried whole, then cut back at each separator."""
+    spans = _phone_spans(raw, regions)
+    cut = len(raw)
+    while not spans:
+        cut = max(raw.rfind(" ", 0, cut), raw.rfind("-", 0, cut))
+        if cut <= 0:
+            break
+        spans = _phone_spans(raw[:cut], regions)
+    return spans
 
 
 @lru_cache(maxsize=4096)
@@ -197,6 +268,12 @@ _ASSIGNMENT = re.compile(
     r"(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)"
     r"[\"']?\s{0,2}[:=]\s{0,2}[\"']?([^\s\"',;]{8,64})"
 )
+# The end of the text may be the start of a PEM header or of an assignment still being written.
+_PENDING_PEM = re.compile(r"-{1,5}(?:B(?:E(?:G(?:I(?:N(?: [A-Z0-9 ]*)?)?)?)?)?)?$")
+_PENDING_ASSIGNMENT = re.compile(
+    r"(?i)(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)"
+    r"[\"']?\s{0,2}(?:[:=]\s{0,2}[\"']?\S*)?$"
+)
 _PLACEHOLDERS = re.compile(
     r"(?i)^(?:\*+|x+|\.+|<[^>]*>|\{[^}]*\}|\$\{?[A-Z_]+\}?|your[_-].*|changeme|example.*|"
     r"placeholder|redacted|null|none|true|false|password|secret)$"
@@ -216,6 +293,15 @@ class SecretsPolicy:
     name = "secrets"
     max_match = 100
     open_ended = True  # keys and tokens have no fixed length: matches are capped at max_match
+
+    def hold_from(self, text: str) -> int:
+        """Keys and tokens have no spaces: only the last word can be one in progress, unless a
+        PEM header or a `name = value` assignment is still being written at the end."""
+        start = trailing_word_start(text)
+        for pending in (_PENDING_PEM.search(text), _PENDING_ASSIGNMENT.search(text)):
+            if pending is not None:
+                start = min(start, trailing_word_start(text[: pending.start() + 1]))
+        return start
 
     def find(self, text: str) -> list[Match]:
         found = [
@@ -262,9 +348,16 @@ class BlocklistPolicy:
         for word in words:
             self.automaton.add_word(word, len(word))
         self.max_match = max((len(w) for w in words), default=1)
+        self._phrases = any(" " in w for w in words)
         self._empty = not words
         if words:
             self.automaton.make_automaton()
+
+    def hold_from(self, text: str) -> int:
+        """A word in progress can only be the last word (unless entries have spaces), and
+        starts at most max_match - 1 characters back."""
+        latest = max(0, len(text) - (self.max_match - 1))
+        return latest if self._phrases else max(latest, trailing_word_start(text))
 
     def find(self, text: str) -> list[Match]:
         if self._empty:
