@@ -26,6 +26,7 @@ DEFAULT_SYSTEM_PROMPT = (
 # ask the server's /v1/models instead, because local servers name their models freely.
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+CHAINLIT_CI_PLACEHOLDER_KEY = "sk-FAKE-OPENAI-API-KEY"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -120,8 +121,13 @@ class Settings:
                 "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL "
                 f"(got {raw_level!r})."
             )
+        api_key = reader.text("OPENAI_API_KEY")
+        if api_key == CHAINLIT_CI_PLACEHOLDER_KEY:
+            # `chainlit run --ci` (also switched on by CI=true) puts this fake key in the
+            # environment; it can never work, so it counts as no key at all.
+            api_key = None
         return cls(
-            api_key=reader.text("OPENAI_API_KEY"),
+            api_key=api_key,
             base_url=base_url.rstrip("/") if base_url else None,
             model=reader.text("OPENAI_MODEL"),
             system_prompt=reader.text("SYSTEM_PROMPT", keep_empty=True) or DEFAULT_SYSTEM_PROMPT,

@@ -41,6 +41,8 @@ _PROVIDER_VARS = (
     "CHAINLIT_AUTH_SECRET",
     "DATABASE_URL",
     "REDIS_URL",
+    # `chainlit run` reads CI as its --ci flag, which replaces OPENAI_API_KEY with a fake key.
+    "CI",
 )
 
 

@@ -98,3 +98,8 @@ def test_env_example_is_valid_and_documents_every_variable():
     for name in sorted(read):
         assert name in example, f"{name} is missing from .env.example"
         assert f"`{name}`" in readme, f"{name} is missing from the README's table"
+
+
+def test_chainlit_ci_placeholder_key_counts_as_no_key():
+    # `chainlit run` with CI=true behaves as --ci and sets this fake key.
+    assert Settings.from_env({"OPENAI_API_KEY": "sk-FAKE-OPENAI-API-KEY"}).offline
