@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from streamchat.coalesce import CoalescingSink
-from streamchat.errors import ConfigError
+from streamchat.errors import ConfigError, InputRejected
 from streamchat.guardrails import GuardrailConfig, build_guard, check_input
 from streamchat.history import Conversation
 from streamchat.relay import (
@@ -21,6 +21,7 @@ from streamchat.relay import (
     StreamResult,
     StreamRun,
     blocked_input_result,
+    rejected_input_result,
 )
 from streamchat.sinks import Sink
 from streamchat.types import ChatRequest, Delta, EndReason
@@ -87,8 +88,10 @@ class ChatSession:
         flush_interval_s: float = 0.04,
         resilience: Resilience | None = None,
         guardrails: GuardrailConfig | None = None,
+        max_input_chars: int = 32_000,
     ) -> None:
         self.source = source
+        self.max_input_chars = max_input_chars
         self.options = options
         self.flush_interval_s = flush_interval_s
         self.resilience = resilience or Resilience()
@@ -137,6 +140,14 @@ class ChatSession:
         On Stop (cancellation) the partial answer is recorded before CancelledError goes on.
         """
         async with self._lock:
+            if len(text) > self.max_input_chars:
+                return await rejected_input_result(
+                    InputRejected(
+                        f"Your message is too long ({len(text)} characters; the limit is "
+                        f"{self.max_input_chars}). Shorten it and send it again."
+                    ),
+                    sink,
+                )
             config = self.guardrail_config
             if config.enabled and (blocked := check_input(config, text)):
                 # Nothing goes upstream, and the message stays out of the history.

@@ -11,7 +11,8 @@ The tree, with what the user is told for each::
         ├── RateLimited             429: too many requests; `retry_after` when the provider said
         ├── ProviderUnavailable     5xx: the provider failed on its side
         ├── ProviderUnreachable     no connection, DNS failure, timeout before any answer
-        └── StreamBroken            the stream broke after it started (drop, stall, bad chunk)
+        ├── StreamBroken            the stream broke after it started (drop, stall, bad chunk)
+        └── InputRejected           we did not send the request at all (the message too long)
 
 Front ends (UI, SSE, CLI) show `user_message`; details go to the log. No message ever contains
 an API key: `redact_secrets` is applied to anything that came from outside.
@@ -119,3 +120,9 @@ class StreamBroken(ProviderError):
             "malformed": "an unreadable chunk",
             "error_event": "a provider error",
         }.get(self.cause, "connection lost")
+
+
+class InputRejected(ProviderError):
+    """The request was not sent: the user's message breaks a limit we enforce ourselves."""
+
+    kind = "input_rejected"

@@ -139,6 +139,21 @@ async def blocked_input_result(violation: Violation, sink: Sink) -> StreamResult
     return result
 
 
+async def rejected_input_result(error: ProviderError, sink: Sink) -> StreamResult:
+    """The outcome for a message refused before sending (a limit of ours, not the provider's)."""
+    result = StreamResult(
+        stream_id=uuid.uuid4().hex[:12],
+        text="",
+        reason=EndReason.ERROR,
+        stats=StatsRecorder().snapshot(),
+        error=error,
+        input_blocked=True,
+    )
+    await sink.start()
+    await sink.finish(result)
+    return result
+
+
 class _GuardrailStop(Exception):
     """Internal: the guard stopped the stream (a verdict, not an error)."""
 

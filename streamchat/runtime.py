@@ -104,6 +104,7 @@ class Runtime:
             flush_interval_s=self.settings.stream_flush_ms / 1000,
             resilience=self.settings.resilience,
             guardrails=self.settings.guardrails,
+            max_input_chars=self.settings.max_input_chars,
         )
         return chat, problem
 

@@ -117,7 +117,7 @@ class ChainlitSink:
             # send() ends the stream in the UI and persists the message when a data layer is on.
             await self.message.send()
         if result.error is not None:
-            retry = [] if result.text else self._actions("retry", "Retry")
+            retry = [] if result.text or result.input_blocked else self._actions("retry", "Retry")
             await self._notify_error(result.error.user_message, retry)
         elif result.reason is EndReason.GUARDRAIL and not (result.text or self._streamed):
             # Blocked before anything was shown (the user's message, or the answer's start).

@@ -106,3 +106,16 @@ async def test_guardrails_can_be_switched_off_per_chat_unless_locked():
     locked = GuardrailConfig.from_env({"GUARDRAILS_LOCKED": "true"})
     chat = ChatSession(ScriptedSource([EMAIL]), options, guardrails=locked)
     assert chat.guardrail_config.enabled
+
+
+async def test_a_message_over_the_length_limit_is_refused_before_sending():
+    source = ScriptedSource(["never"])
+    chat = ChatSession(
+        source, ChatOptions(model="m", temperature=0, system_prompt=""), max_input_chars=10
+    )
+    sink = MemorySink()
+    result = await chat.answer("x" * 11, sink)
+    assert source.requests == [] and chat.history.turns == ()
+    assert result.error is not None
+    assert "too long (11 characters; the limit is 10)" in result.error.user_message
+    assert (await chat.answer("x" * 10, MemorySink())).text == "never"
