@@ -89,10 +89,10 @@ def _insert_before_catch_all(app: FastAPI, routes: list[APIRoute]) -> None:
 def _holds_catch_all(route: object) -> bool:
     if getattr(route, "path", None) == _CATCH_ALL:
         return True
-    inner = getattr(getattr(route, "original_router", None), "routes", None)
-    if inner is None:
-        inner = getattr(route, "routes", None) if not hasattr(route, "path") else None
-    return bool(inner) and any(_holds_catch_all(child) for child in inner)
+    inner: list[object] | None = getattr(getattr(route, "original_router", None), "routes", None)
+    if inner is None and not hasattr(route, "path"):
+        inner = getattr(route, "routes", None)
+    return any(_holds_catch_all(child) for child in inner or ())
 
 
 def _error(status: int, message: str) -> JSONResponse:
