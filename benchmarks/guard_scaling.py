@@ -6,9 +6,9 @@ policies (pii, secrets, blocklist), measures CPU time per character of:
 - streamchat's incremental Guard (scans new text plus a max_match-1 overlap), and
 - the naive approach: after every 25 tokens, run the same policies over the whole text so far.
 
-Flat per-character cost means linear total cost. Also reports hold mode's added delay (the
-largest number of characters held back, and what that is in milliseconds at 30 and 100
-tokens/s). Run: python benchmarks/guard_scaling.py
+Flat per-character cost means linear total cost. Also reports hold mode's added delay on this
+text (the most characters held back, and what that is in milliseconds at 30 and 100 tokens/s).
+Run: python benchmarks/guard_scaling.py
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def main() -> None:
             f"{naive_s / length * 1e6:.2f}{label} | {naive_s / guard_s:.1f}× |"
         )
     print()
-    print(f"Hold mode keeps at most {held} characters back (the longest possible match).")
+    print(
+        f"Hold mode held back at most {held} characters of this text (the word being written; "
+        "up to max_match = 100 while a number, key or assignment is being written)."
+    )
     for tps in (30, 100):
         # ~4 characters a token
         print(f"- at {tps} tokens/s that is about {held / 4 / tps * 1000:.0f} ms of delay")
