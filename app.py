@@ -12,16 +12,40 @@ from chainlit.chat_context import chat_contexts
 from chainlit.context import context
 from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.server import app as server_app
+from starlette.datastructures import Headers
 
+from streamchat.auth import AuthConfig
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
 from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.logs import configure_logging
 from streamchat.runtime import Runtime, settings_or_error
+from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
 from streamchat.web import mount
 
 log = logging.getLogger("streamchat.app")
+
+# Login callbacks must exist when Chainlit starts, so this one setting is read at import.
+_auth = AuthConfig.from_env(load_env_file())
+if _auth.enabled:
+
+    @cl.password_auth_callback
+    async def password_login(username: str, password: str) -> cl.User | None:
+        # scrypt is deliberately slow: off the event loop, so streams keep flowing.
+        if await asyncio.to_thread(_auth.check_password, username, password):
+            return cl.User(identifier=username, metadata={"provider": "password"})
+        return None
+
+    if _auth.header:
+
+        @cl.header_auth_callback
+        async def header_login(headers: Headers) -> cl.User | None:
+            identity = _auth.header_identity(headers)
+            return (
+                cl.User(identifier=identity, metadata={"provider": "header"}) if identity else None
+            )
+
 
 _runtime: Runtime | None = None
 _config_error: ConfigError | None = None
@@ -32,7 +56,7 @@ async def startup() -> None:
     global _runtime, _config_error
     _runtime, _config_error = settings_or_error()
     configure_logging(_runtime.settings.log_level if _runtime else "INFO")
-    mount(server_app, runtime=_runtime, config_error=_config_error)
+    mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _runtime is not None:
         await _runtime.start()
 

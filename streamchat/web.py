@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
+from streamchat.auth import request_identity
 from streamchat.coalesce import CoalescingSink
 from streamchat.guardrails import build_guard, check_input
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
@@ -42,6 +43,7 @@ def mount(
     metrics: ProcessMetrics = PROCESS_METRICS,
     runtime: Runtime | None = None,
     config_error: Exception | None = None,
+    require_login: bool = False,
 ) -> None:
     """Add /metrics (Prometheus text; bearer token required when METRICS_TOKEN is set) and the
     SSE endpoint. With a configuration error, the endpoint answers 503 naming it."""
@@ -49,7 +51,9 @@ def mount(
         return
     app.state.streamchat_mounted = True
     metrics_token = runtime.settings.metrics_token if runtime else None
-    streams = StreamEndpoint(runtime, config_error=str(config_error or ""))
+    streams = StreamEndpoint(
+        runtime, config_error=str(config_error or ""), require_login=require_login
+    )
 
     async def prometheus_metrics(request: Request) -> Response:
         if metrics_token and not _bearer_matches(request, metrics_token):
@@ -117,8 +121,10 @@ class StreamEndpoint:
         *,
         config_error: str | None = None,
         retry_ms: int = 3000,
+        require_login: bool = False,
     ) -> None:
         self.runtime = runtime
+        self.require_login = require_login
         self.hub = runtime.hub if runtime else StreamHub()
         self.config_error = config_error
         self.retry_ms = retry_ms
@@ -132,7 +138,21 @@ class StreamEndpoint:
             ),
         ]
 
+    def _unauthorised(self, request: Request) -> Response | None:
+        """With login on, the endpoint needs the same session as the chat (cookie or bearer)."""
+        if not self.require_login:
+            return None
+        if request_identity(request.headers.get("authorization"), request.cookies):
+            return None
+        return JSONResponse(
+            {"error": {"message": "Log in first: send the session cookie or a bearer token."}},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
     async def get(self, request: Request) -> Response:
+        if denied := self._unauthorised(request):
+            return denied
         resumed = self._resume(request)
         if resumed is not None:
             return resumed
@@ -145,6 +165,8 @@ class StreamEndpoint:
             return _error(exc.status, exc.message)
 
     async def post(self, request: Request) -> Response:
+        if denied := self._unauthorised(request):
+            return denied
         resumed = self._resume(request)
         if resumed is not None:
             return resumed
@@ -165,7 +187,9 @@ class StreamEndpoint:
         except BadStreamRequest as exc:
             return _error(exc.status, exc.message)
 
-    async def delete(self, stream_id: str) -> Response:
+    async def delete(self, request: Request, stream_id: str) -> Response:
+        if denied := self._unauthorised(request):
+            return denied
         if await self.hub.cancel(stream_id):
             return JSONResponse({"stopped": stream_id})
         if self.hub.get(stream_id) is not None:
