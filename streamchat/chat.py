@@ -20,8 +20,7 @@ from streamchat.relay import (
     Resilience,
     StreamResult,
     StreamRun,
-    blocked_input_result,
-    rejected_input_result,
+    refused_input_result,
 )
 from streamchat.sinks import Sink
 from streamchat.types import ChatRequest, Delta, EndReason
@@ -141,17 +140,17 @@ class ChatSession:
         """
         async with self._lock:
             if len(text) > self.max_input_chars:
-                return await rejected_input_result(
-                    InputRejected(
+                return await refused_input_result(
+                    sink,
+                    error=InputRejected(
                         f"Your message is too long ({len(text)} characters; the limit is "
                         f"{self.max_input_chars}). Shorten it and send it again."
                     ),
-                    sink,
                 )
             config = self.guardrail_config
             if config.enabled and (blocked := check_input(config, text)):
                 # Nothing goes upstream, and the message stays out of the history.
-                return await blocked_input_result(blocked[0], sink)
+                return await refused_input_result(sink, violation=blocked[0])
             self.history.add_user(text)
             run = self._run(sink, on_delta)
             try:

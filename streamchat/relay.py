@@ -117,38 +117,28 @@ def continuation_request(request: ChatRequest, shown: str) -> ChatRequest:
     return replace(request, messages=messages)
 
 
-async def blocked_input_result(violation: Violation, sink: Sink) -> StreamResult:
-    """The outcome for a user message that the input check blocked: nothing was sent."""
+async def refused_input_result(
+    sink: Sink, *, violation: Violation | None = None, error: ProviderError | None = None
+) -> StreamResult:
+    """The outcome for a user message refused before anything was sent upstream: by the input
+    guardrails (`violation`) or by a limit of ours (`error`)."""
     result = StreamResult(
         stream_id=uuid.uuid4().hex[:12],
         text="",
-        reason=EndReason.GUARDRAIL,
+        reason=EndReason.GUARDRAIL if violation is not None else EndReason.ERROR,
         stats=StatsRecorder().snapshot(),
+        error=error,
         violation=violation,
         input_blocked=True,
     )
-    log.info(
-        "input blocked policy=%s kind=%s start=%d",
-        violation.policy,
-        violation.kind,
-        violation.start,
-    )
-    PROCESS_METRICS.guardrail_stops.labels(policy=violation.policy).inc()
-    await sink.start()
-    await sink.finish(result)
-    return result
-
-
-async def rejected_input_result(error: ProviderError, sink: Sink) -> StreamResult:
-    """The outcome for a message refused before sending (a limit of ours, not the provider's)."""
-    result = StreamResult(
-        stream_id=uuid.uuid4().hex[:12],
-        text="",
-        reason=EndReason.ERROR,
-        stats=StatsRecorder().snapshot(),
-        error=error,
-        input_blocked=True,
-    )
+    if violation is not None:
+        log.info(
+            "input blocked policy=%s kind=%s start=%d",
+            violation.policy,
+            violation.kind,
+            violation.start,
+        )
+        PROCESS_METRICS.guardrail_stops.labels(policy=violation.policy).inc()
     await sink.start()
     await sink.finish(result)
     return result

@@ -19,7 +19,7 @@ from streamchat.auth import request_identity
 from streamchat.coalesce import CoalescingSink
 from streamchat.guardrails import build_guard, check_input
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
-from streamchat.relay import StreamRun, blocked_input_result
+from streamchat.relay import StreamRun, refused_input_result
 from streamchat.runtime import Runtime
 from streamchat.sinks import SseSink
 from streamchat.sse import (
@@ -239,7 +239,7 @@ class StreamEndpoint:
             sink = SseSink(event_log)
             # The same guardrails as the chat UI: the question first, then the answer.
             if guardrails.enabled and (blocked := check_input(guardrails, messages[-1].content)):
-                await blocked_input_result(blocked[0], sink)
+                await refused_input_result(sink, violation=blocked[0])
                 return
             run = StreamRun(
                 runtime.provider,
