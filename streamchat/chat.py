@@ -13,7 +13,8 @@ from typing import Any
 
 from streamchat.coalesce import CoalescingSink
 from streamchat.errors import ConfigError, InputRejected
-from streamchat.guardrails import GuardrailConfig, build_guard, check_input
+from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
+from streamchat.guardrails.moderation import Moderator
 from streamchat.history import Conversation
 from streamchat.relay import (
     DeltaSource,
@@ -88,8 +89,10 @@ class ChatSession:
         resilience: Resilience | None = None,
         guardrails: GuardrailConfig | None = None,
         max_input_chars: int = 32_000,
+        moderator: Moderator | None = None,
     ) -> None:
         self.source = source
+        self.moderator = moderator
         self.max_input_chars = max_input_chars
         self.options = options
         self.flush_interval_s = flush_interval_s
@@ -115,6 +118,8 @@ class ChatSession:
         config = self.guardrail_config
         if config.enabled:
             run.guard = build_guard(config, stream_id=run.stream_id)
+            if config.moderated:
+                run.moderator = self.moderator
         return run
 
     def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:
@@ -147,10 +152,10 @@ class ChatSession:
                         f"{self.max_input_chars}). Shorten it and send it again."
                     ),
                 )
-            config = self.guardrail_config
-            if config.enabled and (blocked := check_input(config, text)):
+            blocked = await screen_input(self.guardrail_config, text, self.moderator)
+            if blocked is not None:
                 # Nothing goes upstream, and the message stays out of the history.
-                return await refused_input_result(sink, violation=blocked[0])
+                return await refused_input_result(sink, violation=blocked)
             self.history.add_user(text)
             run = self._run(sink, on_delta)
             try:

@@ -177,6 +177,12 @@ class ProcessMetrics:
             ["policy"],
             registry=self.registry,
         )
+        self.guardrail_check_errors = Counter(
+            "streamchat_guardrail_check_errors",
+            "Guardrail checks that failed or timed out, by policy.",
+            ["policy"],
+            registry=self.registry,
+        )
 
     def record(self, stats: StreamStats, reason: str, error_kind: str | None) -> None:
         self.streams.labels(reason=reason).inc()

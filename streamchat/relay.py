@@ -14,12 +14,13 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from streamchat.errors import ProviderError, StreamBroken
 from streamchat.guardrails import Guard, GuardStep, Violation
+from streamchat.guardrails.moderation import ModerationGate, Moderator
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics, StatsRecorder, StreamStats
 from streamchat.overlap import OverlapRemover
 from streamchat.sinks import Sink
@@ -172,10 +173,14 @@ class StreamRun:
         metrics: ProcessMetrics = PROCESS_METRICS,
         on_delta: Callable[[Delta], None] | None = None,
         guard: Guard | None = None,
+        moderator: Moderator | None = None,
     ) -> None:
         self.source = source
         self.sink = sink
         self.guard = guard  # checks the text between the upstream and the sink; kept across resumes
+        # The moderation policy: judges what the guard releases, sentence by sentence.
+        self.moderator = moderator
+        self.gate: ModerationGate | None = None
         self.resilience = resilience or Resilience()
         self.metrics = metrics
         self._on_delta = on_delta  # sees every upstream chunk (raw chunk views, --raw)
@@ -201,10 +206,19 @@ class StreamRun:
         """
         stats = StatsRecorder(self._clock)
         self.metrics.streams_active.inc()
+        if self.moderator is not None:
+            self.gate = self.moderator.gate(
+                hold=self.guard is None or self.guard.mode == "hold",
+                show=self._show,
+                record=self.guard.record if self.guard is not None else None,
+                stream_id=self.stream_id,
+            )
         try:
             return await self._run(request, stats, continuing)
         finally:
             self.metrics.streams_active.dec()
+            if self.gate is not None:
+                await self.gate.aclose()
 
     async def _run(
         self, request: ChatRequest, stats: StatsRecorder, continuing: str | None
@@ -223,9 +237,14 @@ class StreamRun:
                 await self._attempt(attempt_request, stats, remover)
                 if self.guard is not None:
                     await self._apply(self.guard.finish())
+                if (flagged := await self._moderation_outcome()) is not None:
+                    raise _GuardrailStop(flagged)
             except _GuardrailStop as stop:
-                result = self._result(EndReason.GUARDRAIL, stats, violation=stop.violation)
+                violation = await self._moderation_outcome() or stop.violation
+                result = self._result(EndReason.GUARDRAIL, stats, violation=violation)
             except asyncio.CancelledError:
+                if self.gate is not None:
+                    await self.gate.aclose()  # what waits for a verdict is not shown
                 result = self._result(EndReason.STOPPED_BY_USER, stats)
                 await self._finish(result)
                 raise
@@ -290,7 +309,10 @@ class StreamRun:
                 limit = policy.stall_s if got_text else policy.first_token_timeout_s
                 try:
                     async with asyncio.timeout(limit):
-                        delta = await anext(iterator)
+                        if self.gate is None:
+                            delta = await anext(iterator)
+                        else:
+                            delta = await self._next_unless_flagged(iterator)
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -307,34 +329,82 @@ class StreamRun:
         if remover is not None:
             await self._check(remover.finish())
 
+    async def _next_unless_flagged(self, iterator: AsyncIterator[Delta]) -> Delta:
+        """The next delta, unless moderation flags the answer first: then the upstream read
+        is abandoned at once (and the response closed by the caller), however slow it is."""
+        assert self.gate is not None
+        step: asyncio.Future[Delta] = asyncio.ensure_future(anext(iterator))
+        try:
+            await asyncio.wait((step, self.gate.flagged), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not step.done():
+                step.cancel()
+                await asyncio.wait((step,))
+        if self.gate.violation is not None:
+            raise _GuardrailStop(self.gate.violation)
+        return step.result()
+
     async def _give_up(self, error: ProviderError, stats: StatsRecorder) -> StreamResult:
         """The answer failed for good: what the guard still holds is checked as the end of the
         stream and shown if safe, so the partial answer is all the user may see."""
-        if self.guard is not None:
-            try:
+        try:
+            if self.guard is not None:
                 await self._apply(self.guard.finish())
-            except _GuardrailStop as stop:
-                return self._result(EndReason.GUARDRAIL, stats, violation=stop.violation)
+            if (flagged := await self._moderation_outcome()) is not None:
+                raise _GuardrailStop(flagged)
+        except _GuardrailStop as stop:
+            violation = await self._moderation_outcome() or stop.violation
+            return self._result(EndReason.GUARDRAIL, stats, violation=violation)
         return self._result(EndReason.ERROR, stats, error=error)
+
+    async def _moderation_outcome(self) -> Violation | None:
+        """Wait for the verdicts on everything released (hold mode shows what passes) and
+        return the moderation violation, if any; in buffered mode, retract to before it."""
+        gate = self.gate
+        if gate is None:
+            return None
+        violation = await gate.finish()
+        if violation is not None and not gate.hold:
+            await self._retract(violation.start)
+        return violation
 
     async def _check(self, text: str) -> None:
         """Pass text through the guard (if any) to the sink."""
         if not text:
             return
+        if self.gate is not None and self.gate.violation is not None:
+            raise _GuardrailStop(self.gate.violation)
         self._received.append(text)
         if self.guard is None:
-            await self._show(text)
+            await self._release(text)
         else:
             await self._apply(self.guard.feed(text))
 
     async def _apply(self, step: GuardStep) -> None:
         if step.retract_to is not None:
-            kept = self.last_text[: step.retract_to]
-            self._shown[:] = [kept]
-            await self.sink.replace(kept)
-        await self._show(step.release)
+            await self._retract(step.retract_to)
+        await self._release(step.release)
         if step.stopped and step.violation is not None:
             raise _GuardrailStop(step.violation)
+
+    async def _release(self, text: str) -> None:
+        """Text the local checks passed: shown now, or once moderation passed it (hold)."""
+        gate = self.gate
+        if gate is None:
+            await self._show(text)
+            return
+        if not gate.hold:
+            await self._show(text)
+        gate.push(text)
+
+    async def _retract(self, upto: int) -> None:
+        """Cut what the user sees back to its first `upto` characters."""
+        shown = self.last_text
+        if upto >= len(shown):
+            return
+        kept = shown[:upto]
+        self._shown[:] = [kept]
+        await self.sink.replace(kept)
 
     async def _show(self, text: str) -> None:
         if text:
@@ -376,6 +446,10 @@ class StreamRun:
             fields["guard_hold_s_max"] = round(record.max_hold_s, 4)
             fields["guard_redactions"] = record.redactions
             fields["guard_check_errors"] = record.check_errors
+            for policy in record.failed_policies:
+                self.metrics.guardrail_check_errors.labels(policy=policy).inc()
+        if self.gate is not None:
+            fields["moderation_checks"] = self.gate.checks
         # One structured line per answer; never the text itself.
         log.info("stream_end %s", json.dumps(fields, sort_keys=True))
         self.metrics.record(

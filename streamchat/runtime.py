@@ -13,9 +13,11 @@ from collections.abc import Mapping
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError, ProviderError
+from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
+from streamchat.metrics import PROCESS_METRICS
 from streamchat.offline import OfflineServer
 from streamchat.providers import Provider
-from streamchat.settings import Settings
+from streamchat.settings import Settings, public_url
 from streamchat.sse import MemoryStreamStore, StreamHub
 
 log = logging.getLogger("streamchat.runtime")
@@ -31,6 +33,7 @@ class Runtime:
         self.settings = settings
         self.offline_server: OfflineServer | None = None
         self._provider: Provider | None = None
+        self.moderator: Moderator | None = None  # the moderation policy, when configured
         # Answers streamed over SSE run here, so a reconnecting client can resume them.
         self.hub = StreamHub(
             MemoryStreamStore(ttl_s=settings.sse_ttl_s),
@@ -63,11 +66,32 @@ class Runtime:
             log.info("offline demo model listening at %s", base_url)
         self._provider = Provider(self.settings, base_url=base_url)
         log.info("answers come from %s", self._provider.label)
+        guardrails = self.settings.guardrails
+        if guardrails.moderated:
+            # Offline, the demo model's stand-in endpoint judges the answers.
+            moderation_url = guardrails.moderation_base_url or base_url
+            assert moderation_url is not None
+            self.moderator = Moderator(
+                OpenAIModerationClient(
+                    base_url=moderation_url,
+                    api_key=guardrails.moderation_api_key,
+                    model=guardrails.moderation_model,
+                    timeout_s=guardrails.moderation_timeout_s,
+                ),
+                on_error=guardrails.on_error,
+                timeout_s=guardrails.moderation_timeout_s,
+                on_check_error=lambda policy: PROCESS_METRICS.guardrail_check_errors.labels(
+                    policy=policy
+                ).inc(),
+            )
+            log.info("moderation checks go to %s", public_url(moderation_url))
 
     async def aclose(self) -> None:
         await self.hub.aclose()
         if self._provider is not None:
             await self._provider.aclose()
+        if self.moderator is not None:
+            await self.moderator.aclose()
         server = self.offline_server
         if server is not None:
             await asyncio.to_thread(server.stop)
@@ -105,6 +129,7 @@ class Runtime:
             resilience=self.settings.resilience,
             guardrails=self.settings.guardrails,
             max_input_chars=self.settings.max_input_chars,
+            moderator=self.moderator,
         )
         return chat, problem
 

@@ -154,7 +154,9 @@ class Settings:
             sse_grace_s=reader.number("SSE_GRACE_S", 30.0, low=0.0, high=3600.0),
             sse_keepalive_s=reader.number("SSE_KEEPALIVE_S", 15.0, low=0.05, high=3600.0),
             sse_ttl_s=reader.number("SSE_TTL_S", 300.0, low=1.0, high=86_400.0),
-            guardrails=GuardrailConfig.from_env(env),
+            guardrails=GuardrailConfig.from_env(
+                env, provider_key=api_key or "", provider_base_url=base_url or ""
+            ),
         )
 
 

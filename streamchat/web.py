@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 
 from streamchat.auth import request_identity
 from streamchat.coalesce import CoalescingSink
-from streamchat.guardrails import build_guard, check_input
+from streamchat.guardrails import build_guard, screen_input
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
 from streamchat.relay import StreamRun, refused_input_result
 from streamchat.runtime import Runtime
@@ -238,8 +238,9 @@ class StreamEndpoint:
         async def produce(event_log: EventLog) -> None:
             sink = SseSink(event_log)
             # The same guardrails as the chat UI: the question first, then the answer.
-            if guardrails.enabled and (blocked := check_input(guardrails, messages[-1].content)):
-                await refused_input_result(sink, violation=blocked[0])
+            blocked = await screen_input(guardrails, messages[-1].content, runtime.moderator)
+            if blocked is not None:
+                await refused_input_result(sink, violation=blocked)
                 return
             run = StreamRun(
                 runtime.provider,
@@ -249,6 +250,7 @@ class StreamEndpoint:
                 guard=build_guard(guardrails, stream_id=event_log.stream_id)
                 if guardrails.enabled
                 else None,
+                moderator=runtime.moderator if guardrails.moderated else None,
             )
             await run.run(request)
 

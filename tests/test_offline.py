@@ -235,13 +235,14 @@ def test_unknown_questions_get_the_list_of_topics():
         ("phone", "+1 415 555 0123"),
         ("api key", "sk-proj-"),
         ("blocked word", "darn"),
+        ("moderation", "you worthless fool"),
     ],
 )
 def test_guardrail_demos_put_the_value_in_the_middle(kind, value):
     answer = choose_answer(ask(f"show me a guardrail demo with a {kind}"))
     position = answer.index(value)
     assert 50 < position < len(answer) - 100
-    assert len(GUARDRAIL_DEMO_KINDS) == 5
+    assert len(GUARDRAIL_DEMO_KINDS) == 6
 
 
 def test_continuation_repeats_a_few_words_then_goes_on():

@@ -92,7 +92,13 @@ def test_env_example_is_valid_and_documents_every_variable():
     sources = (root / "streamchat" / "settings.py").read_text() + (
         root / "streamchat" / "guardrails" / "config.py"
     ).read_text()
-    read = set(re.findall(r'(?:reader\.\w+|environ\.get)\(\s*"([A-Z_]+)"', sources))
+    read = set(
+        re.findall(
+            r'(?:reader\.\w+\(|environ\.get\(|_text\(environ,|_choice\(environ,)\s*"([A-Z_]+)"',
+            sources,
+        )
+    )
+    assert {"GUARDRAIL_MODE", "GUARDRAIL_ON_ERROR", "GUARDRAIL_MODERATION_BASE_URL"} <= read
     assert len(read) > 20
     readme = (root / "README.md").read_text()
     for name in sorted(read):

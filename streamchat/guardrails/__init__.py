@@ -7,6 +7,7 @@ from streamchat.guardrails.config import (
     build_policies,
     check_input,
     guardrail_note,
+    screen_input,
 )
 from streamchat.guardrails.guard import Guard, GuardRecord, GuardStep, Violation, check_text
 from streamchat.guardrails.policies import (
@@ -35,4 +36,5 @@ __all__ = [
     "check_input",
     "check_text",
     "guardrail_note",
+    "screen_input",
 ]

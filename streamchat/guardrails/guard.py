@@ -42,9 +42,16 @@ class Violation:
     label: str
 
     def message(self) -> str:
+        if self.kind == "check_error" and self.policy == "moderation":
+            return "Stopped: the moderation check could not be completed, so the rest is withheld."
         return f"Stopped: the answer contained {describe(self.kind)}."
 
     def input_message(self) -> str:
+        if self.kind == "check_error" and self.policy == "moderation":
+            return (
+                "Your message was not sent: the moderation check could not be completed. "
+                "Try again in a moment."
+            )
         return f"Your message was not sent: it contains {describe(self.kind)}."
 
 
@@ -64,6 +71,7 @@ class GuardRecord:
     violations: list[Violation] = field(default_factory=list)
     redactions: int = 0
     check_errors: int = 0
+    failed_policies: list[str] = field(default_factory=list)  # local checks that raised
     released_before_stop: int | None = None
     max_held_chars: int = 0
     max_hold_s: float = 0.0
@@ -243,6 +251,7 @@ class Guard:
                 # A check that fails must not let text through: the whole window violates.
                 log.exception("guardrail policy %s failed; failing closed", policy.name)
                 self.record.check_errors += 1
+                self.record.failed_policies.append(policy.name)
                 found = [Match(0, len(window), "check_error")]
             for match in found:
                 absolute = Match(match.start + start, match.end + start, match.kind)
@@ -340,7 +349,9 @@ class Guard:
             try:
                 found = policy.find(whole)
             except Exception:
+                log.exception("guardrail policy %s failed in the final check", policy.name)
                 self.record.check_errors += 1
+                self.record.failed_policies.append(policy.name)
                 continue
             missed = [m for m in found if (m.start, m.end, m.kind) not in self._handled]
             if missed:

@@ -74,10 +74,15 @@ KINDS: dict[str, tuple[str, str]] = {
 
 
 def describe(kind: str) -> str:
+    if kind.startswith("moderation:"):
+        category = kind.partition(":")[2].replace("/", ", ").replace("-", " ").replace("_", " ")
+        return f"content the moderation check flagged ({category})"
     return KINDS.get(kind, (f"a {kind.replace('_', ' ')}", "[removed]"))[0]
 
 
 def label(kind: str) -> str:
+    if kind.startswith("moderation:"):
+        return "[removed by moderation]"
     return KINDS.get(kind, ("", "[removed]"))[1]
 
 

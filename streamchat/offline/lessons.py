@@ -15,6 +15,7 @@ from functools import lru_cache
 from importlib import resources
 
 from streamchat.offline.faults import strip_directives
+from streamchat.offline.moderation import DEMO_PHRASE
 
 DEMO_NOTICE = (
     "*This is streamchat's offline demo model: it streams scripted lessons about streaming, "
@@ -22,7 +23,7 @@ DEMO_NOTICE = (
     "for a local server such as Ollama) in `.env`.*"
 )
 
-GUARDRAIL_DEMO_KINDS = ("email", "card", "phone", "secret", "blocked_word")
+GUARDRAIL_DEMO_KINDS = ("moderation", "email", "card", "phone", "secret", "blocked_word")
 
 _DEMO_VALUES = {
     "email": ("an email address", "jane.doe@example.com"),
@@ -30,8 +31,10 @@ _DEMO_VALUES = {
     "phone": ("a phone number", "+1 415 555 0123"),
     "secret": ("an API key", "sk-proj-Q7xLm2VbN9cR4tZ8wK1pJ6hD3fG5sA0eY2uI9oP4"),
     "blocked_word": ("a blocked word", "darn"),
+    "moderation": ("text a moderation check flags", f'"{DEMO_PHRASE}"'),
 }
 _DEMO_TRIGGERS = {
+    "moderation": ("moderation", "moderate", "harass", "toxic"),
     "email": ("email", "e-mail", "mail"),
     "card": ("card", "credit"),
     "phone": ("phone", "number to call", "mobile"),
@@ -191,11 +194,17 @@ def _demo_kind(question: str) -> str | None:
 
 def guardrail_demo(kind: str) -> str:
     what, value = _DEMO_VALUES[kind]
-    extra = (
-        " The list of blocked words is configurable; this demo uses a harmless stand-in."
-        if kind == "blocked_word"
-        else ""
-    )
+    extra = {
+        "blocked_word": (
+            " The list of blocked words is configurable; this demo uses a harmless stand-in."
+        ),
+        "moderation": (
+            " Moderation judges whole sentences, so the answer is cut back to the start of the"
+            " sentence that holds the value, and it always stops rather than redacts. It runs"
+            " when GUARDRAILS includes moderation; offline, a demo endpoint flags a few fixed"
+            " phrases, while OpenAI's model judges meaning."
+        ),
+    }.get(kind, "")
     return (
         f"Here is a guardrail demo with {what}. The answer streams normally at first, so you "
         f"can see the text arrive token by token. Now comes the value: {value} is what a "

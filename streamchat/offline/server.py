@@ -1,5 +1,6 @@
 """The offline demo model's HTTP server: OpenAI-compatible `/v1/chat/completions` (streamed and
-not) and `/v1/models`, on loopback, in a thread of its own with its own event loop.
+not), `/v1/models` and a demo `/v1/moderations` (see moderation.py), on loopback, in a thread
+of its own with its own event loop.
 
 It paces tokens like a real model, notices a client going away at once (and stops), injects
 faults on request (see faults.py), and records what happened to every request so tests can
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -33,6 +35,7 @@ from streamchat.offline.faults import (
     parse_fault,
 )
 from streamchat.offline.lessons import choose_answer
+from streamchat.offline.moderation import moderation_inputs, moderation_response
 from streamchat.offline.tokens import count_tokens, tokenize
 
 log = logging.getLogger("streamchat.offline")
@@ -139,6 +142,7 @@ class _Handler:
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
                 Route("/v1/chat/completions", self.completions, methods=["POST"]),
+                Route("/v1/moderations", self.moderations, methods=["POST"]),
             ]
         )
 
@@ -173,6 +177,27 @@ class _Handler:
         return JSONResponse(
             {"id": MODEL_ID, "object": "model", "created": _CREATED, "owned_by": "streamchat"}
         )
+
+    async def moderations(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
+        try:
+            inputs = moderation_inputs(json.loads(await request.body()))
+        except ValueError:
+            inputs = None
+        if inputs is None:
+            return _error(
+                400, "'input' must be a string or a list of strings.", "invalid_request_error"
+            )
+        self.server.moderation_inputs.extend(inputs)
+        fault = self.server.moderation_fault
+        if fault == "error":
+            return _error(500, "The demo moderation endpoint failed on purpose.", "server_error")
+        if fault is not None and fault.startswith("slow"):
+            await asyncio.sleep(float(fault.partition("=")[2] or 30))
+        return JSONResponse(moderation_response(inputs))
 
     async def completions(self, request: Request) -> Response:
         if not self._authorised(request):
@@ -402,9 +427,16 @@ class OfflineServer:
         first_token_delay_ms: float = 300.0,
         default_fault: str | None = None,
         api_key: str | None = None,
+        moderation_fault: str | None = None,
     ) -> None:
         if tokens_per_second <= 0:
             raise ValueError("tokens_per_second must be positive")
+        if moderation_fault is not None and not re.fullmatch(
+            r"error|slow(=\d+(\.\d+)?)?", moderation_fault
+        ):
+            raise ValueError('moderation_fault must be "error", "slow" or "slow=SECONDS"')
+        # "error": /v1/moderations answers 500; "slow[=S]": it answers after S seconds (30).
+        self.moderation_fault = moderation_fault
         if default_fault:
             parse_fault(default_fault)  # fail now, with the reason, not at the first request
         self.host = host
@@ -414,6 +446,7 @@ class OfflineServer:
         self.default_fault = default_fault or None
         self.api_key = api_key
         self.records = RequestLog()
+        self.moderation_inputs: list[str] = []  # every text sent to /v1/moderations
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
