@@ -10,8 +10,10 @@ from typing import Any
 import chainlit as cl
 from chainlit.chat_context import chat_contexts
 from chainlit.context import context
+from chainlit.data.base import BaseDataLayer
 from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.server import app as server_app
+from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
 from streamchat.auth import AuthConfig
@@ -19,6 +21,12 @@ from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
 from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.logs import configure_logging
+from streamchat.persistence import (
+    Database,
+    StreamchatDataLayer,
+    conversation_from_steps,
+    last_answer_id,
+)
 from streamchat.runtime import Runtime, settings_or_error
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
@@ -47,6 +55,26 @@ if _auth.enabled:
             )
 
 
+# Chat history needs login: with it, a database (a SQLite file unless DATABASE_URL says else).
+_database: Database | None = None
+_database_error: str | None = None
+if _auth.enabled:
+    try:
+        _database = Database.from_env(load_env_file())
+    except ConfigError as exc:
+        _database_error = str(exc)
+_data_layer: StreamchatDataLayer | None = None
+
+
+@cl.data_layer  # type: ignore[arg-type]  # None is allowed: no history
+def data_layer() -> BaseDataLayer | None:
+    # Registered always, so Chainlit never builds a data layer of its own from DATABASE_URL.
+    global _data_layer
+    if _database is not None and _data_layer is None:
+        _data_layer = StreamchatDataLayer(_database)
+    return _data_layer
+
+
 _runtime: Runtime | None = None
 _config_error: ConfigError | None = None
 
@@ -59,6 +87,26 @@ async def startup() -> None:
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _runtime is not None:
         await _runtime.start()
+    await _prepare_database()
+
+
+async def _prepare_database() -> None:
+    global _database_error
+    if _database_error is not None:
+        log.error("chat history is off: %s", _database_error)
+        return
+    layer = data_layer()
+    if not isinstance(layer, StreamchatDataLayer):
+        return
+    try:
+        await layer.create_schema()
+    except Exception as exc:  # unreachable server, bad credentials, read-only file...
+        _database_error = "the database could not be prepared, so chats are not being saved."
+        log.error(
+            "cannot prepare the database at %s: %s", layer.database.public_url, type(exc).__name__
+        )
+    else:
+        log.info("chat history is stored in %s", layer.database.public_url)
 
 
 @cl.on_app_shutdown
@@ -144,6 +192,16 @@ def _settings_widgets(
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
+    await _open_chat(None)
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: ThreadDict) -> None:
+    await _open_chat(thread)
+
+
+async def _open_chat(thread: ThreadDict | None) -> None:
+    """A new chat, or a stored one resumed with its history and settings."""
     # Set before the first await: a message sent while the chat is still starting (the model
     # list can take seconds) waits for it instead of finding no chat.
     ready = asyncio.Event()
@@ -153,12 +211,24 @@ async def on_chat_start() -> None:
             await _show_error(f"streamchat is not configured correctly: {_config_error}")
             return
         chat, problem = await _runtime.new_chat()
+        if thread is not None:
+            chat.history = conversation_from_steps(thread.get("steps") or [])
+            try:
+                chat.options = chat.options.updated(context.session.chat_settings or {})
+            except ConfigError:
+                log.warning("stored chat settings no longer apply; using the defaults")
         cl.user_session.set("chat", chat)
         models = await _runtime.available_models()
         widgets = _settings_widgets(chat.options, models, chat.guardrails)
         await cl.ChatSettings(widgets).send()  # type: ignore[arg-type]
+        # The Continue button of an answer that was cut off, back under it.
+        steps = thread.get("steps") or [] if thread is not None else []
+        if chat.history.interrupted_answer() and (answer_id := last_answer_id(steps)):
+            await _action("continue", "Continue").send(for_id=answer_id)
         if problem is not None:
             await _show_error(problem.user_message)
+        if _database_error is not None and _auth.enabled:
+            await _show_error(f"Chat history is unavailable: {_database_error}")
     finally:
         ready.set()
 

@@ -4,8 +4,17 @@ what the user said and saw (Chainlit's chat_context is process-global and never 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from streamchat.types import ChatMessage, EndReason
+
+# Stored with each answer (Chainlit step metadata): the text the user saw, without footers or
+# notes, and how it ended, so a resumed chat rebuilds its history exactly (persistence.py).
+METADATA_KEY = "streamchat"
+
+
+def answer_metadata(text: str, reason: EndReason, stream_id: str) -> dict[str, Any]:
+    return {METADATA_KEY: {"text": text, "reason": reason.value, "stream_id": stream_id}}
 
 
 @dataclass(frozen=True, slots=True)

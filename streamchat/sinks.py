@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from streamchat.history import answer_metadata
 from streamchat.types import EndReason
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class StreamingMessage(Protocol):
 
     content: str
     actions: list[Any]
+    metadata: dict[str, Any] | None
 
     async def stream_token(self, token: str, is_sequence: bool = False) -> None: ...
 
@@ -114,6 +116,11 @@ class ChainlitSink:
             self.message.content = "\n\n".join([p for p in (result.text, *footer) if p])
             if result.reason is EndReason.ERROR:
                 self.message.actions = self._actions("continue", "Continue")
+            # What the user saw and how it ended, stored with the message for a resumed chat.
+            self.message.metadata = {
+                **(self.message.metadata or {}),
+                **answer_metadata(result.text, result.reason, result.stream_id),
+            }
             # send() ends the stream in the UI and persists the message when a data layer is on.
             await self.message.send()
         if result.error is not None:

@@ -23,6 +23,7 @@ class FakeMessage:
     def __init__(self) -> None:
         self.content = ""
         self.actions: list = []
+        self.metadata: dict | None = None
         self.calls: list[tuple] = []
 
     async def stream_token(self, token: str, is_sequence: bool = False) -> None:

@@ -1,0 +1,156 @@
+"""Real database servers for tests: a throwaway PostgreSQL cluster (Debian's packages) and a
+throwaway Redis, on loopback, started and stopped by the tests that need them.
+
+In CI (CI=true) a missing server fails the test; elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.conftest import require_component
+from tests.harness import free_port
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    # PostgreSQL refuses to run as root; Debian's package creates the postgres user.
+    if os.geteuid() == 0:
+        return ["runuser", "-u", "postgres", "--", *command]
+    return command
+
+
+def _wait_for_port(port: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A fresh PostgreSQL cluster; yields its URL (postgresql://postgres@127.0.0.1:PORT/postgres)."""
+    bin_dir = _pg_bin()
+    require_component(
+        bin_dir is not None, "PostgreSQL not found (install it: apt-get install -y postgresql)"
+    )
+    assert bin_dir is not None
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            require_component(False, "PostgreSQL's postgres user is missing")
+    root = Path(tempfile.mkdtemp(prefix="streamchat-pg-"))
+    data = root / "data"
+    port = free_port()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+    subprocess.run(
+        _as_postgres_user(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "--auth=trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    started = subprocess.run(
+        _as_postgres_user(
+            [
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(root / "log"),
+                "-w",
+                "start",
+            ]
+        ),
+        capture_output=True,
+    )
+    try:
+        require_component(
+            started.returncode == 0 and _wait_for_port(port, 30),
+            f"PostgreSQL did not start: {started.stderr.decode(errors='replace')[-300:]}",
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            _as_postgres_user(
+                [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
+            ),
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A fresh Redis server (Debian's redis-server) with no persistence; yields redis://127.0.0.1:PORT/0."""
+    binary = shutil.which("redis-server")
+    require_component(
+        binary is not None, "Redis not found (install it: apt-get install -y redis-server)"
+    )
+    assert binary is not None
+    root = Path(tempfile.mkdtemp(prefix="streamchat-redis-"))
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        require_component(
+            _wait_for_port(port, 20) and process.poll() is None, "Redis did not start"
+        )
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(root, ignore_errors=True)
