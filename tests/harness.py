@@ -225,10 +225,19 @@ class Answer:
 class ChainlitClient:
     """A Socket.IO client that behaves like Chainlit's web UI."""
 
-    def __init__(self, app_url: str, *, chat_profile: str = "") -> None:
+    def __init__(
+        self,
+        app_url: str,
+        *,
+        chat_profile: str = "",
+        access_token: str | None = None,
+        thread_id: str = "",
+    ) -> None:
         self.app_url = app_url
         self.session_id = str(uuid.uuid4())
         self.chat_profile = chat_profile
+        self.access_token = access_token  # the login cookie's value, when login is on
+        self.thread_id = thread_id  # a stored thread to resume instead of a new chat
         self.sio = socketio.AsyncClient(reconnection=False)
         self.events: list[Event] = []
         self._new_event = asyncio.Event()
@@ -239,25 +248,33 @@ class ChainlitClient:
         self._new_event.set()
 
     async def connect(self) -> ChainlitClient:
+        headers = {"Cookie": f"access_token={self.access_token}"} if self.access_token else {}
         await self.sio.connect(
             self.app_url,
+            headers=headers,
             socketio_path="/ws/socket.io",
             transports=["websocket"],
             auth={
                 "clientType": "webapp",
                 "sessionId": self.session_id,
-                "threadId": "",
+                "threadId": self.thread_id,
                 "userEnv": "{}",
                 "chatProfile": self.chat_profile,
             },
             wait_timeout=10,
         )
         await self.sio.emit("connection_successful")
-        # on_chat_start runs as a Chainlit "run" step; its update_message marks the end.
-        await self.wait_for(
-            lambda e: e.name == "update_message" and e.data.get("name") == "on_chat_start",
-            within=30,
-        )
+        if self.thread_id:
+            # A resumed chat ends with the stored thread sent back to the UI.
+            await self.wait_for(
+                lambda e: e.name in ("resume_thread", "resume_thread_error"), within=30
+            )
+        else:
+            # on_chat_start runs as a Chainlit "run" step; its update_message marks the end.
+            await self.wait_for(
+                lambda e: e.name == "update_message" and e.data.get("name") == "on_chat_start",
+                within=30,
+            )
         return self
 
     async def close(self) -> None:
@@ -329,7 +346,8 @@ class ChainlitClient:
 async def click_action(app_url: str, client: ChainlitClient, name: str) -> None:
     """Press an action button as the UI does: POST /project/action with the action's dict."""
     event = await client.wait_for(lambda e: e.name == "action" and e.data.get("name") == name)
-    async with httpx2.AsyncClient(base_url=app_url, timeout=30) as http:
+    cookies = {"access_token": client.access_token} if client.access_token else None
+    async with httpx2.AsyncClient(base_url=app_url, timeout=30, cookies=cookies) as http:
         response = await http.post(
             "/project/action", json={"sessionId": client.session_id, "action": event.data}
         )
@@ -347,3 +365,14 @@ async def upstream_ended(record: Any, *, within: float) -> bool:
     """Whether the upstream request ended within `within` seconds (waited off the loop)."""
     ended: bool = await asyncio.to_thread(record.ended.wait, within)
     return ended
+
+
+def login(app_url: str, username: str, password: str) -> str:
+    """Log in with a password as the login page does; returns the access_token cookie."""
+    response = httpx2.post(
+        f"{app_url}/login", data={"username": username, "password": password}, timeout=30
+    )
+    response.raise_for_status()
+    token = response.cookies.get("access_token")
+    assert token, "login set no access_token cookie"
+    return str(token)
