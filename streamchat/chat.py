@@ -15,7 +15,7 @@ from streamchat.coalesce import CoalescingSink
 from streamchat.errors import ConfigError, InputRejected
 from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
 from streamchat.guardrails.moderation import Moderator
-from streamchat.history import Conversation
+from streamchat.history import Conversation, fit_to_budget
 from streamchat.relay import (
     DeltaSource,
     Resilience,
@@ -89,11 +89,13 @@ class ChatSession:
         resilience: Resilience | None = None,
         guardrails: GuardrailConfig | None = None,
         max_input_chars: int = 32_000,
+        max_history_tokens: int | None = None,
         moderator: Moderator | None = None,
     ) -> None:
         self.source = source
         self.moderator = moderator
         self.max_input_chars = max_input_chars
+        self.max_history_tokens = max_history_tokens
         self.options = options
         self.flush_interval_s = flush_interval_s
         self.resilience = resilience or Resilience()
@@ -123,8 +125,13 @@ class ChatSession:
         return run
 
     def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:
+        """The next request: the history, without its oldest turns when it is over budget."""
+        fitted = fit_to_budget(
+            self.history.messages(self.options.system_prompt), self.max_history_tokens
+        )
         return ChatRequest(
-            messages=self.history.messages(self.options.system_prompt),
+            messages=fitted.messages,
+            dropped_messages=fitted.dropped,
             model=self.options.model,
             temperature=self.options.temperature,
             max_tokens=self.options.max_tokens,

@@ -3,6 +3,8 @@ what the user said and saw (Chainlit's chat_context is process-global and never 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,3 +99,52 @@ class Conversation:
             return True  # the question being asked now
         nxt = self._turns[following]
         return nxt.role != "assistant" or bool(nxt.content)
+
+
+# --- fitting the history into the model's context --------------------------------------------
+
+# Per-message overhead of the chat format (role, separators), as OpenAI's tokenizers count it.
+MESSAGE_OVERHEAD_TOKENS = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate: about four bytes of UTF-8 per token. Close for English and
+    Roman-script languages, cautious (too high) for code; no vocabulary download needed."""
+    return math.ceil(len(text.encode("utf-8")) / 4)
+
+
+def message_tokens(message: ChatMessage) -> int:
+    return estimate_tokens(message.content) + MESSAGE_OVERHEAD_TOKENS
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    messages: tuple[ChatMessage, ...]
+    dropped: int  # how many of the oldest messages were left out
+
+
+def fit_to_budget(messages: Sequence[ChatMessage], max_tokens: int | None) -> Fitted:
+    """Leave out the oldest turns until `messages` fit in `max_tokens` (estimated).
+
+    The system prompt and the current exchange (from the last user message on) are always kept;
+    older messages go oldest first, a question together with its answer, so what is sent never
+    starts with an answer to a question that is no longer there.
+    """
+    messages = tuple(messages)
+    if not max_tokens:
+        return Fitted(messages, 0)
+    head = tuple(m for m in messages[:1] if m.role == "system")
+    body = messages[len(head) :]
+    last_user = max((i for i, m in enumerate(body) if m.role == "user"), default=len(body))
+    older, current = list(body[:last_user]), body[last_user:]
+    total = sum(message_tokens(m) for m in messages)
+    dropped = 0
+    while older and total > max_tokens:
+        # One exchange: a user message and everything after it up to the next user message.
+        end = 1
+        while end < len(older) and older[end].role != "user":
+            end += 1
+        total -= sum(message_tokens(m) for m in older[:end])
+        dropped += end
+        del older[:end]
+    return Fitted((*head, *older, *current), dropped)

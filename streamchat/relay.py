@@ -47,6 +47,15 @@ class StreamResult:
     error: ProviderError | None = None
     violation: Violation | None = None
     input_blocked: bool = False  # the user's message was blocked; nothing was sent upstream
+    dropped_messages: int = 0  # older history left out of the request to fit the context
+
+    def history_note(self) -> str | None:
+        """Said under an answer whose request left out older messages."""
+        if not self.dropped_messages:
+            return None
+        count = self.dropped_messages
+        what = "1 earlier message was" if count == 1 else f"{count} earlier messages were"
+        return f"{what} left out to fit the model's context."
 
     @property
     def interrupted(self) -> bool:
@@ -189,6 +198,7 @@ class StreamRun:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._shown: list[str] = []
+        self._dropped_messages = 0
         # Text that came from upstream (after seam overlap removal), shown or still held by
         # the guard: retries happen only before any, resumes continue from all of it.
         self._received: list[str] = []
@@ -205,6 +215,7 @@ class StreamRun:
         result's text is the continuation alone.
         """
         stats = StatsRecorder(self._clock)
+        self._dropped_messages = request.dropped_messages
         self.metrics.streams_active.inc()
         if self.moderator is not None:
             self.gate = self.moderator.gate(
@@ -426,6 +437,7 @@ class StreamRun:
             stats=stats.snapshot(),
             error=error,
             violation=violation,
+            dropped_messages=self._dropped_messages,
         )
 
     async def _finish(self, result: StreamResult) -> None:
@@ -450,6 +462,8 @@ class StreamRun:
                 self.metrics.guardrail_check_errors.labels(policy=policy).inc()
         if self.gate is not None:
             fields["moderation_checks"] = self.gate.checks
+        if result.dropped_messages:
+            fields["history_dropped_messages"] = result.dropped_messages
         # One structured line per answer; never the text itself.
         log.info("stream_end %s", json.dumps(fields, sort_keys=True))
         self.metrics.record(

@@ -129,6 +129,7 @@ class Runtime:
             resilience=self.settings.resilience,
             guardrails=self.settings.guardrails,
             max_input_chars=self.settings.max_input_chars,
+            max_history_tokens=self.settings.max_history_tokens,
             moderator=self.moderator,
         )
         return chat, problem

@@ -75,6 +75,7 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     show_metrics: bool = True
     max_input_chars: int = 32_000
+    max_history_tokens: int | None = 8_000  # None: the whole history is always sent
     sse_grace_s: float = 30.0
     sse_keepalive_s: float = 15.0
     sse_ttl_s: float = 300.0
@@ -151,6 +152,10 @@ class Settings:
             max_input_chars=int(
                 reader.number("MAX_INPUT_CHARS", 32_000, low=1, high=10_000_000, integer=True)
             ),
+            max_history_tokens=int(
+                reader.number("MAX_HISTORY_TOKENS", 8_000, low=0, high=10_000_000, integer=True)
+            )
+            or None,
             sse_grace_s=reader.number("SSE_GRACE_S", 30.0, low=0.0, high=3600.0),
             sse_keepalive_s=reader.number("SSE_KEEPALIVE_S", 15.0, low=0.05, high=3600.0),
             sse_ttl_s=reader.number("SSE_TTL_S", 300.0, low=1.0, high=86_400.0),

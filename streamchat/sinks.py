@@ -110,7 +110,8 @@ class ChainlitSink:
 
     async def finish(self, result: StreamResult) -> None:
         if result.text or self._streamed:
-            footer = [f"*({note})*"] if (note := result.note()) else []
+            notes = (result.note(), result.history_note())
+            footer = [f"*({note})*" for note in notes if note]
             if self._show_metrics:
                 footer.append(f"*{result.stats.summary()}*")
             self.message.content = "\n\n".join([p for p in (result.text, *footer) if p])
@@ -163,8 +164,9 @@ class ConsoleSink:
         if self.show_text and not self._at_line_start:
             self.out.write("\n")
             self.out.flush()
-        if note := result.note():
-            self.err.write(f"[{note}]\n")
+        for note in (result.note(), result.history_note()):
+            if note:
+                self.err.write(f"[{note}]\n")
         if result.error is not None:
             self.err.write(f"error: {result.error.user_message}\n")
         self.err.write(f"[{result.stats.summary()}]\n")
@@ -203,4 +205,11 @@ class SseSink:
                 "error", {"message": result.error.user_message, "kind": result.error.kind}
             )
         self.log.append("metrics", result.stats.as_log_fields())
-        self.log.append("done", {"reason": result.reason.value, "note": result.note()})
+        self.log.append(
+            "done",
+            {
+                "reason": result.reason.value,
+                "note": result.note(),
+                "history_note": result.history_note(),
+            },
+        )

@@ -64,6 +64,7 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    dropped_messages: int = 0  # older history left out to fit the context (not sent upstream)
 
     def as_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -144,3 +144,26 @@ async def test_chat_session_keeps_a_stopped_partial_answer_in_history():
         "partial",
         EndReason.STOPPED_BY_USER,
     )
+
+
+async def test_chat_session_leaves_out_old_turns_over_budget_and_says_so():
+    source = ScriptedSource(["x" * 400])
+    chat = ChatSession(
+        source,
+        ChatOptions(model="m", temperature=0.3, system_prompt="sys"),
+        max_history_tokens=300,
+    )
+    first = MemorySink()
+    await chat.answer("one " + "q" * 400, first)
+    assert first.result is not None and first.result.history_note() is None
+    await chat.answer("two", MemorySink())
+    third = MemorySink()
+    await chat.answer("three", third)
+    sent = source.requests[2].messages
+    assert [m.content[:3] for m in sent] == ["sys", "two", "xxx", "thr"]
+    assert third.result is not None and third.result.dropped_messages == 2
+    assert (
+        third.result.history_note()
+        == "2 earlier messages were left out to fit the model's context."
+    )
+    assert len(chat.history.turns) == 6, "the chat's own history keeps everything"

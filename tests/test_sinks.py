@@ -3,10 +3,12 @@ with a marker, and shows errors as a separate short message."""
 
 from __future__ import annotations
 
+import io
+
 from streamchat.errors import ProviderUnavailable, StreamBroken
 from streamchat.metrics import StreamStats
 from streamchat.relay import StreamResult
-from streamchat.sinks import ChainlitSink
+from streamchat.sinks import ChainlitSink, ConsoleSink
 from streamchat.types import EndReason
 
 STATS = StreamStats(
@@ -115,3 +117,17 @@ async def test_stats_line_is_shown_under_the_answer_when_enabled():
     await sink.write("abc")
     await sink.finish(result("abc", EndReason.COMPLETE))
     assert message.calls[-1] == ("send", "abc\n\n*TTFT 0.10 s · ~3 tokens · 2.2 tok/s · 1.00 s*")
+
+
+async def test_left_out_history_is_noted_under_the_answer_and_in_the_console():
+    sink, message, _ = sink_and_errors()
+    await sink.write("abc")
+    done = StreamResult("s1", "abc", EndReason.COMPLETE, STATS, dropped_messages=4)
+    await sink.finish(done)
+    assert message.calls[-1] == (
+        "send",
+        "abc\n\n*(4 earlier messages were left out to fit the model's context.)*",
+    )
+    out, err = io.StringIO(), io.StringIO()
+    await ConsoleSink(out, err).finish(done)
+    assert "[4 earlier messages were left out to fit the model's context.]" in err.getvalue()
