@@ -9,10 +9,12 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.chat_context import chat_contexts
+from chainlit.config import config as chainlit_config
 from chainlit.context import context
 from chainlit.data.base import BaseDataLayer
 from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.server import app as server_app
+from chainlit.server import sio
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
@@ -28,6 +30,7 @@ from streamchat.persistence import (
     last_answer_id,
 )
 from streamchat.runtime import Runtime, settings_or_error
+from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
 from streamchat.web import mount
@@ -53,6 +56,16 @@ if _auth.enabled:
             return (
                 cl.User(identifier=identity, metadata={"provider": "header"}) if identity else None
             )
+
+
+# Cross-site access and security headers must be in place before Chainlit serves a request.
+try:
+    _origins = OriginPolicy.from_env(load_env_file(), login=_auth.enabled)
+    _origin_error: str | None = None
+except ConfigError as exc:
+    _origins, _origin_error = OriginPolicy(), str(exc)  # the strictest: this app's pages only
+apply_origin_policy(_origins, cors_origins=chainlit_config.project.allow_origins, sio=sio)
+server_app.add_middleware(SecurityHeadersMiddleware)
 
 
 # Chat history needs login: with it, a database (a SQLite file unless DATABASE_URL says else).
@@ -85,6 +98,8 @@ async def startup() -> None:
     _runtime, _config_error = settings_or_error()
     configure_logging(_runtime.settings.log_level if _runtime else "INFO")
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
+    if _origin_error is not None:
+        log.error("%s Only this app's own pages may connect.", _origin_error)
     if _runtime is not None:
         await _runtime.start()
     await _prepare_database()
@@ -229,6 +244,10 @@ async def _open_chat(thread: ThreadDict | None) -> None:
             await _show_error(problem.user_message)
         if _database_error is not None and _auth.enabled:
             await _show_error(f"Chat history is unavailable: {_database_error}")
+        if _origin_error is not None:
+            await _show_error(
+                f"{_origin_error} Until it is fixed, only this app's own pages may connect."
+            )
     finally:
         ready.set()
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import socketio
 
 from streamchat.users import UsersFile
 from tests.harness import AppProcess
@@ -70,3 +71,59 @@ def test_header_login_from_a_trusted_proxy(app):
     )
     assert response.status_code == 200
     assert response.cookies.get("access_token")
+
+
+async def test_other_sites_cannot_open_a_socket_or_call_the_api(app):
+    token = login(app, "correct horse battery").cookies.get("access_token")
+    auth = {"clientType": "webapp", "sessionId": "s-origin", "threadId": "", "userEnv": "{}"}
+
+    async def connect(origin: str) -> bool:
+        client = socketio.AsyncClient(reconnection=False)
+        try:
+            await client.connect(
+                app.url,
+                headers={"Origin": origin, "Cookie": f"access_token={token}"},
+                socketio_path="/ws/socket.io",
+                transports=["websocket"],
+                auth=auth,
+                wait_timeout=10,
+            )
+        except socketio.exceptions.ConnectionError:
+            return False
+        await client.disconnect()
+        return True
+
+    assert not await connect("https://evil.example"), "a page on another site is refused"
+    assert await connect(app.url), "the app's own pages connect"
+
+    preflight = httpx2.options(
+        f"{app.url}/project/threads",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        timeout=10,
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_every_response_carries_the_security_headers(app):
+    for path in ("/", "/auth/config", "/public/stream.html"):
+        response = httpx2.get(f"{app.url}{path}", timeout=30)
+        assert response.headers.get("x-content-type-options") == "nosniff", path
+        assert response.headers.get("x-frame-options") == "SAMEORIGIN", path
+
+
+def test_allow_origins_opens_the_app_to_the_listed_site_only(tmp_path):
+    users = tmp_path / "users.txt"
+    UsersFile(users).add("alice", "correct horse battery")
+    env = {
+        "CHAINLIT_AUTH_SECRET": "a-test-secret-that-is-long-enough-for-hs256-0123456789",
+        "AUTH_USERS_FILE": str(users),
+        "ALLOW_ORIGINS": "https://portal.example",
+    }
+    with AppProcess(env) as other:
+        for origin, allowed in (("https://portal.example", True), ("https://evil.example", False)):
+            preflight = httpx2.options(
+                f"{other.url}/project/threads",
+                headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+                timeout=10,
+            )
+            assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed
