@@ -59,6 +59,7 @@ class RequestRecord:
     started_at: float = field(default_factory=time.time)
     ended_at: float | None = None
     tokens_sent: int = 0
+    chunks_sent: int = 0  # data: events with a JSON chunk (not [DONE]), as the client saw them
     client_disconnected: bool = False
     completed: bool = False
     ended: threading.Event = field(default_factory=threading.Event)
@@ -349,6 +350,7 @@ class _Handler:
         interval = 1.0 / self.server.tps
         try:
             yield _chunk(cid, {"role": "assistant", "content": ""})
+            record.chunks_sent += 1
             await asyncio.sleep(self.server.first_token_delay_s)
             for position, token in enumerate(tokens):
                 if fault is not None and position == fault.after:
@@ -366,7 +368,9 @@ class _Handler:
                     await asyncio.sleep(interval)
                 yield _chunk(cid, {"content": token})
                 record.tokens_sent += 1
+                record.chunks_sent += 1
             yield _chunk(cid, {}, finish)
+            record.chunks_sent += 1
             if include_usage:
                 usage = {
                     "id": cid,
@@ -382,6 +386,7 @@ class _Handler:
                     },
                 }
                 yield b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n"
+                record.chunks_sent += 1
             yield b"data: [DONE]\n\n"
             record.end(completed=True)
         except asyncio.CancelledError:
