@@ -18,10 +18,12 @@ from chainlit.server import sio
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
+from streamchat import classroom_ui
 from streamchat.auth import AuthConfig
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
 from streamchat.guardrails import GuardrailConfig, guardrail_note
+from streamchat.languages import LANGUAGES
 from streamchat.logs import configure_logging
 from streamchat.persistence import (
     Database,
@@ -140,9 +142,9 @@ def _action(name: str, label: str) -> cl.Action:
     return cl.Action(name=name, label=label, payload={})
 
 
-def _sink(chat: ChatSession) -> ChainlitSink:
+def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
     return ChainlitSink(
-        cl.Message(content=""),
+        message or cl.Message(content=""),
         notify_error=_show_error,
         make_action=_action,
         show_metrics=chat.options.show_metrics,
@@ -179,6 +181,13 @@ def _settings_widgets(
             initial=options.system_prompt,
             multiline=True,
         ),
+        Select(
+            id="language",
+            label="Language / Zabaan",
+            items={name: code for code, name in LANGUAGES.items()},
+            initial_value=options.language,
+            description="The language answers (and the offline model's lessons) come in.",
+        ),
         Switch(
             id="show_metrics",
             label="Show stats under each answer (time to first token, tokens, tokens/s)",
@@ -203,6 +212,11 @@ def _settings_widgets(
             description=guardrail_note(guardrails),
         ),
     ]
+
+
+@cl.set_chat_profiles
+async def chat_profiles(_user: cl.User | None = None) -> list[cl.ChatProfile]:
+    return classroom_ui.chat_profiles()
 
 
 @cl.on_chat_start
@@ -235,6 +249,9 @@ async def _open_chat(thread: ThreadDict | None) -> None:
         cl.user_session.set("chat", chat)
         models = await _runtime.available_models()
         widgets = _settings_widgets(chat.options, models, chat.guardrails)
+        if classroom_ui.is_classroom():
+            widgets += classroom_ui.settings_widgets(chat, models)
+            await classroom_ui.start()
         await cl.ChatSettings(widgets).send()  # type: ignore[arg-type]
         # The Continue button of an answer that was cut off, back under it.
         steps = thread.get("steps") or [] if thread is not None else []
@@ -268,6 +285,9 @@ async def on_settings_update(values: dict[str, object]) -> None:
         chat.options = chat.options.updated(values)
     except ConfigError as exc:
         await _show_error(f"Settings not applied: {exc}")
+    if classroom_ui.is_classroom():
+        for problem in classroom_ui.state().apply(values):
+            await _show_error(f"Settings not applied: {problem}")
 
 
 @cl.on_message
@@ -278,7 +298,16 @@ async def on_message(message: cl.Message) -> None:
         return
     # A Stop cancels this task; the core finishes the message, keeps the partial answer in the
     # history and closes the upstream response before the cancellation goes on.
+    if classroom_ui.is_classroom():
+        await _classroom(chat).handle(message.content, message.command)
+        return
     await chat.answer(message.content, _sink(chat))
+
+
+def _classroom(chat: ChatSession) -> classroom_ui.Classroom:
+    return classroom_ui.Classroom(
+        chat, lambda message: _sink(chat, message), lambda text: _show_error(text)
+    )
 
 
 def _start_stoppable_task(work: Coroutine[Any, Any, object]) -> None:
@@ -316,6 +345,27 @@ async def on_retry(action: cl.Action) -> None:
     question = chat.take_unanswered_question()
     if question is not None:
         _start_stoppable_task(chat.answer(question, _sink(chat)))
+
+
+@cl.action_callback("token_view")
+async def on_token_view(action: cl.Action) -> None:
+    chat = await _current_chat()
+    if chat is not None:
+        await _classroom(chat).show_tokens(str(action.payload.get("answer", "")))
+
+
+@cl.action_callback("timeline")
+async def on_timeline(action: cl.Action) -> None:
+    chat = await _current_chat()
+    if chat is not None:
+        await _classroom(chat).show_timeline(str(action.payload.get("answer", "")))
+
+
+@cl.action_callback("stop_lane")
+async def on_stop_lane(action: cl.Action) -> None:
+    chat = await _current_chat()
+    if chat is not None:
+        await _classroom(chat).stop_lane(str(action.payload.get("lane", "")))
 
 
 @cl.on_chat_end

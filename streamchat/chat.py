@@ -16,6 +16,7 @@ from streamchat.errors import ConfigError, InputRejected
 from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
 from streamchat.guardrails.moderation import Moderator
 from streamchat.history import Conversation, fit_to_budget
+from streamchat.languages import DEFAULT_LANGUAGE, instruction, parse_language
 from streamchat.relay import (
     DeltaSource,
     Resilience,
@@ -24,7 +25,7 @@ from streamchat.relay import (
     refused_input_result,
 )
 from streamchat.sinks import Sink
-from streamchat.types import ChatRequest, Delta, EndReason
+from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason
 
 MAX_SYSTEM_PROMPT_CHARS = 20_000
 
@@ -40,6 +41,13 @@ class ChatOptions:
     show_metrics: bool = True  # a stats line (TTFT, tokens, tokens/s) under each answer
     guardrails_on: bool = True
     guardrail_mode: str = "hold"
+    language: str = DEFAULT_LANGUAGE  # the answers' language (languages.LANGUAGES)
+
+    @property
+    def effective_system_prompt(self) -> str:
+        """The system prompt with the language instruction, if the language is not English."""
+        extra = instruction(self.language)
+        return "\n\n".join(p for p in (self.system_prompt.strip(), extra) if p)
 
     def updated(self, values: Mapping[str, Any]) -> ChatOptions:
         """Apply submitted settings. Raises ConfigError with a message for the user."""
@@ -69,6 +77,11 @@ class ChatOptions:
             changes["show_metrics"] = bool(values["show_metrics"])
         if "guardrails_on" in values:
             changes["guardrails_on"] = bool(values["guardrails_on"])
+        if "language" in values:
+            try:
+                changes["language"] = parse_language(str(values["language"]))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if "guardrail_mode" in values:
             mode = str(values["guardrail_mode"])
             if mode not in ("hold", "buffered"):
@@ -110,14 +123,23 @@ class ChatSession:
             enabled=self.options.guardrails_on, mode=self.options.guardrail_mode
         )
 
-    def _run(self, sink: Sink, on_delta: Callable[[Delta], None] | None = None) -> StreamRun:
+    def new_run(
+        self,
+        sink: Sink,
+        on_delta: Callable[[Delta], None] | None = None,
+        source: DeltaSource | None = None,
+        *,
+        guardrails: GuardrailConfig | None = None,
+    ) -> StreamRun:
+        """A run with this chat's provider, coalescing, resilience and guardrails (or
+        `guardrails` instead), not yet started and not tied to the history."""
         run = StreamRun(
-            self.source,
+            source or self.source,
             CoalescingSink(sink, interval_s=self.flush_interval_s),
             resilience=self.resilience,
             on_delta=on_delta,
         )
-        config = self.guardrail_config
+        config = guardrails or self.guardrail_config
         if config.enabled:
             run.guard = build_guard(config, stream_id=run.stream_id)
             if config.moderated:
@@ -127,7 +149,7 @@ class ChatSession:
     def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:
         """The next request: the history, without its oldest turns when it is over budget."""
         fitted = fit_to_budget(
-            self.history.messages(self.options.system_prompt), self.max_history_tokens
+            self.history.messages(self.options.effective_system_prompt), self.max_history_tokens
         )
         return ChatRequest(
             messages=fitted.messages,
@@ -138,6 +160,23 @@ class ChatSession:
             extra_headers=dict(extra_headers or {}),
         )
 
+    def request_for(self, text: str, **changes: Any) -> ChatRequest:
+        """The request asking `text` next, without recording anything in the history (demos
+        that answer beside the conversation). `changes` replace fields, e.g. model."""
+        messages = (
+            *self.history.messages(self.options.effective_system_prompt),
+            ChatMessage("user", text),
+        )
+        fitted = fit_to_budget(messages, self.max_history_tokens)
+        request = ChatRequest(
+            messages=fitted.messages,
+            dropped_messages=fitted.dropped,
+            model=self.options.model,
+            temperature=self.options.temperature,
+            max_tokens=self.options.max_tokens,
+        )
+        return replace(request, **changes)
+
     async def answer(
         self,
         text: str,
@@ -145,10 +184,15 @@ class ChatSession:
         *,
         extra_headers: Mapping[str, str] | None = None,
         on_delta: Callable[[Delta], None] | None = None,
+        source: DeltaSource | None = None,
+        on_run: Callable[[StreamRun], None] | None = None,
     ) -> StreamResult:
         """Stream the answer to the user's `text` into `sink`; record both in the history.
 
-        On Stop (cancellation) the partial answer is recorded before CancelledError goes on.
+        `on_delta` sees every upstream chunk, `source` replaces the chat's own for this answer
+        (the classroom fault demo) and `on_run` gets the run before it starts (its guard record
+        tells the hold-back story). On Stop (cancellation) the partial answer is recorded
+        before CancelledError goes on.
         """
         async with self._lock:
             if len(text) > self.max_input_chars:
@@ -164,7 +208,9 @@ class ChatSession:
                 # Nothing goes upstream, and the message stays out of the history.
                 return await refused_input_result(sink, violation=blocked)
             self.history.add_user(text)
-            run = self._run(sink, on_delta)
+            run = self.new_run(sink, on_delta, source)
+            if on_run is not None:
+                on_run(run)
             try:
                 result = await run.run(self.request(extra_headers))
             except asyncio.CancelledError:
@@ -187,7 +233,7 @@ class ChatSession:
             # The request's history ends with the interrupted answer itself; the run adds it
             # back with the instruction to continue.
             base = replace(request, messages=request.messages[:-1])
-            run = self._run(sink)
+            run = self.new_run(sink)
             try:
                 result = await run.run(base, continuing=interrupted.content)
             except asyncio.CancelledError:

@@ -235,25 +235,26 @@ class Timeline:
 
 # --- slow motion -----------------------------------------------------------------------------
 
-_SPEED = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*x|(\d+(?:\.\d+)?)\s*(?:tokens?\s*/\s*s|tps|/s))\s*$")
+_SPEED = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*x|(\d+(?:\.\d+)?)\s*(?:words?\s*/\s*s|/s))\s*$")
 _PIECE = re.compile(r"\s*\S+\s*|\s+")
 
-SPEEDS = ("1x", "0.5x", "0.25x", "5 tokens/s", "2 tokens/s")
+SPEEDS = ("1x", "0.5x", "0.25x", "5 words/s", "2 words/s")
 
 
 @dataclass(frozen=True, slots=True)
 class Speed:
-    """`factor` of the arrival speed (0.25 = four times slower), or `tokens_per_second`."""
+    """`factor` of the arrival speed (0.25 = four times slower), or `words_per_second`: the
+    screen shows whole words, which a room can read, whatever the provider's tokens are."""
 
     factor: float | None = None
-    tokens_per_second: float | None = None
+    words_per_second: float | None = None
 
     @classmethod
     def parse(cls, value: str) -> Speed:
         match = _SPEED.match(value.lower())
         if match is None:
             raise ValueError(
-                f"Unknown speed {value!r}: use a factor such as 0.25x or a rate such as 5 tokens/s."
+                f"Unknown speed {value!r}: use a factor such as 0.25x or a rate such as 5 words/s."
             )
         factor, rate = match.groups()
         if factor is not None:
@@ -263,8 +264,8 @@ class Speed:
             return cls(factor=number)
         number = float(rate)
         if not 0.1 <= number <= 1000:
-            raise ValueError("A slow-motion rate must be between 0.1 and 1000 tokens/s.")
-        return cls(tokens_per_second=number)
+            raise ValueError("A slow-motion rate must be between 0.1 and 1000 words/s.")
+        return cls(words_per_second=number)
 
     @property
     def is_real_time(self) -> bool:
@@ -273,7 +274,7 @@ class Speed:
     def __str__(self) -> str:
         if self.factor is not None:
             return f"{self.factor:g}x"
-        return f"{self.tokens_per_second:g} tokens/s"
+        return f"{self.words_per_second:g} words/s"
 
 
 class PacedSink:
@@ -329,9 +330,9 @@ class PacedSink:
                 due = max(due, self._next_show)
             gap = 0.0
         else:
-            assert self.speed.tokens_per_second is not None
+            assert self.speed.words_per_second is not None
             due = self._next_show if self._next_show is not None else now
-            gap = 1.0 / self.speed.tokens_per_second
+            gap = 1.0 / self.speed.words_per_second
         if due > now:
             await self._sleep(due - now)
         self._next_show = max(due, now) + gap

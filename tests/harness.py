@@ -299,13 +299,16 @@ class ChainlitClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_event.wait(), remaining)
 
-    async def send(self, text: str) -> int:
-        """Send a user message as the UI does; returns the event index it was sent at."""
+    async def send(self, text: str, *, command: str | None = None) -> int:
+        """Send a user message as the UI does (with a composer command if given); returns the
+        event index it was sent at."""
         mark = len(self.events)
+        extra = {"command": command} if command else {}
         await self.sio.emit(
             "client_message",
             {
                 "message": {
+                    **extra,
                     "threadId": "",
                     "id": str(uuid.uuid4()),
                     "name": "User",
@@ -331,8 +334,8 @@ class ChainlitClient:
         index = self.events.index(end)
         return Answer(self.events[mark : index + 1])
 
-    async def ask(self, text: str, *, within: float = 60) -> Answer:
-        return await self.finished(await self.send(text), within=within)
+    async def ask(self, text: str, *, within: float = 60, command: str | None = None) -> Answer:
+        return await self.finished(await self.send(text, command=command), within=within)
 
     async def stop(self) -> None:
         await self.sio.emit("stop")
@@ -343,9 +346,12 @@ class ChainlitClient:
         await self.sio.call("chat_settings_change", values, timeout=10)
 
 
-async def click_action(app_url: str, client: ChainlitClient, name: str) -> None:
-    """Press an action button as the UI does: POST /project/action with the action's dict."""
-    event = await client.wait_for(lambda e: e.name == "action" and e.data.get("name") == name)
+async def click_action(app_url: str, client: ChainlitClient, name: str, *, start: int = 0) -> None:
+    """Press an action button as the UI does: POST /project/action with the action's dict
+    (the first one named `name` sent at or after event index `start`)."""
+    event = await client.wait_for(
+        lambda e: e.name == "action" and e.data.get("name") == name, start=start
+    )
     cookies = {"access_token": client.access_token} if client.access_token else None
     async with httpx2.AsyncClient(base_url=app_url, timeout=30, cookies=cookies) as http:
         response = await http.post(

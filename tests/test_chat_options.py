@@ -29,3 +29,18 @@ def test_unknown_keys_are_ignored():
 def test_bad_values_are_refused_with_a_reason(values, message):
     with pytest.raises(ConfigError, match=message):
         BASE.updated(values)
+
+
+def test_language_adds_its_instruction_to_the_system_prompt_and_is_validated():
+    from streamchat.languages import HINGLISH_INSTRUCTION
+
+    options = ChatOptions(model="m", temperature=0.5, system_prompt="Be brief.")
+    assert options.effective_system_prompt == "Be brief."
+    hinglish = options.updated({"language": "Roman-Urdu"})
+    assert hinglish.language == "hinglish"
+    assert hinglish.effective_system_prompt == f"Be brief.\n\n{HINGLISH_INSTRUCTION}"
+    assert options.updated(
+        {"system_prompt": "", "language": "hinglish"}
+    ).effective_system_prompt == (HINGLISH_INSTRUCTION)
+    with pytest.raises(ConfigError, match="Unknown language"):
+        options.updated({"language": "klingon"})

@@ -121,10 +121,10 @@ async def test_the_timeline_marks_the_milestones_and_counts_tokens():
 def test_speeds_parse_and_explain_bad_values():
     assert Speed.parse("0.25x") == Speed(factor=0.25)
     assert Speed.parse("1x").is_real_time
-    assert Speed.parse("5 tokens/s") == Speed(tokens_per_second=5)
-    assert Speed.parse("2/s") == Speed(tokens_per_second=2)
-    assert str(Speed.parse("0.5x")) == "0.5x" and str(Speed(tokens_per_second=5)) == "5 tokens/s"
-    for bad in ("fast", "3x", "0x", "0 tokens/s"):
+    assert Speed.parse("5 words/s") == Speed(words_per_second=5)
+    assert Speed.parse("2/s") == Speed(words_per_second=2)
+    assert str(Speed.parse("0.5x")) == "0.5x" and str(Speed(words_per_second=5)) == "5 words/s"
+    for bad in ("fast", "3x", "0x", "0 words/s"):
         with pytest.raises(ValueError):
             Speed.parse(bad)
 
@@ -132,7 +132,7 @@ def test_speeds_parse_and_explain_bad_values():
 async def test_a_rate_paces_every_word_and_keeps_the_text_whole():
     clock = FakeClock()
     inner = MemorySink()
-    paced = PacedSink(inner, Speed(tokens_per_second=4), clock=clock, sleep=clock.sleep)
+    paced = PacedSink(inner, Speed(words_per_second=4), clock=clock, sleep=clock.sleep)
     await paced.write("one two ")
     await paced.write("three")
     assert inner.writes == ["one ", "two ", "three"]
@@ -153,7 +153,7 @@ async def test_a_factor_stretches_the_arrival_times():
 
 async def test_slow_motion_streams_a_real_answer_unchanged(provider):
     inner = MemorySink()
-    paced = PacedSink(inner, Speed(tokens_per_second=1000))
+    paced = PacedSink(inner, Speed(words_per_second=1000))
     result = await StreamRun(provider, paced).run(request())
     assert inner.text == result.text == choose_answer(provider.server.records.last().messages)
     assert paced.pieces_shown == len(inner.writes) > 10

@@ -3,6 +3,8 @@
 `choose_answer(messages)` is pure and deterministic, so tests can compare what was streamed with
 what was intended. It also writes guardrail demos (an answer with a fake email, card number,
 phone number, API key or blocked word in the middle) and continuations of a cut-off answer.
+Everything it says comes in English and in Hinglish / Roman Urdu (lessons/hinglish/); the
+language is read from the request (see streamchat/languages.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
+from streamchat.languages import DEFAULT_LANGUAGE, LANGUAGES, language_from_messages
 from streamchat.offline.faults import strip_directives
 from streamchat.offline.moderation import DEMO_PHRASE
 
@@ -25,25 +28,151 @@ DEMO_NOTICE = (
 
 GUARDRAIL_DEMO_KINDS = ("moderation", "email", "card", "phone", "secret", "blocked_word")
 
+# The fake values the guardrail demos stream: the same in every language.
 _DEMO_VALUES = {
-    "email": ("an email address", "jane.doe@example.com"),
-    "card": ("a credit card number", "4111 1111 1111 1111"),
-    "phone": ("a phone number", "+1 415 555 0123"),
-    "secret": ("an API key", "sk-proj-Q7xLm2VbN9cR4tZ8wK1pJ6hD3fG5sA0eY2uI9oP4"),
-    "blocked_word": ("a blocked word", "darn"),
-    "moderation": ("text a moderation check flags", f'"{DEMO_PHRASE}"'),
+    "email": "jane.doe@example.com",
+    "card": "4111 1111 1111 1111",
+    "phone": "+1 415 555 0123",
+    "secret": "sk-proj-Q7xLm2VbN9cR4tZ8wK1pJ6hD3fG5sA0eY2uI9oP4",
+    "blocked_word": "darn",
+    "moderation": f'"{DEMO_PHRASE}"',
 }
 _DEMO_TRIGGERS = {
-    "moderation": ("moderation", "moderate", "harass", "toxic"),
+    "moderation": ("moderation", "moderate", "harass", "toxic", "badtameez"),
     "email": ("email", "e-mail", "mail"),
     "card": ("card", "credit"),
     "phone": ("phone", "number to call", "mobile"),
     "secret": ("secret", "api key", "key", "token", "password"),
-    "blocked_word": ("blocked", "blocklist", "word", "profanity", "swear"),
+    "blocked_word": ("blocked", "blocklist", "word", "profanity", "swear", "gaali", "lafz"),
 }
 
-_GREETINGS = {"hi", "hello", "hey", "hiya", "namaste", "salam", "assalamualaikum", "yo"}
-_CONTINUE = re.compile(r"\bcontinue\b|\bcut off\b|\bgo on\b", re.IGNORECASE)
+
+@dataclass(frozen=True)
+class _Phrases:
+    """Everything the model says outside its lessons, in one language."""
+
+    notice: str
+    greeting: str
+    no_lesson: str
+    topics_heading: str
+    topics_examples: str
+    # guardrail demos: `demo` is formatted with what (a description), value and extra
+    demo: str
+    demo_what: dict[str, str]
+    demo_extra: dict[str, str]
+
+
+_PHRASES = {
+    "en": _Phrases(
+        notice=DEMO_NOTICE,
+        greeting=(
+            "Hello! I am the offline demo model. I stream short, scripted lessons about how "
+            "streaming LLM answers works, so you can see streaming without any API key."
+        ),
+        no_lesson=(
+            "I am a scripted demo model, not an LLM, so I can only answer questions about "
+            "streaming that I have a lesson for, and I did not find one for that question."
+        ),
+        topics_heading="I can talk about:",
+        topics_examples=(
+            "Try for example *What does stream=True do?*, *Why does time to first token "
+            "matter?* or *Show me a guardrail demo with an email*. You can also add a fault to "
+            "a question, such as `[fault: drop after=20]`, to watch the app recover from a "
+            "broken stream."
+        ),
+        demo=(
+            "Here is a guardrail demo with {what}. The answer streams normally at first, so you "
+            "can see the text arrive token by token. Now comes the value: {value} is what a "
+            "guardrail should catch, and the text after it is what you should never see when "
+            "the guard stops the stream. In hold mode the value never reaches the screen; with "
+            "redaction it is replaced by a label and the answer goes on.{extra} This sentence "
+            "closes the demo, so a stopped answer is easy to tell from a complete one."
+        ),
+        demo_what={
+            "email": "an email address",
+            "card": "a credit card number",
+            "phone": "a phone number",
+            "secret": "an API key",
+            "blocked_word": "a blocked word",
+            "moderation": "text a moderation check flags",
+        },
+        demo_extra={
+            "blocked_word": (
+                " The list of blocked words is configurable; this demo uses a harmless stand-in."
+            ),
+            "moderation": (
+                " Moderation judges whole sentences, so the answer is cut back to the start of "
+                "the sentence that holds the value, and it always stops rather than redacts. It "
+                "runs when GUARDRAILS includes moderation; offline, a demo endpoint flags a few "
+                "fixed phrases, while OpenAI's model judges meaning."
+            ),
+        },
+    ),
+    "hinglish": _Phrases(
+        notice=(
+            "*Yeh streamchat ka offline demo model hai: yeh streaming ke baare mein scripted "
+            "lessons stream karta hai, yeh LLM nahi hai. Asli model jodne ke liye `.env` mein "
+            "`OPENAI_API_KEY` (ya Ollama jaise local server ke liye `OPENAI_BASE_URL`) set "
+            "kijiye.*"
+        ),
+        greeting=(
+            "Salaam, namaste! Main offline demo model hoon. Main chhote, scripted lessons stream "
+            "karta hoon ke LLM ke jawab stream kaise hote hain, taake aap baghair kisi API key "
+            "ke streaming dekh sakein."
+        ),
+        no_lesson=(
+            "Main ek scripted demo model hoon, LLM nahi, is liye main streaming ke sirf unhi "
+            "sawalon ka jawab de sakta hoon jin ka lesson mere paas hai, aur is sawal ke liye "
+            "mujhe koi lesson nahi mila."
+        ),
+        topics_heading="Main in topics par baat kar sakta hoon:",
+        topics_examples=(
+            "Maslan poochhiye *stream=True kya karta hai?*, *Time to first token kyun ahem "
+            "hai?* ya *Email ke saath guardrail demo dikhao*. Aap kisi sawal mein fault bhi "
+            "jod sakte hain, jaise `[fault: drop after=20]`, aur dekhiye ke tooti hui stream "
+            "ke baad app kaise sambhalti hai."
+        ),
+        demo=(
+            "Yeh guardrail demo hai, jis mein {what} hai. Jawab shuru mein aam tarah stream "
+            "hota hai, taake aap text ko token by token aate hue dekh sakein. Ab value aati "
+            "hai: {value} woh cheez hai jise guardrail ko pakadna chahiye, aur uske baad ka "
+            "text woh hai jo guard ke stream rokne par aapko kabhi nazar nahi aana chahiye. "
+            "Hold mode mein value kabhi screen tak nahi pahunchti; redaction mein use ek label "
+            "se badal diya jaata hai aur jawab aage chalta hai.{extra} Yeh sentence demo ko "
+            "khatam karta hai, taake ruka hua jawab poore jawab se aasani se alag pehchana ja "
+            "sake."
+        ),
+        demo_what={
+            "email": "ek email address",
+            "card": "ek credit card number",
+            "phone": "ek phone number",
+            "secret": "ek API key",
+            "blocked_word": "ek blocked word",
+            "moderation": "aisa text jise moderation check flag karta hai",
+        },
+        demo_extra={
+            "blocked_word": (
+                " Blocked words ki list configurable hai; yeh demo asli gaali ki jagah ek "
+                "be-zarar lafz istemaal karta hai."
+            ),
+            "moderation": (
+                " Moderation poore sentences ko parakhta hai, is liye jawab us sentence ke "
+                "shuru tak kaat diya jaata hai jis mein value hai, aur yeh redact karne ke "
+                "bajaye hamesha rok deta hai. Yeh tab chalta hai jab GUARDRAILS mein moderation "
+                "shamil ho; offline ek demo endpoint kuch fixed phrases ko flag karta hai, jab "
+                "ke OpenAI ka model matlab ko parakhta hai."
+            ),
+        },
+    ),
+}
+
+_GREETINGS = {
+    *("hi", "hello", "hey", "hiya", "namaste", "salam", "assalamualaikum", "yo"),
+    *("salaam", "assalam", "assalamu", "namaskar", "adaab"),
+}
+_CONTINUE = re.compile(
+    r"\bcontinue\b|\bcut off\b|\bgo on\b|\bjaa?ri rakh|\baage (?:likh|bata)", re.IGNORECASE
+)
 _WORD = re.compile(r"[a-z0-9]+(?:[-=][a-z0-9]+)*")
 _STOPWORDS = frozenset(
     {
@@ -96,6 +225,23 @@ _STOPWORDS = frozenset(
         "works",
     }
 )
+# Hinglish / Roman Urdu words that say nothing about the topic ("kya hai", "samjhao", "ke saath"),
+# so "Backpressure kya hai?" is scored on "backpressure" alone. No English text contains them.
+_HINGLISH_STOPWORDS = frozenset(
+    {
+        "kya", "kia", "hai", "hain", "hein", "hy", "ka", "ki", "ke", "ko", "se", "mein", "aur",
+        "ya", "yeh", "ye", "woh", "wo", "kaise", "kaisa", "kaisi", "kyun", "kyu", "kyon",
+        "kyunke", "kyunki", "kab", "kahan", "kaun", "kitna", "kitni", "kitne", "matlab",
+        "samjhao", "samjhaiye", "samjhayein", "samjha", "batao", "bataiye", "bataen", "dikhao",
+        "dikhaiye", "mujhe", "hamein", "humein", "nahi", "nahin", "hota", "hoti", "hote",
+        "hoga", "karta", "karti", "karte", "karna", "karo", "karein", "kijiye", "kaam", "deta",
+        "deti", "dete", "jata", "jati", "jate", "jaata", "jaati", "jaate", "raha", "rahi",
+        "rahe", "sakta", "sakti", "sakte", "chahiye", "wala", "wali", "wale", "liye", "bhi",
+        "toh", "par", "pe", "aap", "ap", "hum", "tum", "koi", "kuch", "ek", "us", "iska",
+        "uska", "jab", "tab", "agar", "lekin", "magar", "sirf", "bas", "ab", "abhi", "zara",
+        "thoda", "tha", "thi", "ahem", "zaroori", "bhai", "yaar", "ji", "sir", "plz",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -114,16 +260,25 @@ def _stem(word: str) -> str:
 
 
 def _terms(text: str) -> list[str]:
-    return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
+    return [
+        _stem(w)
+        for w in _WORD.findall(text.lower())
+        if w not in _STOPWORDS and w not in _HINGLISH_STOPWORDS
+    ]
 
 
-@lru_cache(maxsize=1)
-def lessons() -> tuple[Lesson, ...]:
-    """The lesson files shipped in streamchat/offline/lessons/, in name order."""
+@lru_cache(maxsize=len(LANGUAGES))
+def lessons(language: str = DEFAULT_LANGUAGE) -> tuple[Lesson, ...]:
+    """The lesson files shipped in streamchat/offline/lessons/ (English) or in its folder for
+    the language (lessons/hinglish/), in name order."""
+    if language not in LANGUAGES:
+        raise ValueError(f"no lessons in {language!r}; languages: {', '.join(LANGUAGES)}")
     found = []
     folder = resources.files("streamchat.offline") / "lessons"
+    if language != DEFAULT_LANGUAGE:
+        folder = folder / language
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".md"):
+        if not entry.name.endswith(".md") or not entry.is_file():
             continue
         text = entry.read_text(encoding="utf-8")
         _, header, body = text.split("---\n", 2)
@@ -133,11 +288,11 @@ def lessons() -> tuple[Lesson, ...]:
     return tuple(found)
 
 
-@lru_cache(maxsize=1)
-def _index() -> tuple[list[Counter[str]], dict[str, float]]:
+@lru_cache(maxsize=len(LANGUAGES))
+def _index(language: str) -> tuple[list[Counter[str]], dict[str, float]]:
     documents = [
         Counter(_terms(" ".join((lesson.title, *lesson.keywords, lesson.body))))
-        for lesson in lessons()
+        for lesson in lessons(language)
     ]
     count = len(documents)
     document_frequency: Counter[str] = Counter()
@@ -147,13 +302,16 @@ def _index() -> tuple[list[Counter[str]], dict[str, float]]:
     return documents, idf
 
 
-def best_lesson(question: str) -> Lesson | None:
-    """The most relevant lesson, or None when nothing matches well enough."""
+def best_lesson(question: str, language: str = DEFAULT_LANGUAGE) -> Lesson | None:
+    """The most relevant lesson in `language`, or None when nothing matches well enough.
+
+    Hinglish lessons keep the English keywords, so an English question in a Hinglish chat
+    finds its lesson too."""
     lowered = question.lower()
     terms = _terms(question)
-    documents, idf = _index()
+    documents, idf = _index(language)
     best: tuple[float, int] = (0.0, -1)
-    for position, lesson in enumerate(lessons()):
+    for position, lesson in enumerate(lessons(language)):
         score = 0.0
         # Whole keyword phrases ("time to first token", "stream=true") count most.
         score += sum(4.0 for keyword in lesson.keywords if keyword in lowered and " " in keyword)
@@ -169,17 +327,13 @@ def best_lesson(question: str) -> Lesson | None:
             score += weight * math.log1p(document.get(term, 0)) * 0.5
         if score > best[0]:
             best = (score, position)
-    return lessons()[best[1]] if best[0] >= 2.0 else None
+    return lessons(language)[best[1]] if best[0] >= 2.0 else None
 
 
-def topics_answer(intro: str) -> str:
-    topics = "\n".join(f"- **{lesson.title}**" for lesson in lessons())
-    return (
-        f"{intro}\n\nI can talk about:\n\n{topics}\n\n"
-        "Try for example *What does stream=True do?*, *Why does time to first token matter?* or "
-        "*Show me a guardrail demo with an email*. You can also add a fault to a question, such "
-        "as `[fault: drop after=20]`, to watch the app recover from a broken stream."
-    )
+def topics_answer(intro: str, language: str = DEFAULT_LANGUAGE) -> str:
+    phrases = _PHRASES[language]
+    topics = "\n".join(f"- **{lesson.title}**" for lesson in lessons(language))
+    return f"{intro}\n\n{phrases.topics_heading}\n\n{topics}\n\n{phrases.topics_examples}"
 
 
 def _demo_kind(question: str) -> str | None:
@@ -192,59 +346,42 @@ def _demo_kind(question: str) -> str | None:
     return "email" if "guardrail" in lowered else None
 
 
-def guardrail_demo(kind: str) -> str:
-    what, value = _DEMO_VALUES[kind]
-    extra = {
-        "blocked_word": (
-            " The list of blocked words is configurable; this demo uses a harmless stand-in."
-        ),
-        "moderation": (
-            " Moderation judges whole sentences, so the answer is cut back to the start of the"
-            " sentence that holds the value, and it always stops rather than redacts. It runs"
-            " when GUARDRAILS includes moderation; offline, a demo endpoint flags a few fixed"
-            " phrases, while OpenAI's model judges meaning."
-        ),
-    }.get(kind, "")
-    return (
-        f"Here is a guardrail demo with {what}. The answer streams normally at first, so you "
-        f"can see the text arrive token by token. Now comes the value: {value} is what a "
-        "guardrail should catch, and the text after it is what you should never see when "
-        "the guard stops the stream. In hold mode the value never reaches the screen; with "
-        f"redaction it is replaced by a label and the answer goes on.{extra} This sentence "
-        "closes the demo, so a stopped answer is easy to tell from a complete one."
+def guardrail_demo(kind: str, language: str = DEFAULT_LANGUAGE) -> str:
+    phrases = _PHRASES[language]
+    return phrases.demo.format(
+        what=phrases.demo_what[kind],
+        value=_DEMO_VALUES[kind],
+        extra=phrases.demo_extra.get(kind, ""),
     )
 
 
-def _answer_to(question: str) -> str:
+def _answer_to(question: str, language: str) -> str:
+    phrases = _PHRASES[language]
     cleaned = strip_directives(question)
     words = _WORD.findall(cleaned.lower())
     if words and len(words) <= 3 and words[0] in _GREETINGS:
-        return topics_answer(
-            "Hello! I am the offline demo model. I stream short, scripted lessons about how "
-            "streaming LLM answers works, so you can see streaming without any API key."
-        )
+        return topics_answer(phrases.greeting, language)
     kind = _demo_kind(cleaned)
     if kind is not None:
-        return guardrail_demo(kind)
-    lesson = best_lesson(cleaned)
+        return guardrail_demo(kind, language)
+    lesson = best_lesson(cleaned, language)
     if lesson is None:
-        return topics_answer(
-            "I am a scripted demo model, not an LLM, so I can only answer questions about "
-            "streaming that I have a lesson for, and I did not find one for that question."
-        )
+        return topics_answer(phrases.no_lesson, language)
     return f"## {lesson.title}\n\n{lesson.body}"
 
 
 def _fresh_answer(messages: list[dict[str, object]]) -> str:
-    """The answer to the conversation as it stands (its last user message)."""
+    """The answer to the conversation as it stands (its last user message), in the language
+    the conversation asks for."""
+    language = language_from_messages(messages)
     question = ""
     for message in reversed(messages):
         if message.get("role") == "user" and isinstance(message.get("content"), str):
             question = str(message["content"])
             break
-    answer = _answer_to(question)
+    answer = _answer_to(question, language)
     first = not any(m.get("role") == "assistant" for m in messages)
-    return f"{DEMO_NOTICE}\n\n{answer}" if first else answer
+    return f"{_PHRASES[language].notice}\n\n{answer}" if first else answer
 
 
 def _continuation(messages: list[dict[str, object]]) -> str | None:

@@ -1,0 +1,469 @@
+"""The Classroom chat profile in Chainlit: commands, settings and views over the classroom
+tools in `classroom.py`. app.py calls into this module; the streaming core stays UI-free.
+
+Every answer in the Classroom profile is recorded chunk by chunk. Under it come a collapsed
+"Raw chunks" step and two actions, "Token boundaries" and "Latency timeline". Commands (typed
+with `/` or picked in the composer) run the demos: normal vs streaming, side by side, guardrail
+demo and fault demo. The "Slow motion" setting paces every classroom answer on screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import chainlit as cl
+from chainlit.context import context
+from chainlit.input_widget import Select, Slider
+
+from streamchat.chat import ChatSession
+from streamchat.classroom import (
+    SPEEDS,
+    ChunkLog,
+    DroppingSource,
+    PacedSink,
+    Speed,
+    Timeline,
+    race,
+    race_table,
+    token_view,
+)
+from streamchat.languages import label
+from streamchat.providers import Provider, WholeAnswer
+from streamchat.relay import StreamResult, StreamRun
+from streamchat.sinks import ChainlitSink, Sink
+
+log = logging.getLogger("streamchat.classroom")
+
+PROFILE = "Classroom"
+CHAT_PROFILE = "Chat"
+KEEP_ANSWERS = 20  # answers whose chunk logs are kept for the token and timeline views
+FAULT_AFTER_TOKENS = 20
+
+GUARDRAIL_DEMO_PROMPT = (
+    "Guardrail demo: in two sentences about streaming, include the example email address "
+    "jane.doe@example.com."
+)
+FAULT_DEMO_PROMPT = "Why does time to first token matter?"
+
+# Commands in the composer: (id, lucide icon, description).
+COMMANDS = (
+    ("Compare", "git-compare", "Normal vs streaming: the same question both ways, side by side"),
+    ("SideBySide", "columns-2", "Side by side: the same question to two models or settings"),
+    ("GuardrailDemo", "shield-alert", "Guardrail demo: a violation held back and stopped"),
+    ("FaultDemo", "unplug", "Fault demo: the connection drops mid-answer; watch the resume"),
+)
+
+# Starters for the main lessons: (label, message, command).
+STARTERS = (
+    ("What is a token?", "What is a token?", None),
+    ("What does stream=True do?", "What does stream=True do?", None),
+    ("Normal vs streaming", "Explain time to first token", "Compare"),
+    ("Guardrail demo", GUARDRAIL_DEMO_PROMPT, "GuardrailDemo"),
+    ("Fault demo", FAULT_DEMO_PROMPT, "FaultDemo"),
+)
+
+
+def chat_profiles() -> list[cl.ChatProfile]:
+    return [
+        cl.ChatProfile(
+            name=CHAT_PROFILE,
+            markdown_description="Chat with the model: answers stream token by token.",
+            default=True,
+        ),
+        cl.ChatProfile(
+            name=PROFILE,
+            markdown_description=(
+                "Make streaming visible: raw chunks, token boundaries, slow motion, "
+                "normal vs streaming, side by side, guardrail and fault demos."
+            ),
+            starters=[
+                cl.Starter(label=text, message=message, command=command)
+                for text, message, command in STARTERS
+            ],
+        ),
+    ]
+
+
+def is_classroom() -> bool:
+    return bool(context.session and context.session.chat_profile == PROFILE)
+
+
+@dataclass
+class _Lane:
+    task: asyncio.Task[Any] | None = None
+    action: cl.Action | None = None
+
+
+@dataclass
+class ClassroomState:
+    """One classroom chat's choices and the data behind its views."""
+
+    speed: Speed = field(default_factory=lambda: Speed(factor=1.0))
+    second_model: str = ""
+    second_temperature: float = 1.2
+    answers: OrderedDict[str, tuple[ChunkLog, StreamResult]] = field(default_factory=OrderedDict)
+    lanes: dict[str, _Lane] = field(default_factory=dict)
+
+    def remember(self, answer_id: str, chunks: ChunkLog, result: StreamResult) -> None:
+        self.answers[answer_id] = (chunks, result)
+        while len(self.answers) > KEEP_ANSWERS:
+            self.answers.popitem(last=False)
+
+    def apply(self, values: dict[str, Any]) -> list[str]:
+        """Take the classroom settings from a settings update; returns problems to show."""
+        problems = []
+        if "slow_motion" in values:
+            try:
+                self.speed = Speed.parse(str(values["slow_motion"]))
+            except ValueError as exc:
+                problems.append(str(exc))
+        if "second_model" in values:
+            self.second_model = str(values["second_model"] or "").strip()
+        if "second_temperature" in values:
+            try:
+                temperature = float(values["second_temperature"])
+            except (TypeError, ValueError):
+                problems.append("The second temperature must be a number between 0 and 2.")
+            else:
+                if 0 <= temperature <= 2:
+                    self.second_temperature = temperature
+                else:
+                    problems.append("The second temperature must be a number between 0 and 2.")
+        return problems
+
+
+def state() -> ClassroomState:
+    current = cl.user_session.get("classroom")
+    if current is None:
+        current = ClassroomState()
+        cl.user_session.set("classroom", current)
+    return current
+
+
+def settings_widgets(chat: ChatSession, models: list[str]) -> list[object]:
+    """The classroom's settings, shown after the chat's own."""
+    language = chat.options.language
+    values = list(dict.fromkeys([*(models or []), chat.options.model]))
+    values = [value for value in values if value]
+    current = state()
+    return [
+        Select(
+            id="slow_motion",
+            label=label("slow_motion", language),
+            values=list(SPEEDS),
+            initial_value=str(current.speed) if str(current.speed) in SPEEDS else SPEEDS[0],
+            description="Paces the answer on screen so a room can follow (any model).",
+        ),
+        Select(
+            id="second_model",
+            label=f"{label('side_by_side', language)}: second model",
+            values=values or [chat.options.model or "default"],
+            initial_value=current.second_model or (values[0] if values else "default"),
+        ),
+        Slider(
+            id="second_temperature",
+            label=f"{label('side_by_side', language)}: second temperature",
+            initial=current.second_temperature,
+            min=0,
+            max=2,
+            step=0.1,
+        ),
+    ]
+
+
+async def start() -> None:
+    """Classroom chat start: the commands in the composer."""
+    await context.emitter.set_commands(
+        [
+            {
+                "id": command,
+                "icon": icon,
+                "description": description,
+                "button": False,
+                "persistent": False,
+                "selected": False,
+            }
+            for command, icon, description in COMMANDS
+        ]
+    )
+
+
+SinkFactory = Callable[[cl.Message], ChainlitSink]
+ErrorShower = Callable[[str], Awaitable[None]]
+
+
+class Classroom:
+    """Handles one classroom message. `make_sink(message)` builds the app's Chainlit sink."""
+
+    def __init__(self, chat: ChatSession, make_sink: SinkFactory, show_error: ErrorShower):
+        self.chat = chat
+        self.make_sink = make_sink
+        self.show_error = show_error
+        self.state = state()
+
+    @property
+    def language(self) -> str:
+        return self.chat.options.language
+
+    def _paced(self, sink: Sink) -> Sink:
+        return sink if self.state.speed.is_real_time else PacedSink(sink, self.state.speed)
+
+    async def handle(self, text: str, command: str | None) -> None:
+        handlers = {
+            "Compare": self.compare,
+            "SideBySide": self.side_by_side,
+            "GuardrailDemo": self.guardrail_demo,
+            "FaultDemo": self.fault_demo,
+        }
+        handler = handlers.get(command or "")
+        if handler is not None:
+            await handler(text)
+        else:
+            await self.answer(text)
+
+    async def answer(self, text: str, *, source: Any = None) -> StreamResult:
+        """An ordinary answer, recorded for the views, paced when slow motion is on."""
+        chunks = ChunkLog()
+        message = cl.Message(content="")
+        result = await self.chat.answer(
+            text,
+            self._paced(self.make_sink(message)),
+            on_delta=chunks,
+            source=source,
+            on_run=lambda _run: chunks.restart_clock(),
+        )
+        await self._views(message, chunks, result)
+        return result
+
+    async def _views(self, message: cl.Message, chunks: ChunkLog, result: StreamResult) -> None:
+        if not chunks.count or not message.id:
+            return
+        self.state.remember(message.id, chunks, result)
+        step = cl.Step(
+            name=f"{label('raw_chunks', self.language)} ({chunks.count})",
+            type="tool",
+            parent_id=message.id,
+            show_input=False,
+            language="text",
+        )
+        step.output = chunks.render()
+        await step.send()
+        for name in ("token_view", "timeline"):
+            action = cl.Action(
+                name=name, label=label(name, self.language), payload={"answer": message.id}
+            )
+            await action.send(for_id=message.id)
+
+    async def show_tokens(self, answer_id: str) -> None:
+        found = self.state.answers.get(answer_id)
+        if found is None:
+            await self.show_error("That answer is too old: its chunks are no longer kept.")
+            return
+        chunks, result = found
+        view = token_view(chunks, result)
+        billed = (
+            f", billed {view.usage_tokens}" if view.usage_tokens not in (None, view.count) else ""
+        )
+        content = (
+            f"**{label('token_view', self.language)}**: {view.count} "
+            f"{label('tokens', self.language)}{billed}"
+        )
+        element = cl.CustomElement(name="TokenView", props=view.props(), display="inline")
+        await cl.Message(content=content, elements=[element], parent_id=answer_id).send()
+
+    async def show_timeline(self, answer_id: str) -> None:
+        found = self.state.answers.get(answer_id)
+        if found is None:
+            await self.show_error("That answer is too old: its chunks are no longer kept.")
+            return
+        chunks, result = found
+        timeline = Timeline.of(chunks, result)
+        title = label("timeline", self.language)
+        figure = timeline.figure(title=title, tokens_label=label("tokens", self.language))
+        element = cl.Plotly(name="timeline", figure=figure, display="inline")
+        summary = result.stats.summary()
+        await cl.Message(
+            content=f"**{title}**: {summary}", elements=[element], parent_id=answer_id
+        ).send()
+
+    async def compare(self, text: str) -> None:
+        """The same question without and with streaming, at the same time."""
+        provider = self.chat.source
+        if not isinstance(provider, Provider):
+            await self.show_error("Normal vs streaming needs a provider that answers both ways.")
+            return
+        question = text.strip() or "Explain time to first token"
+        request = self.chat.request_for(question)
+        normal, streamed = label("not_streamed", self.language), label("streamed", self.language)
+        normal_message = cl.Message(content="", author=normal)
+        streamed_message = cl.Message(content="", author=streamed)
+        lanes = await race(
+            [
+                (
+                    normal,
+                    lambda sink: self.chat.new_run(sink, source=WholeAnswer(provider)),
+                    self.make_sink(normal_message),
+                ),
+                (streamed, lambda sink: self.chat.new_run(sink), self.make_sink(streamed_message)),
+            ],
+            request,
+        )
+        table = race_table(
+            lanes,
+            first_text=label("first_text", self.language),
+            total=label("total_time", self.language),
+        )
+        await cl.Message(
+            content=f"**{label('compare', self.language)}**\n\n{table}\n\n"
+            "*These answers are not added to the conversation.*",
+            metadata={"classroom": "compare"},
+        ).send()
+
+    async def side_by_side(self, text: str) -> None:
+        """The same question to two models (or settings), streaming at the same time, each
+        with its own metrics and its own Stop."""
+        question = text.strip() or "What is a token?"
+        options = self.chat.options
+        second_model = self.state.second_model or options.model
+        setups = [
+            (f"{options.model or 'model'} · t={options.temperature:g}", {}),
+            (
+                f"{second_model or 'model'} · t={self.state.second_temperature:g}",
+                {"model": second_model, "temperature": self.state.second_temperature},
+            ),
+        ]
+
+        async def lane(name: str, changes: dict[str, Any]) -> StreamResult | None:
+            lane_id = uuid.uuid4().hex[:12]
+            message = cl.Message(content="", author=name)
+            chunks = ChunkLog()
+            entry = _Lane(task=asyncio.current_task())
+            self.state.lanes[lane_id] = entry
+
+            async def offer_stop() -> None:
+                # The lane's message exists from its first text on: its Stop goes under it.
+                entry.action = cl.Action(
+                    name="stop_lane", label=f"Stop {name}", payload={"lane": lane_id}, icon="square"
+                )
+                await entry.action.send(for_id=message.id)
+
+            sink = _FirstWriteHook(self.make_sink(message), offer_stop)
+            run: StreamRun = self.chat.new_run(sink, chunks)
+            try:
+                result = await run.run(self.chat.request_for(question, **changes))
+            except asyncio.CancelledError:
+                return None
+            finally:
+                self.state.lanes.pop(lane_id, None)
+                if entry.action is not None:
+                    await entry.action.remove()
+            await self._views(message, chunks, result)
+            return result
+
+        tasks = [asyncio.create_task(lane(name, changes)) for name, changes in setups]
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def stop_lane(self, lane_id: str) -> bool:
+        entry = self.state.lanes.get(lane_id)
+        if entry is None or entry.task is None:
+            return False
+        entry.task.cancel()
+        return True
+
+    async def guardrail_demo(self, text: str) -> None:
+        """A violation on purpose, with the guardrails on in hold mode whatever the settings
+        say: the answer stops, and a step explains what the hold-back window did."""
+        operator = self.chat.guardrails
+        config = operator if operator.locked else replace(operator, mode="hold")
+        if not config.policies:
+            await self.show_error(
+                "The guardrail demo needs at least one guardrail policy; GUARDRAILS is off."
+            )
+            return
+        prompt = text.strip() or GUARDRAIL_DEMO_PROMPT
+        chunks = ChunkLog()
+        message = cl.Message(content="")
+        run = self.chat.new_run(self._paced(self.make_sink(message)), chunks, guardrails=config)
+        result = await run.run(self.chat.request_for(prompt))
+        await self._views(message, chunks, result)
+        record = run.guard.record if run.guard is not None else None
+        lines = [f"**{label('guardrail_demo', self.language)}** (mode: {config.mode})"]
+        if record is not None:
+            lines.append(
+                f"- Text was held back at most **{record.max_held_chars} characters** "
+                f"(at most {record.max_hold_s * 1000:.0f} ms) before it was shown."
+            )
+        if result.violation is not None:
+            lines.append(
+                f"- The guard found {result.violation.kind} ({result.violation.policy} policy) "
+                + (
+                    "while it was still held back, so it never reached the screen."
+                    if config.mode == "hold"
+                    else "after it was shown, so the answer was cut back to the last safe point."
+                )
+            )
+            lines.append(
+                f"- The stream stopped after {result.stats.completion_tokens} tokens and the "
+                "upstream request was closed."
+            )
+        elif record is not None and record.redactions:
+            lines.append(f"- {record.redactions} matches were replaced with labels (redact mode).")
+        else:
+            lines.append("- No violation this time: the model did not write one.")
+        lines.append("- *This demo answer is not added to the conversation.*")
+        await cl.Message(content="\n".join(lines), parent_id=message.id or None).send()
+
+    async def fault_demo(self, text: str) -> None:
+        """The connection is cut after a few tokens, on our side, with any provider."""
+        question = text.strip() or FAULT_DEMO_PROMPT
+        source = DroppingSource(self.chat.source, after=FAULT_AFTER_TOKENS)
+        result = await self.answer(question, source=source)
+        stats = result.stats
+        if stats.resumes:
+            story = (
+                f"The connection was cut after {FAULT_AFTER_TOKENS} tokens. The app asked the "
+                f"model to continue from the text already shown, removed the words it repeated "
+                f"at the seam, and finished the answer: {stats.attempts} requests, "
+                f"{stats.resumes} resume."
+            )
+        else:
+            story = (
+                f"The connection was cut after {FAULT_AFTER_TOKENS} tokens. Resume is off "
+                "(STREAM_RESUMES=0), so the answer is marked interrupted: press Continue."
+            )
+        await cl.Message(content=f"**{label('fault_demo', self.language)}**: {story}").send()
+
+
+class _FirstWriteHook:
+    """Runs `hook` right after the first text reaches `inner`."""
+
+    def __init__(self, inner: Sink, hook: Callable[[], Awaitable[None]]) -> None:
+        self.inner = inner
+        self._hook: Callable[[], Awaitable[None]] | None = hook
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def write(self, text: str) -> None:
+        await self.inner.write(text)
+        if self._hook is not None and text:
+            hook, self._hook = self._hook, None
+            await hook()
+
+    async def replace(self, text: str) -> None:
+        await self.inner.replace(text)
+
+    async def finish(self, result: StreamResult) -> None:
+        await self.inner.finish(result)
