@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="model name (default: OPENAI_MODEL or the provider's)")
     parser.add_argument("--system", help="system prompt (default: SYSTEM_PROMPT)")
     parser.add_argument("--temperature", type=float, help="0 to 2 (default: TEMPERATURE)")
+    parser.add_argument(
+        "--language", help="en or hinglish (Roman Urdu); default: ANSWER_LANGUAGE or en"
+    )
     parser.add_argument("--version", action="version", version=f"streamchat {__version__}")
     return parser
 
@@ -74,6 +77,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 ("model", args.model),
                 ("system_prompt", args.system),
                 ("temperature", args.temperature),
+                ("language", args.language),
             )
             if value is not None
         }

@@ -121,6 +121,7 @@ class Runtime:
             max_tokens=self.settings.max_tokens,
             show_metrics=self.settings.show_metrics,
             guardrail_mode=self.settings.guardrails.mode,
+            language=self.settings.language,
         )
         chat = ChatSession(
             self.provider,

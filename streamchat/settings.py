@@ -17,6 +17,7 @@ from dotenv import dotenv_values
 
 from streamchat.errors import ConfigError
 from streamchat.guardrails import GuardrailConfig
+from streamchat.languages import DEFAULT_LANGUAGE, parse_language
 from streamchat.relay import Resilience
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -76,6 +77,7 @@ class Settings:
     show_metrics: bool = True
     max_input_chars: int = 32_000
     max_history_tokens: int | None = 8_000  # None: the whole history is always sent
+    language: str = DEFAULT_LANGUAGE  # the answers' language; each chat can change it
     sse_grace_s: float = 30.0
     sse_keepalive_s: float = 15.0
     sse_ttl_s: float = 300.0
@@ -152,6 +154,7 @@ class Settings:
             max_input_chars=int(
                 reader.number("MAX_INPUT_CHARS", 32_000, low=1, high=10_000_000, integer=True)
             ),
+            language=_language(reader.text("ANSWER_LANGUAGE")),
             max_history_tokens=int(
                 reader.number("MAX_HISTORY_TOKENS", 8_000, low=0, high=10_000_000, integer=True)
             )
@@ -163,6 +166,15 @@ class Settings:
                 env, provider_key=api_key or "", provider_base_url=base_url or ""
             ),
         )
+
+
+def _language(value: str | None) -> str:
+    if value is None:
+        return DEFAULT_LANGUAGE
+    try:
+        return parse_language(value)
+    except ValueError as exc:
+        raise ConfigError(f"ANSWER_LANGUAGE: {exc}") from None
 
 
 class _Reader:

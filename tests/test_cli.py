@@ -137,3 +137,20 @@ def test_ctrl_c_stops_the_answer_and_closes_the_upstream():
         assert record.ended.wait(1.0) and record.client_disconnected
         assert "Stopped by you" in err
         assert out and choose_answer(record.messages).startswith(out.rstrip("\n"))
+
+
+def test_language_flag_answers_in_hinglish(offline_server):
+    from streamchat.languages import HINGLISH_INSTRUCTION
+
+    done = run_cli(
+        "--language",
+        "hinglish",
+        "What is a token?",
+        env=cli_env(OPENAI_BASE_URL=offline_server.base_url),
+    )
+    assert done.returncode == 0, done.stderr
+    record = offline_server.records.last()
+    assert HINGLISH_INSTRUCTION in record.messages[0]["content"]
+    assert done.stdout == choose_answer(record.messages) + "\n"
+    bad = run_cli("--language", "klingon", "hi")
+    assert bad.returncode == 2 and "Unknown language" in bad.stderr

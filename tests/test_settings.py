@@ -112,3 +112,10 @@ def test_env_example_is_valid_and_documents_every_variable():
 def test_chainlit_ci_placeholder_key_counts_as_no_key():
     # `chainlit run` with CI=true behaves as --ci and sets this fake key.
     assert Settings.from_env({"OPENAI_API_KEY": "sk-FAKE-OPENAI-API-KEY"}).offline
+
+
+def test_answer_language_is_validated():
+    assert Settings.from_env({"ANSWER_LANGUAGE": "Roman-Urdu"}).language == "hinglish"
+    assert Settings.from_env({}).language == "en"
+    with pytest.raises(ConfigError, match="ANSWER_LANGUAGE"):
+        Settings.from_env({"ANSWER_LANGUAGE": "klingon"})
