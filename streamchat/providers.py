@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from openai._response import AsyncAPIResponse
@@ -166,9 +167,21 @@ class Provider:
                 timeout=httpx2.Timeout(
                     self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
                 ),
-                http_client=self._http_client,
+                http_client=self._http_client or self._default_http_client(),
             )
         return self._client
+
+    def _default_http_client(self) -> httpx2.AsyncClient | None:
+        """aiohttp under the SDK (its `DefaultAioHttpClient`) unless OPENAI_HTTP_CLIENT=httpx:
+        reading a stream token by token costs about half the CPU of the httpx2 stack (see
+        docs/benchmarks.md). Proxies from the environment are honoured either way."""
+        if self._settings.http_client != "aiohttp":
+            return None  # the SDK's own httpx2 client
+        return openai.DefaultAioHttpClient(
+            timeout=httpx2.Timeout(
+                self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
+            )
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -220,6 +233,11 @@ class Provider:
                     if parser.done:
                         break
             except httpx2.TimeoutException as exc:
+                if not _really_timed_out(exc):
+                    raise StreamBroken(
+                        "The connection to the provider was lost in the middle of the answer.",
+                        detail=repr(exc),
+                    ) from exc
                 raise StreamBroken(
                     "The provider stopped sending the answer (nothing arrived for "
                     f"{self._settings.request_timeout_s:g} s), so it stopped here.",
@@ -284,7 +302,7 @@ class Provider:
         """Translate an SDK error into a short message a person can act on."""
         detail = redact_secrets(f"{type(exc).__name__}: {exc.message}")
         where = self.label
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, openai.APITimeoutError) and _really_timed_out(exc):
             return ProviderUnreachable(
                 f"The model provider at {where} did not answer in time. "
                 "Check that it is running, then try again.",
@@ -350,6 +368,22 @@ class Provider:
             status=status,
             detail=detail,
         )
+
+
+def _really_timed_out(exc: BaseException) -> bool:
+    """Whether a timeout error really comes from a timeout. The aiohttp transport reports any
+    aiohttp connection error (a refused connection, a server that hung up) as a timeout; its
+    original exception, kept as the cause, tells the truth."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError | aiohttp.ServerTimeoutError):
+            return True
+        if isinstance(current, aiohttp.ClientConnectionError | ConnectionError):
+            return False
+        current = current.__cause__ or current.__context__
+    return True
 
 
 def _retry_after(response: httpx2.Response) -> float | None:

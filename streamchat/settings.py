@@ -78,6 +78,7 @@ class Settings:
     max_input_chars: int = 32_000
     max_history_tokens: int | None = 8_000  # None: the whole history is always sent
     language: str = DEFAULT_LANGUAGE  # the answers' language; each chat can change it
+    http_client: str = "aiohttp"  # the HTTP stack under the openai SDK: aiohttp or httpx
     sse_grace_s: float = 30.0
     sse_keepalive_s: float = 15.0
     sse_ttl_s: float = 300.0
@@ -155,6 +156,7 @@ class Settings:
                 reader.number("MAX_INPUT_CHARS", 32_000, low=1, high=10_000_000, integer=True)
             ),
             language=_language(reader.text("ANSWER_LANGUAGE")),
+            http_client=reader.choice("OPENAI_HTTP_CLIENT", ("aiohttp", "httpx"), "aiohttp"),
             max_history_tokens=int(
                 reader.number("MAX_HISTORY_TOKENS", 8_000, low=0, high=10_000_000, integer=True)
             )
@@ -227,6 +229,14 @@ class _Reader:
         if value < low:
             raise ConfigError(problem)
         return value
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        if raw.lower() not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {raw!r}).")
+        return raw.lower()
 
     def flag(self, name: str, default: bool) -> bool:
         raw = self.text(name, keep_empty=True)

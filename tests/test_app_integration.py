@@ -100,6 +100,7 @@ async def test_chat_start_sends_settings_for_model_temperature_and_prompt(client
     assert set(by_id) == {
         "model",
         "temperature",
+        "language",
         "system_prompt",
         "show_metrics",
         "guardrails_on",

@@ -317,3 +317,84 @@ async def test_unreachable_server_names_the_url_but_not_credentials():
     assert "http://localhost:9/v1" in info.value.user_message
     assert "pw" not in info.value.user_message
     assert "OPENAI_BASE_URL" in info.value.user_message
+
+
+# --- the real HTTP stacks (aiohttp by default, httpx2 on request) against the offline model ---
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def stack(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def real_provider(base_url: str, stack: str, **env: str) -> Provider:
+    settings = Settings.from_env(
+        {"OPENAI_BASE_URL": base_url, "OPENAI_HTTP_CLIENT": stack, "OPENAI_TIMEOUT_S": "1", **env}
+    )
+    return Provider(settings)
+
+
+async def test_both_http_stacks_stream_the_same_answer(stack):
+    from streamchat.offline import OfflineServer
+    from streamchat.offline.lessons import choose_answer
+
+    with OfflineServer(tokens_per_second=500, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, stack)
+        try:
+            deltas = await collect(provider, request(model=""))
+        finally:
+            await provider.aclose()
+        text = "".join(d.text for d in deltas)
+        assert text == choose_answer(server.records.last().messages)
+        assert deltas[-1].usage is not None
+
+
+async def test_both_http_stacks_tell_a_refused_connection_from_a_timeout(stack):
+    from tests.harness import free_port
+
+    provider = real_provider(f"http://127.0.0.1:{free_port()}/v1", stack)
+    try:
+        with pytest.raises(ProviderUnreachable) as info:
+            await collect(provider)
+    finally:
+        await provider.aclose()
+    assert "Could not reach the model provider" in info.value.user_message
+
+
+@pytest.mark.parametrize(
+    ("fault", "cause"), [("drop after=5", "dropped"), ("stall after=5", "stalled")]
+)
+async def test_both_http_stacks_tell_a_dropped_stream_from_a_stalled_one(stack, fault, cause):
+    from streamchat.offline import OfflineServer
+
+    with OfflineServer(tokens_per_second=500, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, stack)
+        seen: list[str] = []
+        try:
+            with pytest.raises(StreamBroken) as info:
+                async for delta in provider.stream(
+                    ChatRequest(messages=(ChatMessage("user", f"hi [fault: {fault}]"),), model="")
+                ):
+                    seen.append(delta.text)
+        finally:
+            await provider.aclose()
+        assert info.value.cause == cause
+        assert "".join(seen), "the text before the break was yielded"
+
+
+async def test_closing_a_real_stream_early_closes_the_upstream_request(stack):
+    from streamchat.offline import OfflineServer
+
+    with OfflineServer(tokens_per_second=50, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, stack)
+        try:
+            stream = provider.stream(request(model=""))
+            async for delta in stream:
+                if delta.text:
+                    break
+            await stream.aclose()
+            record = server.records.last()
+            assert await asyncio.to_thread(record.ended.wait, 2), "closed within 2 s"
+            assert record.client_disconnected and not record.completed
+        finally:
+            await provider.aclose()

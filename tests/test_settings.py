@@ -119,3 +119,10 @@ def test_answer_language_is_validated():
     assert Settings.from_env({}).language == "en"
     with pytest.raises(ConfigError, match="ANSWER_LANGUAGE"):
         Settings.from_env({"ANSWER_LANGUAGE": "klingon"})
+
+
+def test_http_client_choice():
+    assert Settings.from_env({}).http_client == "aiohttp"
+    assert Settings.from_env({"OPENAI_HTTP_CLIENT": "HTTPX"}).http_client == "httpx"
+    with pytest.raises(ConfigError, match="OPENAI_HTTP_CLIENT must be one of aiohttp, httpx"):
+        Settings.from_env({"OPENAI_HTTP_CLIENT": "requests"})
