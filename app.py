@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import chainlit as cl
@@ -24,7 +24,9 @@ from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
 from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.languages import LANGUAGES
+from streamchat.limits import LimitExceeded, limit_key
 from streamchat.logs import configure_logging
+from streamchat.metrics import USAGE_METER, UsageMeter
 from streamchat.persistence import (
     Database,
     StreamchatDataLayer,
@@ -299,9 +301,33 @@ async def on_message(message: cl.Message) -> None:
     # A Stop cancels this task; the core finishes the message, keeps the partial answer in the
     # history and closes the upstream response before the cancellation goes on.
     if classroom_ui.is_classroom():
-        await _classroom(chat).handle(message.content, message.command)
+        await _within_limits(lambda: _classroom(chat).handle(message.content, message.command))
         return
-    await chat.answer(message.content, _sink(chat))
+    await _within_limits(lambda: chat.answer(message.content, _sink(chat)))
+
+
+async def _within_limits(work: Callable[[], Awaitable[object]]) -> None:
+    """Run `work` if the user's rate limits allow it (else say why and how long to wait),
+    holding a streaming slot meanwhile and charging the tokens its answers used."""
+    limiter = _runtime.limiter if _runtime is not None else None
+    if limiter is None:
+        await work()
+        return
+    user = context.session.user
+    address = (context.session.environ or {}).get("REMOTE_ADDR")
+    try:
+        lease = await limiter.admit(limit_key(user.identifier if user else None, address))
+    except LimitExceeded as exc:
+        await _show_error(exc.user_message)
+        return
+    meter = UsageMeter()
+    token = USAGE_METER.set(meter)
+    try:
+        await work()
+    finally:
+        USAGE_METER.reset(token)
+        await lease.charge(meter.tokens)
+        await lease.release()
 
 
 def _classroom(chat: ChatSession) -> classroom_ui.Classroom:
@@ -333,7 +359,7 @@ async def on_continue(action: cl.Action) -> None:
     if chat is None:
         return
     await action.remove()
-    _start_stoppable_task(chat.continue_answer(_sink(chat)))
+    _start_stoppable_task(_within_limits(lambda: chat.continue_answer(_sink(chat))))
 
 
 @cl.action_callback("retry")
@@ -342,9 +368,14 @@ async def on_retry(action: cl.Action) -> None:
     if chat is None:
         return
     await action.remove()
-    question = chat.take_unanswered_question()
-    if question is not None:
-        _start_stoppable_task(chat.answer(question, _sink(chat)))
+
+    async def retry() -> None:
+        # Inside the limits: a refused retry leaves the question where it was.
+        question = chat.take_unanswered_question()
+        if question is not None:
+            await chat.answer(question, _sink(chat))
+
+    _start_stoppable_task(_within_limits(retry))
 
 
 @cl.action_callback("token_view")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -65,6 +66,20 @@ class StreamStats:
             "attempts": self.attempts,
             "resumes": self.resumes,
         }
+
+
+class UsageMeter:
+    """Adds up the tokens (prompt and completion) of every answer that finishes while it is
+    the current meter. A front end sets one per request to charge rate limits."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def add(self, stats: StreamStats) -> None:
+        self.tokens += stats.prompt_tokens + stats.completion_tokens
+
+
+USAGE_METER: ContextVar[UsageMeter | None] = ContextVar("streamchat_usage_meter", default=None)
 
 
 class StatsRecorder:
@@ -170,6 +185,12 @@ class ProcessMetrics:
         )
         self.errors = Counter(
             "streamchat_errors", "Provider errors, by kind.", ["kind"], registry=self.registry
+        )
+        self.rate_limited = Counter(
+            "streamchat_rate_limited",
+            "Messages refused by a rate limit, by kind (requests, concurrent, tokens).",
+            ["kind"],
+            registry=self.registry,
         )
         self.guardrail_stops = Counter(
             "streamchat_guardrail_stops",

@@ -21,7 +21,13 @@ from typing import Protocol
 from streamchat.errors import ProviderError, StreamBroken
 from streamchat.guardrails import Guard, GuardStep, Violation
 from streamchat.guardrails.moderation import ModerationGate, Moderator
-from streamchat.metrics import PROCESS_METRICS, ProcessMetrics, StatsRecorder, StreamStats
+from streamchat.metrics import (
+    PROCESS_METRICS,
+    USAGE_METER,
+    ProcessMetrics,
+    StatsRecorder,
+    StreamStats,
+)
 from streamchat.overlap import OverlapRemover
 from streamchat.sinks import Sink
 from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason
@@ -469,6 +475,8 @@ class StreamRun:
         self.metrics.record(
             result.stats, result.reason.value, result.error.kind if result.error else None
         )
+        if (meter := USAGE_METER.get()) is not None:
+            meter.add(result.stats)
         if result.violation is not None:
             self.metrics.guardrail_stops.labels(policy=result.violation.policy).inc()
         await self.sink.finish(result)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError, ProviderError
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
+from streamchat.limits import RateLimiter
 from streamchat.metrics import PROCESS_METRICS
 from streamchat.offline import OfflineServer
 from streamchat.providers import Provider
@@ -34,6 +35,8 @@ class Runtime:
         self.offline_server: OfflineServer | None = None
         self._provider: Provider | None = None
         self.moderator: Moderator | None = None  # the moderation policy, when configured
+        # Per-user limits, in this process or in Redis; None when no limit is set.
+        self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits.enabled else None
         # Answers streamed over SSE run here, so a reconnecting client can resume them.
         self.hub = StreamHub(
             MemoryStreamStore(ttl_s=settings.sse_ttl_s),
@@ -88,6 +91,8 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self.hub.aclose()
+        if self.limiter is not None:
+            await self.limiter.aclose()
         if self._provider is not None:
             await self._provider.aclose()
         if self.moderator is not None:

@@ -18,6 +18,7 @@ from dotenv import dotenv_values
 from streamchat.errors import ConfigError
 from streamchat.guardrails import GuardrailConfig
 from streamchat.languages import DEFAULT_LANGUAGE, parse_language
+from streamchat.limits import RateLimits
 from streamchat.relay import Resilience
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -79,6 +80,7 @@ class Settings:
     max_history_tokens: int | None = 8_000  # None: the whole history is always sent
     language: str = DEFAULT_LANGUAGE  # the answers' language; each chat can change it
     http_client: str = "aiohttp"  # the HTTP stack under the openai SDK: aiohttp or httpx
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     sse_grace_s: float = 30.0
     sse_keepalive_s: float = 15.0
     sse_ttl_s: float = 300.0
@@ -156,6 +158,7 @@ class Settings:
                 reader.number("MAX_INPUT_CHARS", 32_000, low=1, high=10_000_000, integer=True)
             ),
             language=_language(reader.text("ANSWER_LANGUAGE")),
+            rate_limits=RateLimits.from_env(env),
             http_client=reader.choice("OPENAI_HTTP_CLIENT", ("aiohttp", "httpx"), "aiohttp"),
             max_history_tokens=int(
                 reader.number("MAX_HISTORY_TOKENS", 8_000, low=0, high=10_000_000, integer=True)
