@@ -20,6 +20,7 @@ from streamchat.offline import OfflineServer
 from streamchat.providers import Provider
 from streamchat.settings import Settings, public_url
 from streamchat.sse import MemoryStreamStore, StreamHub
+from streamchat.sse_redis import RedisMirror
 
 log = logging.getLogger("streamchat.runtime")
 
@@ -38,10 +39,14 @@ class Runtime:
         # Per-user limits, in this process or in Redis; None when no limit is set.
         self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits.enabled else None
         # Answers streamed over SSE run here, so a reconnecting client can resume them.
+        # With REDIS_URL, their events are also kept in Redis Streams, so the reconnect may
+        # land on another replica.
+        redis_url = settings.rate_limits.redis_url
         self.hub = StreamHub(
             MemoryStreamStore(ttl_s=settings.sse_ttl_s),
             grace_s=settings.sse_grace_s,
             keepalive_s=settings.sse_keepalive_s,
+            mirror=RedisMirror(redis_url, ttl_s=settings.sse_ttl_s) if redis_url else None,
         )
 
     @classmethod
@@ -68,6 +73,7 @@ class Runtime:
             self.offline_server = server
             log.info("offline demo model listening at %s", base_url)
         self._provider = Provider(self.settings, base_url=base_url)
+        await self.hub.start_background()
         log.info("answers come from %s", self._provider.label)
         guardrails = self.settings.guardrails
         if guardrails.moderated:

@@ -20,7 +20,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from streamchat.sse_redis import RedisMirror
 
 log = logging.getLogger("streamchat.sse")
 
@@ -76,6 +79,8 @@ class EventLog:
         self._changed = asyncio.Event()
         self.closed = False
         self.closed_at: float | None = None
+        # Sees each event as it is appended, and None at the close (the Redis mirror).
+        self.observer: Callable[[SseEvent | None], None] | None = None
 
     def append(self, event: str, data: dict[str, Any]) -> SseEvent:
         if self.closed:
@@ -88,12 +93,16 @@ class EventLog:
             del self._events[:dropped]
             self._first_seq += dropped
         self._wake()
+        if self.observer is not None:
+            self.observer(item)
         return item
 
     def close(self, now: float) -> None:
         self.closed = True
         self.closed_at = now
         self._wake()
+        if self.observer is not None:
+            self.observer(None)
 
     def _wake(self) -> None:
         self._changed.set()
@@ -185,8 +194,11 @@ class StreamHub:
         grace_s: float = 30.0,
         keepalive_s: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
+        mirror: RedisMirror | None = None,
     ) -> None:
         self.store: StreamStore = store or MemoryStreamStore()
+        # With several replicas: event logs shared through Redis Streams (sse_redis.py).
+        self.mirror = mirror
         self.grace_s = grace_s
         self.keepalive_s = keepalive_s
         self._clock = clock
@@ -197,6 +209,8 @@ class StreamHub:
         self.store.prune(self._clock())
         stream_id = uuid.uuid4().hex[:16]
         event_log = self.store.create(stream_id)
+        if self.mirror is not None:
+            self.mirror.attach(event_log)
         running = _Running(task=asyncio.create_task(self._produce(event_log, produce)))
         self._running[stream_id] = running
         # A stream nobody ever follows (the client went away before the response started) is
@@ -274,6 +288,10 @@ class StreamHub:
     def _arm_grace_timer(self, stream_id: str, running: _Running) -> None:
         async def abandon() -> None:
             await asyncio.sleep(self.grace_s)
+            if self.mirror is not None and await self.mirror.followed_elsewhere(stream_id):
+                running.grace_timer = None
+                self._arm_grace_timer(stream_id, running)  # a client follows on another replica
+                return
             if running.followers == 0:
                 log.info("stream %s abandoned for %.0f s; cancelling", stream_id, self.grace_s)
                 running.task.cancel()
@@ -282,8 +300,15 @@ class StreamHub:
             running.grace_timer.cancel()
         running.grace_timer = asyncio.create_task(abandon())
 
+    async def start_background(self) -> None:
+        """With a mirror: take cancels asked of any replica."""
+        if self.mirror is not None:
+            await self.mirror.listen_for_cancels(self.cancel)
+
     async def aclose(self) -> None:
         """Cancel every running answer (at shutdown)."""
         for stream_id in list(self._running):
             with contextlib.suppress(Exception):
                 await self.cancel(stream_id)
+        if self.mirror is not None:
+            await self.mirror.aclose()

@@ -31,6 +31,7 @@ from streamchat.sse import (
     encode_retry,
     parse_event_id,
 )
+from streamchat.sse_redis import EventsDropped, StoreUnavailable, UnknownStream
 from streamchat.types import ChatMessage, ChatRequest
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -153,7 +154,7 @@ class StreamEndpoint:
     async def get(self, request: Request) -> Response:
         if denied := self._unauthorised(request):
             return denied
-        resumed = self._resume(request)
+        resumed = await self._resume(request)
         if resumed is not None:
             return resumed
         params = request.query_params
@@ -167,7 +168,7 @@ class StreamEndpoint:
     async def post(self, request: Request) -> Response:
         if denied := self._unauthorised(request):
             return denied
-        resumed = self._resume(request)
+        resumed = await self._resume(request)
         if resumed is not None:
             return resumed
         try:
@@ -194,11 +195,21 @@ class StreamEndpoint:
             return JSONResponse({"stopped": stream_id})
         if self.hub.get(stream_id) is not None:
             return JSONResponse({"stopped": stream_id, "note": "the stream had already ended"})
+        if self.hub.mirror is not None:
+            # Perhaps another replica runs it.
+            try:
+                running = await self.hub.mirror.request_cancel(stream_id)
+            except StoreUnavailable:
+                return _error(503, "The shared stream store is unavailable. Try again shortly.")
+            if running:
+                return JSONResponse({"stopped": stream_id})
+            if running is False:
+                return JSONResponse({"stopped": stream_id, "note": "the stream had already ended"})
         return _error(404, f"No stream with id {stream_id!r}.")
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _resume(self, request: Request) -> Response | None:
+    async def _resume(self, request: Request) -> Response | None:
         """A request with Last-Event-ID resumes that stream, whatever else it asks. The id may
         also come as `?last_event_id=` (a closed EventSource cannot send the header)."""
         header = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
@@ -206,15 +217,35 @@ class StreamEndpoint:
             return None
         parsed = parse_event_id(header)
         event_log = self.hub.get(parsed[0]) if parsed else None
-        if parsed is None or event_log is None:
-            return _error(
-                404, "That stream is no longer available (it ended too long ago). Ask again."
-            )
+        gone = _error(404, "That stream is no longer available (it ended too long ago). Ask again.")
+        if parsed is None:
+            return gone
+        if event_log is None and self.hub.mirror is not None:
+            return await self._resume_elsewhere(*parsed)
+        if event_log is None:
+            return gone
         try:
             event_log.since(parsed[1])  # checked now: follow() is lazy
         except LookupError:
             return _error(410, "Part of that stream is no longer kept. Ask again.")
         return self._response(self.hub.follow(event_log, after_seq=parsed[1]), first=b"")
+
+    async def _resume_elsewhere(self, stream_id: str, after_seq: int) -> Response:
+        """Follow a stream that another replica runs, from the shared store."""
+        mirror = self.hub.mirror
+        assert mirror is not None
+        try:
+            await mirror.check(stream_id, after_seq)
+        except UnknownStream:
+            return _error(
+                404, "That stream is no longer available (it ended too long ago). Ask again."
+            )
+        except EventsDropped:
+            return _error(410, "Part of that stream is no longer kept. Ask again.")
+        except StoreUnavailable:
+            return _error(503, "The shared stream store is unavailable. Try again shortly.")
+        events = mirror.follow(stream_id, after_seq, keepalive_s=self.hub.keepalive_s)
+        return self._response(events, first=b"")
 
     async def _start(
         self, messages: list[ChatMessage], model: object, temperature: object

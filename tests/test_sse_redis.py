@@ -1,0 +1,148 @@
+"""SSE event logs shared through a real Redis: two hubs stand for two replicas. A stream run by
+one is followed from any event on the other, exactly; a cancel on either stops it; a client
+following elsewhere keeps it from being abandoned; Redis down is a clear failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from streamchat.sse import KEEPALIVE, EventLog, MemoryStreamStore, SseEvent, StreamHub
+from streamchat.sse_redis import EventsDropped, RedisMirror, StoreUnavailable, UnknownStream
+from tests.databases import redis_server
+from tests.harness import free_port
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def replicas(redis_url) -> AsyncIterator[tuple[StreamHub, StreamHub]]:
+    hubs = [
+        StreamHub(
+            MemoryStreamStore(),
+            grace_s=0.5,
+            keepalive_s=0.2,
+            mirror=RedisMirror(redis_url, ttl_s=60, max_events=50),
+        )
+        for _ in range(2)
+    ]
+    for hub in hubs:
+        await hub.start_background()
+    await asyncio.sleep(0.1)  # the cancel subscriptions are in place
+    yield hubs[0], hubs[1]
+    for hub in hubs:
+        await hub.aclose()
+
+
+def producer(count: int, *, pause: float = 0.01, then_wait: bool = False):
+    async def produce(event_log: EventLog) -> None:
+        for n in range(count):
+            event_log.append("token", {"text": f"t{n} "})
+            await asyncio.sleep(pause)
+        if then_wait:
+            await asyncio.Event().wait()
+        event_log.append("done", {"reason": "complete"})
+
+    return produce
+
+
+async def collect(events: AsyncIterator[object]) -> list[SseEvent]:
+    return [item async for item in events if item is not KEEPALIVE]  # type: ignore[misc]
+
+
+async def test_another_replica_resumes_exactly_after_the_last_event_seen(replicas):
+    one, two = replicas
+    event_log = one.start(producer(30))
+    await asyncio.sleep(0.1)  # some events are out, the rest are still coming
+    await two.mirror.check(event_log.stream_id, 5)
+    resumed = await collect(two.mirror.follow(event_log.stream_id, 5, keepalive_s=0.2))
+    assert [e.seq for e in resumed] == list(range(6, 32)), "no gaps, no duplicates, to the end"
+    assert resumed[0].data == {"text": "t5 "} and resumed[-1].event == "done"
+    assert resumed[0].id == f"{event_log.stream_id}:6"
+    # From the very start, after the answer has ended, too.
+    everything = await collect(two.mirror.follow(event_log.stream_id, 0, keepalive_s=0.2))
+    assert [e.seq for e in everything] == list(range(1, 32))
+
+
+async def test_quiet_streams_get_keepalives_across_replicas(replicas):
+    one, two = replicas
+    event_log = one.start(producer(2, then_wait=True))
+    await asyncio.sleep(0.1)
+    seen: list[object] = []
+    async for item in two.mirror.follow(event_log.stream_id, 0, keepalive_s=0.2):
+        seen.append(item)
+        if seen.count(KEEPALIVE) == 2:
+            break
+    assert [getattr(e, "seq", None) for e in seen[:2]] == [1, 2]
+    await one.cancel(event_log.stream_id)
+
+
+async def test_unknown_and_trimmed_streams_are_told_apart(replicas):
+    one, two = replicas
+    with pytest.raises(UnknownStream):
+        await two.mirror.check("nosuchstream", 0)
+    event_log = one.start(producer(80, pause=0))
+    await collect(one.follow(event_log))  # to the end
+    await asyncio.sleep(0.2)  # the mirror has written the last events
+    with pytest.raises(EventsDropped):
+        await two.mirror.check(event_log.stream_id, 3)  # only the newest 50 are kept
+    await two.mirror.check(event_log.stream_id, 40)
+
+
+async def test_a_cancel_on_either_replica_stops_the_answer(replicas):
+    one, two = replicas
+    event_log = one.start(producer(5, then_wait=True))
+    await asyncio.sleep(0.1)
+    assert await two.mirror.request_cancel(event_log.stream_id) is True
+    for _ in range(50):
+        if not one.is_running(event_log.stream_id):
+            break
+        await asyncio.sleep(0.05)
+    assert not one.is_running(event_log.stream_id)
+    await asyncio.sleep(0.2)
+    assert await two.mirror.request_cancel(event_log.stream_id) is False, "it has ended"
+    assert await two.mirror.request_cancel("nosuchstream") is None
+
+
+async def test_a_follower_on_another_replica_keeps_the_answer_from_being_abandoned(replicas):
+    one, two = replicas
+    event_log = one.start(producer(3, then_wait=True))  # nobody follows on `one`
+    follower = asyncio.create_task(
+        collect(two.mirror.follow(event_log.stream_id, 0, keepalive_s=0.2))
+    )
+    await asyncio.sleep(1.5)  # three grace periods
+    assert one.is_running(event_log.stream_id), "followed elsewhere: not abandoned"
+    follower.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await follower
+    for _ in range(60):
+        if not one.is_running(event_log.stream_id):
+            break
+        await asyncio.sleep(0.05)
+    assert not one.is_running(event_log.stream_id), "abandoned once nobody follows"
+
+
+async def test_redis_down_keeps_local_streams_and_refuses_remote_resumes(caplog):
+    url = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    hub = StreamHub(MemoryStreamStore(), mirror=RedisMirror(url))
+    caplog.set_level(logging.WARNING, logger="streamchat.sse")
+    try:
+        event_log = hub.start(producer(3))
+        events = await collect(hub.follow(event_log))
+        assert [e.event for e in events] == ["token", "token", "token", "done"]
+        with pytest.raises(StoreUnavailable):
+            await hub.mirror.check("x", 0)
+        with pytest.raises(StoreUnavailable):
+            await hub.mirror.request_cancel("x")
+    finally:
+        await hub.aclose()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("not shared with other replicas" in m for m in messages)
+    assert not any("pw" in m for m in messages)
