@@ -110,7 +110,7 @@ async def startup() -> None:
 
 
 async def _prepare_database() -> None:
-    global _database_error
+    global _database_error, _database, _data_layer
     if _database_error is not None:
         log.error("chat history is off: %s", _database_error)
         return
@@ -124,6 +124,9 @@ async def _prepare_database() -> None:
         log.error(
             "cannot prepare the database at %s: %s", layer.database.public_url, type(exc).__name__
         )
+        # Chainlit asks for the data layer after start-up: it gets none, so login and chat
+        # work without history instead of failing on every write.
+        _database, _data_layer = None, None
     else:
         log.info("chat history is stored in %s", layer.database.public_url)
 

@@ -171,3 +171,27 @@ async def test_a_chat_survives_a_restart_and_is_resumed_with_its_history(app_env
             f"{app.url}/project/thread/{thread_id}", cookies={"access_token": token}, timeout=30
         )
         assert mine.status_code == 200 and mine.json()["id"] == thread_id
+
+
+async def test_an_unreachable_database_leaves_login_and_chat_working(tmp_path, upstream):
+    from tests.harness import free_port
+
+    UsersFile(tmp_path / "users.txt").add("alice", "alice's long password")
+    env = {
+        "CHAINLIT_AUTH_SECRET": SECRET,
+        "AUTH_USERS_FILE": str(tmp_path / "users.txt"),
+        "DATABASE_URL": f"postgresql://app:secret-pw@127.0.0.1:{free_port()}/nowhere",
+        "OPENAI_BASE_URL": upstream.base_url,
+    }
+    with AppProcess(env) as app:
+        chat = await ChainlitClient(
+            app.url, access_token=login(app.url, "alice", "alice's long password")
+        ).connect()
+        try:
+            notices = [e.data["output"] for e in chat.events if e.name == "new_message"]
+            assert any("Chat history is unavailable" in n for n in notices)
+            answer = await chat.ask(FIRST)
+            assert strip_footer(answer.final_assistant_text())
+        finally:
+            await chat.close()
+        assert "secret-pw" not in app.log_path.read_text()
