@@ -30,6 +30,12 @@ from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason
 MAX_SYSTEM_PROMPT_CHARS = 20_000
 
 
+def full_system_prompt(system_prompt: str, language: str) -> str:
+    """The system prompt with the language instruction, if the language is not English."""
+    extra = instruction(language)
+    return "\n\n".join(p for p in (system_prompt.strip(), extra) if p)
+
+
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
     """What the user can change during a chat (Chainlit chat settings)."""
@@ -45,9 +51,7 @@ class ChatOptions:
 
     @property
     def effective_system_prompt(self) -> str:
-        """The system prompt with the language instruction, if the language is not English."""
-        extra = instruction(self.language)
-        return "\n\n".join(p for p in (self.system_prompt.strip(), extra) if p)
+        return full_system_prompt(self.system_prompt, self.language)
 
     def updated(self, values: Mapping[str, Any]) -> ChatOptions:
         """Apply submitted settings. Raises ConfigError with a message for the user."""

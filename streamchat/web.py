@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
@@ -16,9 +17,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
 from streamchat.auth import request_identity
+from streamchat.chat import full_system_prompt
 from streamchat.coalesce import CoalescingSink
 from streamchat.guardrails import build_guard, screen_input
-from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
+from streamchat.history import fit_to_budget
+from streamchat.limits import LimitExceeded, limit_key
+from streamchat.metrics import PROCESS_METRICS, USAGE_METER, ProcessMetrics, UsageMeter
 from streamchat.relay import StreamRun, refused_input_result
 from streamchat.runtime import Runtime
 from streamchat.sinks import SseSink
@@ -161,7 +165,9 @@ class StreamEndpoint:
         prompt = params.get("prompt", "")
         try:
             messages = [ChatMessage("user", self._check_prompt(prompt))]
-            return await self._start(messages, params.get("model"), params.get("temperature"))
+            return await self._start(
+                request, messages, params.get("model"), params.get("temperature")
+            )
         except BadStreamRequest as exc:
             return _error(exc.status, exc.message)
 
@@ -183,7 +189,10 @@ class StreamEndpoint:
             messages = self._check_messages(body.get("messages"))
             temperature = body.get("temperature")
             return await self._start(
-                messages, body.get("model"), None if temperature is None else str(temperature)
+                request,
+                messages,
+                body.get("model"),
+                None if temperature is None else str(temperature),
             )
         except BadStreamRequest as exc:
             return _error(exc.status, exc.message)
@@ -248,25 +257,60 @@ class StreamEndpoint:
         return self._response(events, first=b"")
 
     async def _start(
-        self, messages: list[ChatMessage], model: object, temperature: object
+        self,
+        http_request: Request,
+        messages: list[ChatMessage],
+        model: object,
+        temperature: object,
     ) -> Response:
         runtime = self.runtime
         if runtime is None:
             return _error(503, f"streamchat is not configured correctly: {self.config_error}")
         options = await self._check_options(runtime, model, temperature)
+        settings = runtime.settings
+        # The same system prompt (with the default language's instruction) and history budget
+        # as the chat UI.
+        system = full_system_prompt(settings.system_prompt, settings.language)
+        fitted = fit_to_budget(
+            (ChatMessage("system", system), *messages) if system else messages,
+            settings.max_history_tokens,
+        )
         request = ChatRequest(
-            messages=(ChatMessage("system", runtime.settings.system_prompt), *messages)
-            if runtime.settings.system_prompt.strip()
-            else tuple(messages),
+            messages=fitted.messages,
+            dropped_messages=fitted.dropped,
             model=options[0],
             temperature=options[1],
-            max_tokens=runtime.settings.max_tokens,
+            max_tokens=settings.max_tokens,
         )
-        settings = runtime.settings
+        lease = None
+        if runtime.limiter is not None:
+            user = request_identity(http_request.headers.get("authorization"), http_request.cookies)
+            address = http_request.client.host if http_request.client else None
+            try:
+                lease = await runtime.limiter.admit(limit_key(user, address))
+            except LimitExceeded as exc:
+                headers = (
+                    {"Retry-After": str(math.ceil(exc.retry_after_s))}
+                    if exc.retry_after_s is not None
+                    else {}
+                )
+                response = _error(429, exc.user_message)
+                response.headers.update(headers)
+                return response
 
         guardrails = settings.guardrails
 
         async def produce(event_log: EventLog) -> None:
+            meter = UsageMeter()
+            USAGE_METER.set(meter)  # this task's own context
+            try:
+                await answer(event_log)
+            finally:
+                if lease is not None:
+                    await lease.charge(meter.tokens)
+                    await lease.release()
+
+        async def answer(event_log: EventLog) -> None:
             sink = SseSink(event_log)
             # The same guardrails as the chat UI: the question first, then the answer.
             blocked = await screen_input(guardrails, messages[-1].content, runtime.moderator)
