@@ -176,7 +176,7 @@ class ConsoleSink:
 class SseSink:
     """Writes an answer as named events into a resumable SSE event log (see sse.py):
     `token` {text}, `retract` {text} (the shown text was cut back to `text`), `error`
-    {message, kind}, `metrics` {...}, `done` {reason, note}."""
+    {message, kind}, `metrics` {...}, `done` {reason, note, history_note}."""
 
     def __init__(self, event_log: EventLog) -> None:
         self.log = event_log
