@@ -8,9 +8,11 @@ only need a few fields. Provider chunk shapes never leave this module.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -37,6 +39,9 @@ log = logging.getLogger("streamchat.providers")
 
 # Local servers (Ollama, llama.cpp, LM Studio) ignore the key, but the SDK insists on one.
 _PLACEHOLDER_KEY = "not-needed"
+# How long a server's model list is reused: every new chat shows it in its settings, and a
+# model loaded into a local server meanwhile appears within this time.
+MODEL_LIST_TTL_S = 60.0
 
 
 class ChunkParser:
@@ -147,6 +152,8 @@ class Provider:
         # Some compatible servers reject `stream_options`; we learn that once and stop sending it.
         self._send_stream_options = True
         self._default_model: str | None = None
+        self._models: tuple[float, list[str]] | None = None  # (fetched at, ids)
+        self._models_fetch: asyncio.Future[list[str]] | None = None
 
     @property
     def label(self) -> str:
@@ -184,6 +191,8 @@ class Provider:
         )
 
     async def aclose(self) -> None:
+        if self._models_fetch is not None:
+            self._models_fetch.cancel()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -209,12 +218,32 @@ class Provider:
         return self._default_model
 
     async def list_models(self) -> list[str]:
-        """Model ids the server offers (GET /models)."""
+        """Model ids the server offers (GET /models), reused for MODEL_LIST_TTL_S.
+
+        Chats that start together share one request; a failure is not remembered, so the next
+        call asks again.
+        """
+        if self._models is not None and time.monotonic() - self._models[0] < MODEL_LIST_TTL_S:
+            return list(self._models[1])
+        if self._models_fetch is None:
+            self._models_fetch = asyncio.ensure_future(self._fetch_models())
+            self._models_fetch.add_done_callback(self._fetched)
+        # shield: one caller giving up (a timeout) does not cancel the others' request.
+        return list(await asyncio.shield(self._models_fetch))
+
+    async def _fetch_models(self) -> list[str]:
         try:
             page = await self.client.models.list()
         except openai.APIError as exc:
             raise self._map_error(exc, model=None) from exc
-        return sorted(model.id for model in page.data)
+        models = sorted(model.id for model in page.data)
+        self._models = (time.monotonic(), models)
+        return models
+
+    def _fetched(self, fetch: asyncio.Future[list[str]]) -> None:
+        self._models_fetch = None
+        if not fetch.cancelled():
+            fetch.exception()  # retrieved here, so a failure nobody awaited is not logged
 
     async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
         """Yield the answer's Deltas. Closing this generator closes the HTTP response."""

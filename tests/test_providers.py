@@ -239,6 +239,70 @@ async def test_cancelling_the_consumer_closes_the_http_response():
     await asyncio.wait_for(body.closed.wait(), 1.0)
 
 
+def models_handler(calls: list[str], *, fail_first: int = 0):
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        calls.append(req.url.path)
+        if len(calls) <= fail_first:
+            return httpx2.Response(503, json={"error": {"message": "warming up"}})
+        return httpx2.Response(
+            200,
+            json={
+                "object": "list",
+                "data": [{"id": "llama3", "object": "model", "created": 0, "owned_by": "x"}],
+            },
+        )
+
+    return handler
+
+
+async def test_the_model_list_is_fetched_once_for_chats_that_start_together_and_then_reused():
+    calls: list[str] = []
+    provider = provider_with(models_handler(calls))
+    together = await asyncio.gather(*(provider.list_models() for _ in range(5)))
+    assert together == [["llama3"]] * 5
+    assert await provider.list_models() == ["llama3"]
+    assert calls == ["/v1/models"]
+
+
+async def test_the_model_list_is_asked_again_once_it_is_old(monkeypatch):
+    import streamchat.providers as providers
+
+    calls: list[str] = []
+    provider = provider_with(models_handler(calls))
+    await provider.list_models()
+    monkeypatch.setattr(providers, "MODEL_LIST_TTL_S", 0.0)
+    await provider.list_models()
+    assert len(calls) == 2
+
+
+async def test_a_failed_model_list_is_not_remembered():
+    calls: list[str] = []
+    provider = provider_with(models_handler(calls, fail_first=1))
+    with pytest.raises(ProviderUnavailable):
+        await provider.list_models()
+    assert await provider.list_models() == ["llama3"]
+    assert len(calls) == 2
+
+
+async def test_a_caller_that_gives_up_does_not_cancel_the_model_list_for_the_others():
+    release = asyncio.Event()
+    calls: list[str] = []
+    plain = models_handler(calls)
+
+    async def slow(req: httpx2.Request) -> httpx2.Response:
+        await release.wait()
+        return plain(req)
+
+    provider = provider_with(slow)
+    impatient = asyncio.create_task(asyncio.wait_for(provider.list_models(), 0.01))
+    patient = asyncio.create_task(provider.list_models())
+    with pytest.raises(TimeoutError):
+        await impatient
+    release.set()
+    assert await patient == ["llama3"]
+    assert calls == ["/v1/models"]
+
+
 async def test_empty_model_asks_the_server_for_its_models():
     seen = []
 
