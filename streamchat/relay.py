@@ -160,6 +160,54 @@ async def refused_input_result(
     return result
 
 
+class StallWatch:
+    """Stall detection for a read loop, without a timer per chunk.
+
+    `arm(limit)` before each read and `disarm()` after it only note a deadline; one timer
+    follows the deadline lazily (when it fires early it re-arms for the current deadline), and
+    once a deadline passes during a read it expires `scope`, an `asyncio.timeout(None)` around
+    the loop, which cancels the read and raises TimeoutError there. A timer per read (an
+    `asyncio.timeout` each) costs a heap push, a cancel and an object per token.
+    """
+
+    def __init__(self, scope: asyncio.Timeout) -> None:
+        self._scope = scope
+        self._loop = asyncio.get_running_loop()
+        self._deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.limit = 0.0  # the limit of the read that stalled, for the message
+
+    def __enter__(self) -> StallWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def arm(self, limit: float) -> None:
+        self.limit = limit
+        deadline = self._deadline = self._loop.time() + limit
+        if self._timer is not None and self._timer.when() > deadline:  # a shorter limit now
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._check)
+
+    def disarm(self) -> None:
+        self._deadline = None
+
+    def _check(self) -> None:
+        self._timer = None
+        if self._deadline is None:
+            return  # not reading: the next arm() sets a timer again
+        if self._loop.time() >= self._deadline:
+            self._scope.reschedule(self._loop.time())
+        else:
+            self._timer = self._loop.call_at(self._deadline, self._check)
+
+
 class _GuardrailStop(Exception):
     """Internal: the guard stopped the stream (a verdict, not an error)."""
 
@@ -318,31 +366,40 @@ class StreamRun:
         """One request. Raises StreamBroken(cause="stalled") when the provider goes quiet."""
         policy = self.resilience
         got_text = False
-        # aclosing: if we stop consuming early (Stop, a stall), the provider's generator is
-        # closed here, and with it the HTTP response.
-        async with contextlib.aclosing(self.source.stream(request)) as deltas:
-            iterator = aiter(deltas)
-            while True:
-                limit = policy.stall_s if got_text else policy.first_token_timeout_s
-                try:
-                    async with asyncio.timeout(limit):
-                        if self.gate is None:
-                            delta = await anext(iterator)
-                        else:
-                            delta = await self._next_unless_flagged(iterator)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise StreamBroken(
-                        f"The provider sent nothing for {limit:g} s, so the answer stopped here.",
-                        cause="stalled",
-                    ) from None
-                stats.observe(delta)
-                if self._on_delta is not None:
-                    self._on_delta(delta)
-                if delta.text:
-                    got_text = True
-                    await self._check(remover.feed(delta.text) if remover else delta.text)
+        try:
+            async with asyncio.timeout(None) as scope:
+                with StallWatch(scope) as watch:
+                    # aclosing: if we stop consuming early (Stop, a stall), the provider's
+                    # generator is closed here, and with it the HTTP response.
+                    async with contextlib.aclosing(self.source.stream(request)) as deltas:
+                        iterator = aiter(deltas)
+                        while True:
+                            # Only the wait for the provider counts; a slow screen does not.
+                            watch.arm(policy.stall_s if got_text else policy.first_token_timeout_s)
+                            try:
+                                if self.gate is None:
+                                    delta = await anext(iterator)
+                                else:
+                                    delta = await self._next_unless_flagged(iterator)
+                            except StopAsyncIteration:
+                                break
+                            finally:
+                                watch.disarm()
+                            stats.observe(delta)
+                            if self._on_delta is not None:
+                                self._on_delta(delta)
+                            if delta.text:
+                                got_text = True
+                                await self._check(
+                                    remover.feed(delta.text) if remover else delta.text
+                                )
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            raise StreamBroken(
+                f"The provider sent nothing for {watch.limit:g} s, so the answer stopped here.",
+                cause="stalled",
+            ) from None
         if remover is not None:
             await self._check(remover.finish())
 

@@ -118,6 +118,53 @@ async def test_stall_after_first_token_is_detected_and_resumed():
     assert result.stats.resumes == 1
 
 
+class SlowSink(MemorySink):
+    """A screen that takes `delay` for every write (a slow client)."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    async def write(self, text: str) -> None:
+        await asyncio.sleep(self.delay)
+        await super().write(text)
+
+
+async def test_a_slow_screen_is_not_taken_for_a_stalled_provider():
+    # Each write takes twice the stall limit; only the waits for the provider count.
+    source = ScriptedSource(["a ", "b ", "c "])
+    result = await run(source, SlowSink(0.1), stall_s=0.05, resumes=0).run(REQUEST)
+    assert result.reason is EndReason.COMPLETE and result.text == "a b c "
+
+
+async def test_the_stall_limit_applies_at_once_after_a_longer_first_token_limit():
+    stalled = ScriptedSource(["alpha ", "never"], hang_after=1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await run(stalled, stall_s=0.05, first_token_timeout_s=30, resumes=0).run(REQUEST)
+    assert result.reason is EndReason.ERROR and result.error is not None
+    assert result.error.cause == "stalled"
+    assert "nothing for 0.05 s" in result.error.user_message
+    assert loop.time() - started < 10, "detected by the 0.05 s limit, not the 30 s one"
+
+
+async def test_stall_detection_sets_no_timer_per_chunk(monkeypatch):
+    loop = asyncio.get_running_loop()
+    timers = 0
+    call_at = loop.call_at
+
+    def counting_call_at(when, callback, *args, **kwargs):
+        nonlocal timers
+        timers += 1
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    pieces = [f"w{i} " for i in range(500)]
+    result = await run(ScriptedSource(pieces), stall_s=5).run(REQUEST)
+    assert result.text == "".join(pieces)
+    assert timers <= 5
+
+
 async def test_no_first_token_within_the_timeout_is_retried():
     silent = ScriptedSource(["never"], hang_after=0)
     source = SequenceSource(silent, ScriptedSource(["late but fine"]))
