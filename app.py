@@ -22,6 +22,7 @@ from streamchat import classroom_ui
 from streamchat.auth import AuthConfig
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
+from streamchat.eventloop import use_c_tasks
 from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.languages import LANGUAGES
 from streamchat.limits import LimitExceeded, limit_key
@@ -40,6 +41,9 @@ from streamchat.sinks import ChainlitSink
 from streamchat.web import mount
 
 log = logging.getLogger("streamchat.app")
+
+# `chainlit run` made every task and future pure Python (nest_asyncio): C ones again.
+use_c_tasks()
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(load_env_file())
