@@ -35,3 +35,18 @@ def browser() -> Iterator[object]:
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """A failed browser test reports the end of its app's log: what the server did is usually
+    the reason the page did not show what was expected."""
+    from tests.harness import AppProcess
+
+    report = yield
+    if report.failed and call.when == "call":
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, AppProcess):
+                tail = value.log()[-6000:]
+                report.sections.append((f"app log of fixture {name!r} (last 6000 chars)", tail))
+    return report
