@@ -19,11 +19,11 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streamchat.errors import ConfigError, StreamChatError
+from streamchat.errors import StreamChatError
 
 log = logging.getLogger("streamchat.limits")
 
@@ -55,34 +55,6 @@ class RateLimits:
     @property
     def enabled(self) -> bool:
         return any((self.requests_per_minute, self.concurrent_streams, self.tokens_per_day))
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> RateLimits:
-        redis_url = (env.get("REDIS_URL") or "").strip() or None
-        if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                "REDIS_URL must look like redis://host:6379/0 (or rediss:// for TLS)."
-            )
-        return cls(
-            requests_per_minute=_limit(env, "RATE_LIMIT_RPM"),
-            concurrent_streams=_limit(env, "RATE_LIMIT_CONCURRENT"),
-            tokens_per_day=_limit(env, "RATE_LIMIT_TOKENS_PER_DAY"),
-            redis_url=redis_url,
-        )
-
-
-def _limit(env: Mapping[str, str], name: str) -> int | None:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return None
-    problem = f"{name} must be a whole number; 0 means no limit (got {raw!r})."
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(problem) from None
-    if value < 0:
-        raise ConfigError(problem)
-    return value or None
 
 
 def limit_key(user: str | None, client_ip: str | None) -> str:

@@ -158,7 +158,12 @@ class Settings:
                 reader.number("MAX_INPUT_CHARS", 32_000, low=1, high=10_000_000, integer=True)
             ),
             language=_language(reader.text("ANSWER_LANGUAGE")),
-            rate_limits=RateLimits.from_env(env),
+            rate_limits=RateLimits(
+                requests_per_minute=reader.limit("RATE_LIMIT_RPM"),
+                concurrent_streams=reader.limit("RATE_LIMIT_CONCURRENT"),
+                tokens_per_day=reader.limit("RATE_LIMIT_TOKENS_PER_DAY"),
+                redis_url=_redis_url(reader.text("REDIS_URL")),
+            ),
             http_client=reader.choice("OPENAI_HTTP_CLIENT", ("aiohttp", "httpx"), "aiohttp"),
             max_history_tokens=int(
                 reader.number("MAX_HISTORY_TOKENS", 8_000, low=0, high=10_000_000, integer=True)
@@ -171,6 +176,12 @@ class Settings:
                 env, provider_key=api_key or "", provider_base_url=base_url or ""
             ),
         )
+
+
+def _redis_url(value: str | None) -> str | None:
+    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must look like redis://host:6379/0 (or rediss:// for TLS).")
+    return value
 
 
 def _language(value: str | None) -> str:
@@ -220,11 +231,11 @@ class _Reader:
             raise ConfigError(f"{name} must be {kind} between {low:g} and {high:g} (got {raw!r}).")
         return value
 
-    def optional_int(self, name: str, *, low: int) -> int | None:
+    def optional_int(self, name: str, *, low: int, meaning: str = "") -> int | None:
         raw = self.text(name)
         if raw is None:
             return None
-        problem = f"{name} must be a whole number of at least {low} (got {raw!r})."
+        problem = f"{name} must be a whole number of at least {low}{meaning} (got {raw!r})."
         try:
             value = int(raw)
         except ValueError:
@@ -232,6 +243,10 @@ class _Reader:
         if value < low:
             raise ConfigError(problem)
         return value
+
+    def limit(self, name: str) -> int | None:
+        """A limit where 0 (or nothing) means none."""
+        return self.optional_int(name, low=0, meaning="; 0 means no limit") or None
 
     def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
         raw = self.text(name)

@@ -22,6 +22,7 @@ from streamchat.limits import (
     limit_key,
     wait_text,
 )
+from streamchat.settings import Settings
 from tests.databases import redis_server
 from tests.harness import free_port
 
@@ -190,18 +191,23 @@ async def test_redis_down_fails_open_with_one_warning(caplog):
     assert "secret-pw" not in warnings[0]
 
 
+def rate_limits(env: dict[str, str]) -> RateLimits:
+    return Settings.from_env(env).rate_limits
+
+
 def test_settings_are_read_and_checked():
-    limits = RateLimits.from_env(
+    limits = rate_limits(
         {"RATE_LIMIT_RPM": "20", "RATE_LIMIT_CONCURRENT": "0", "REDIS_URL": "redis://r:6379/0"}
     )
     assert limits.requests_per_minute == 20 and limits.concurrent_streams is None
-    assert limits.enabled and not RateLimits.from_env({}).enabled
+    assert limits.redis_url == "redis://r:6379/0"
+    assert limits.enabled and not rate_limits({}).enabled
     for name, bad in (("RATE_LIMIT_RPM", "many"), ("RATE_LIMIT_TOKENS_PER_DAY", "-5")):
-        with pytest.raises(ConfigError, match=name):
-            RateLimits.from_env({name: bad})
+        with pytest.raises(ConfigError, match=f"{name} must be a whole number.*0 means no limit"):
+            rate_limits({name: bad})
     with pytest.raises(ConfigError, match="REDIS_URL"):
-        RateLimits.from_env({"REDIS_URL": "localhost:6379"})
-    assert "pw" not in repr(RateLimits.from_env({"REDIS_URL": "redis://:pw@h/0"}))
+        rate_limits({"REDIS_URL": "localhost:6379"})
+    assert "pw" not in repr(rate_limits({"REDIS_URL": "redis://:pw@h/0"}))
 
 
 def test_keys_and_waits_read_well():
