@@ -260,10 +260,15 @@ class Classroom:
             )
             await action.send(for_id=message.id)
 
-    async def show_tokens(self, answer_id: str) -> None:
+    async def _kept_answer(self, answer_id: str) -> tuple[ChunkLog, StreamResult] | None:
+        """An answer's chunks and result, or None (and a message saying so) once dropped."""
         found = self.state.answers.get(answer_id)
         if found is None:
             await self.show_error("That answer is too old: its chunks are no longer kept.")
+        return found
+
+    async def show_tokens(self, answer_id: str) -> None:
+        if (found := await self._kept_answer(answer_id)) is None:
             return
         chunks, result = found
         view = token_view(chunks, result)
@@ -278,9 +283,7 @@ class Classroom:
         await cl.Message(content=content, elements=[element], parent_id=answer_id).send()
 
     async def show_timeline(self, answer_id: str) -> None:
-        found = self.state.answers.get(answer_id)
-        if found is None:
-            await self.show_error("That answer is too old: its chunks are no longer kept.")
+        if (found := await self._kept_answer(answer_id)) is None:
             return
         chunks, result = found
         timeline = Timeline.of(chunks, result)

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import httpx2
 import pytest
 
 from streamchat.languages import HINGLISH_INSTRUCTION
@@ -103,6 +104,26 @@ async def test_raw_chunks_token_view_and_timeline(classroom, upstream):
         lambda e: e.name == "element" and e.data.get("type") == "plotly", start=mark
     )
     assert chart.data["display"] == "inline"
+
+    # A view of an answer whose chunks are no longer kept says so, for both views.
+    for name in ("token_view", "timeline"):
+        action = next(
+            e.data for e in classroom.events if e.name == "action" and e.data.get("name") == name
+        )
+        mark = len(classroom.events)
+        async with httpx2.AsyncClient(base_url=classroom.app_url, timeout=30) as http:
+            response = await http.post(
+                "/project/action",
+                json={
+                    "sessionId": classroom.session_id,
+                    "action": {**action, "payload": {"answer": "long-gone"}},
+                },
+            )
+            response.raise_for_status()
+        await classroom.wait_for(
+            lambda e: e.name == "new_message" and "too old" in e.data.get("output", ""),
+            start=mark,
+        )
 
 
 async def test_slow_motion_paces_the_screen_not_the_provider(classroom, upstream):
