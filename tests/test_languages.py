@@ -27,6 +27,7 @@ from streamchat.offline.lessons import (
     lessons,
 )
 from streamchat.offline.moderation import DEMO_PHRASE, flagged_categories
+from tests.test_offline import check_continuation
 
 ENGLISH_QUESTIONS = [
     "What is a token?",
@@ -359,18 +360,7 @@ def test_hinglish_lessons_pass_the_default_guardrails():
 
 
 def test_a_hinglish_continuation_repeats_a_few_words_then_goes_on():
-    question = ask("Token kya hota hai?")
-    intended = choose_answer(question)
-    partial = intended[:260]
-    follow_up = [
-        *question,
-        {"role": "assistant", "content": partial},
-        {"role": "user", "content": "Your previous answer was cut off. Continue it exactly."},
-    ]
-    continuation = choose_answer(follow_up)
-    assert intended.endswith(continuation)
-    repeated = len(continuation) - (len(intended) - len(partial))
-    assert 3 <= repeated < 60, "starts by repeating the last few words"
+    follow_up = check_continuation(ask("Token kya hota hai?"), 260)
     # Asked in Hinglish too.
     hinglish_follow_up = [*follow_up[:-1], {"role": "user", "content": "Jawab jaari rakho"}]
-    assert choose_answer(hinglish_follow_up) == continuation
+    assert choose_answer(hinglish_follow_up) == choose_answer(follow_up)

@@ -245,10 +245,11 @@ def test_guardrail_demos_put_the_value_in_the_middle(kind, value):
     assert len(GUARDRAIL_DEMO_KINDS) == 6
 
 
-def test_continuation_repeats_a_few_words_then_goes_on():
-    question = ask("What is a token?")
+def check_continuation(question: list[dict[str, object]], cut: int) -> list[dict[str, object]]:
+    """Ask to continue the answer to `question` cut after `cut` characters; check the
+    continuation repeats a few words, then goes on to the intended end. Returns the follow-up."""
     intended = choose_answer(question)
-    partial = intended[:200]
+    partial = intended[:cut]
     follow_up = [
         *question,
         {"role": "assistant", "content": partial},
@@ -258,3 +259,8 @@ def test_continuation_repeats_a_few_words_then_goes_on():
     assert intended.endswith(continuation)
     repeated = len(continuation) - (len(intended) - len(partial))
     assert 3 <= repeated < 60, "starts by repeating the last few words"
+    return follow_up
+
+
+def test_continuation_repeats_a_few_words_then_goes_on():
+    check_continuation(ask("What is a token?"), 200)
