@@ -27,7 +27,6 @@ from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.languages import LANGUAGES
 from streamchat.limits import LimitExceeded, limit_key
 from streamchat.logs import configure_logging
-from streamchat.metrics import USAGE_METER, UsageMeter
 from streamchat.persistence import (
     Database,
     StreamchatDataLayer,
@@ -327,14 +326,8 @@ async def _within_limits(work: Callable[[], Awaitable[object]]) -> None:
     except LimitExceeded as exc:
         await _show_error(exc.user_message)
         return
-    meter = UsageMeter()
-    token = USAGE_METER.set(meter)
-    try:
+    async with lease.metered():
         await work()
-    finally:
-        USAGE_METER.reset(token)
-        await lease.charge(meter.tokens)
-        await lease.release()
 
 
 def _classroom(chat: ChatSession) -> classroom_ui.Classroom:

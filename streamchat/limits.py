@@ -14,16 +14,18 @@ limit is and how long to wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamchat.errors import StreamChatError
+from streamchat.metrics import USAGE_METER, UsageMeter
 
 log = logging.getLogger("streamchat.limits")
 
@@ -245,6 +247,22 @@ class Lease:
         slot, self._slot = self._slot, None
         if slot is not None:
             await self._limiter._guarded(self._limiter.backend.free_slot(self.key, slot), None)
+
+    @contextlib.asynccontextmanager
+    async def metered(self) -> AsyncIterator[UsageMeter]:
+        """Run a block as this admitted answer: the tokens of every answer that finishes in it
+        are counted (a UsageMeter is the current one meanwhile), then charged, and the slot
+        released, however the block ends."""
+        meter = UsageMeter()
+        token = USAGE_METER.set(meter)
+        try:
+            yield meter
+        finally:
+            USAGE_METER.reset(token)
+            try:
+                await self.charge(meter.tokens)
+            finally:
+                await self.release()
 
     async def __aenter__(self) -> Lease:
         return self

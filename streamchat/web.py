@@ -7,6 +7,7 @@ after it is never reached. `mount` inserts our routes before the catch-all.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import math
@@ -22,7 +23,7 @@ from streamchat.coalesce import CoalescingSink
 from streamchat.guardrails import build_guard, screen_input
 from streamchat.history import fit_to_budget
 from streamchat.limits import LimitExceeded, limit_key
-from streamchat.metrics import PROCESS_METRICS, USAGE_METER, ProcessMetrics, UsageMeter
+from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
 from streamchat.relay import StreamRun, refused_input_result
 from streamchat.runtime import Runtime
 from streamchat.sinks import SseSink
@@ -301,14 +302,8 @@ class StreamEndpoint:
         guardrails = settings.guardrails
 
         async def produce(event_log: EventLog) -> None:
-            meter = UsageMeter()
-            USAGE_METER.set(meter)  # this task's own context
-            try:
+            async with lease.metered() if lease is not None else contextlib.nullcontext():
                 await answer(event_log)
-            finally:
-                if lease is not None:
-                    await lease.charge(meter.tokens)
-                    await lease.release()
 
         async def answer(event_log: EventLog) -> None:
             sink = SseSink(event_log)

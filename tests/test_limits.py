@@ -22,6 +22,7 @@ from streamchat.limits import (
     limit_key,
     wait_text,
 )
+from streamchat.metrics import USAGE_METER, StreamStats
 from streamchat.settings import Settings
 from tests.databases import redis_server
 from tests.harness import free_port
@@ -129,6 +130,23 @@ async def test_tokens_per_day_reset_at_midnight_utc(make):
     )
     clock.now = NOON + 12 * 3600 + 1  # just after midnight
     await limiter.admit(key(make))
+
+
+async def test_a_metered_block_charges_its_answers_tokens_and_frees_the_slot(make):
+    clock = Clock()
+    limiter = make(clock, concurrent_streams=1, tokens_per_day=1000)
+    lease = await limiter.admit(key(make))
+    with pytest.raises(RuntimeError):
+        async with lease.metered() as meter:
+            assert USAGE_METER.get() is meter
+            # Two answers finish inside the block (a side-by-side compare, say), then it fails.
+            meter.add(StreamStats(None, 1.0, 300, 200, True, 1))
+            meter.add(StreamStats(None, 1.0, 100, 450, True, 1))
+            raise RuntimeError("the answer failed")
+    assert USAGE_METER.get() is None
+    with pytest.raises(LimitExceeded) as info:  # 1050 tokens charged: over the day's 1000
+        await limiter.admit(key(make))
+    assert info.value.kind == "tokens", "the streaming slot itself was freed"
 
 
 async def test_two_limiters_on_one_redis_share_the_counts(redis_url):
