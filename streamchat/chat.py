@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -152,34 +152,24 @@ class ChatSession:
 
     def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:
         """The next request: the history, without its oldest turns when it is over budget."""
-        fitted = fit_to_budget(
-            self.history.messages(self.options.effective_system_prompt), self.max_history_tokens
-        )
+        request = self._request(self.history.messages(self.options.effective_system_prompt))
+        return replace(request, extra_headers=dict(extra_headers or {}))
+
+    def request_for(self, text: str, **changes: Any) -> ChatRequest:
+        """The request asking `text` next, without recording anything in the history (demos
+        that answer beside the conversation). `changes` replace fields, e.g. model."""
+        messages = self.history.messages(self.options.effective_system_prompt)
+        return replace(self._request((*messages, ChatMessage("user", text))), **changes)
+
+    def _request(self, messages: Sequence[ChatMessage]) -> ChatRequest:
+        fitted = fit_to_budget(messages, self.max_history_tokens)
         return ChatRequest(
             messages=fitted.messages,
             dropped_messages=fitted.dropped,
             model=self.options.model,
             temperature=self.options.temperature,
             max_tokens=self.options.max_tokens,
-            extra_headers=dict(extra_headers or {}),
         )
-
-    def request_for(self, text: str, **changes: Any) -> ChatRequest:
-        """The request asking `text` next, without recording anything in the history (demos
-        that answer beside the conversation). `changes` replace fields, e.g. model."""
-        messages = (
-            *self.history.messages(self.options.effective_system_prompt),
-            ChatMessage("user", text),
-        )
-        fitted = fit_to_budget(messages, self.max_history_tokens)
-        request = ChatRequest(
-            messages=fitted.messages,
-            dropped_messages=fitted.dropped,
-            model=self.options.model,
-            temperature=self.options.temperature,
-            max_tokens=self.options.max_tokens,
-        )
-        return replace(request, **changes)
 
     async def answer(
         self,

@@ -171,9 +171,7 @@ class Provider:
                 # StreamRun retries (it also covers failures after the headers and before the
                 # first token, which the SDK cannot see), so the SDK must not retry as well.
                 max_retries=0,
-                timeout=httpx2.Timeout(
-                    self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
-                ),
+                timeout=self._timeout(),
                 http_client=self._http_client or self._default_http_client(),
             )
         return self._client
@@ -184,10 +182,11 @@ class Provider:
         docs/benchmarks.md). Proxies from the environment are honoured either way."""
         if self._settings.http_client != "aiohttp":
             return None  # the SDK's own httpx2 client
-        return openai.DefaultAioHttpClient(
-            timeout=httpx2.Timeout(
-                self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
-            )
+        return openai.DefaultAioHttpClient(timeout=self._timeout())
+
+    def _timeout(self) -> httpx2.Timeout:
+        return httpx2.Timeout(
+            self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
         )
 
     async def aclose(self) -> None:

@@ -167,3 +167,24 @@ async def test_chat_session_leaves_out_old_turns_over_budget_and_says_so():
         == "2 earlier messages were left out to fit the model's context."
     )
     assert len(chat.history.turns) == 6, "the chat's own history keeps everything"
+
+
+async def test_a_request_beside_the_chat_has_its_history_and_records_nothing():
+    source = ScriptedSource(["x" * 400])
+    chat = ChatSession(
+        source,
+        ChatOptions(model="m", temperature=0.3, system_prompt="sys", language="hinglish"),
+        max_history_tokens=300,
+    )
+    await chat.answer("one " + "q" * 1200, MemorySink())
+    request = chat.request_for("compare this", model="other")
+    assert request.model == "other" and request.temperature == 0.3
+    assert [m.role for m in request.messages] == ["system", "user"]
+    assert request.messages[0].content == chat.options.effective_system_prompt != "sys"
+    assert request.messages[-1].content == "compare this"
+    assert request.dropped_messages == 2, "the old exchange does not fit beside it"
+    assert len(chat.history.turns) == 2, "nothing recorded"
+    chat.max_history_tokens = None
+    whole = chat.request_for("compare this")
+    assert [m.role for m in whole.messages] == ["system", "user", "assistant", "user"]
+    assert whole.model == "m" and whole.dropped_messages == 0
