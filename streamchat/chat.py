@@ -36,6 +36,26 @@ def full_system_prompt(system_prompt: str, language: str) -> str:
     return "\n\n".join(p for p in (system_prompt.strip(), extra) if p)
 
 
+def fitted_request(
+    messages: Sequence[ChatMessage],
+    max_history_tokens: int | None,
+    *,
+    model: str,
+    temperature: float | None,
+    max_tokens: int | None,
+) -> ChatRequest:
+    """A request for `messages`, without its oldest exchanges when they are over the budget
+    (the request says how many were left out). The chat UI and the SSE endpoint both use it."""
+    fitted = fit_to_budget(messages, max_history_tokens)
+    return ChatRequest(
+        messages=fitted.messages,
+        dropped_messages=fitted.dropped,
+        model=model,
+        temperature=temperature,
+        max_tokens=max_tokens,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
     """What the user can change during a chat (Chainlit chat settings)."""
@@ -162,13 +182,13 @@ class ChatSession:
         return replace(self._request((*messages, ChatMessage("user", text))), **changes)
 
     def _request(self, messages: Sequence[ChatMessage]) -> ChatRequest:
-        fitted = fit_to_budget(messages, self.max_history_tokens)
-        return ChatRequest(
-            messages=fitted.messages,
-            dropped_messages=fitted.dropped,
-            model=self.options.model,
-            temperature=self.options.temperature,
-            max_tokens=self.options.max_tokens,
+        options = self.options
+        return fitted_request(
+            messages,
+            self.max_history_tokens,
+            model=options.model,
+            temperature=options.temperature,
+            max_tokens=options.max_tokens,
         )
 
     async def answer(

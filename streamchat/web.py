@@ -18,10 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
 from streamchat.auth import request_identity
-from streamchat.chat import full_system_prompt
+from streamchat.chat import fitted_request, full_system_prompt
 from streamchat.coalesce import CoalescingSink
 from streamchat.guardrails import build_guard, screen_input
-from streamchat.history import fit_to_budget
 from streamchat.limits import LimitExceeded, limit_key
 from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
 from streamchat.relay import StreamRun, refused_input_result
@@ -37,7 +36,7 @@ from streamchat.sse import (
     parse_event_id,
 )
 from streamchat.sse_redis import EventsDropped, StoreUnavailable, UnknownStream
-from streamchat.types import ChatMessage, ChatRequest
+from streamchat.types import ChatMessage
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _CATCH_ALL = "/{full_path:path}"
@@ -272,13 +271,9 @@ class StreamEndpoint:
         # The same system prompt (with the default language's instruction) and history budget
         # as the chat UI.
         system = full_system_prompt(settings.system_prompt, settings.language)
-        fitted = fit_to_budget(
+        request = fitted_request(
             (ChatMessage("system", system), *messages) if system else messages,
             settings.max_history_tokens,
-        )
-        request = ChatRequest(
-            messages=fitted.messages,
-            dropped_messages=fitted.dropped,
             model=options[0],
             temperature=options[1],
             max_tokens=settings.max_tokens,
