@@ -13,13 +13,18 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
 import httpx2
 import openai
 from openai._response import AsyncAPIResponse
+
+try:
+    from openai._vendor.httpx_aiohttp.transport import map_aiohttp_exceptions
+except ImportError:  # an SDK without it: streams are read through httpx2's line iterator
+    map_aiohttp_exceptions = None  # type: ignore[assignment]
 
 from streamchat.errors import (
     AuthenticationFailed,
@@ -254,10 +259,13 @@ class Provider:
             response = await self._open(stack, request)
             parser = ChunkParser()
             try:
-                async for line in response.iter_lines():
-                    delta = parser.feed_line(line)
-                    if delta is not None:
-                        yield delta
+                async for lines in _line_batches(response):
+                    for line in lines:
+                        delta = parser.feed_line(line)
+                        if delta is not None:
+                            yield delta
+                        if parser.done:
+                            break
                     if parser.done:
                         break
             except httpx2.TimeoutException as exc:
@@ -396,6 +404,66 @@ class Provider:
             status=status,
             detail=detail,
         )
+
+
+class LineSplitter:
+    """Splits a byte stream into lines, as SSE ends them: LF, CRLF or CR.
+
+    `feed(bytes)` returns the lines completed so far, `finish()` the last one if it had no
+    line end. Only complete lines are decoded, so a character split across reads stays whole
+    (no UTF-8 sequence contains a CR or LF byte).
+    """
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        if self._tail:
+            data = self._tail + data
+        held = b""
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data, held = data[:-1], b"\r"  # perhaps the first half of a CRLF
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = data.split(b"\n")
+        self._tail = lines.pop() + held
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def finish(self) -> list[str]:
+        tail, self._tail = self._tail, b""
+        return [tail.removesuffix(b"\r").decode("utf-8", "replace")] if tail else []
+
+
+def aiohttp_body(response: AsyncAPIResponse[Any]) -> aiohttp.StreamReader | None:
+    """The aiohttp body under the SDK's response when aiohttp carries it (the SDK's
+    `DefaultAioHttpClient`), else None. Reading it directly skips four layers of httpx2
+    wrappers (raw bytes, decoded bytes, text, lines) for every network read."""
+    if map_aiohttp_exceptions is None:
+        return None
+    stream = response.http_response.stream
+    raw = getattr(getattr(stream, "_stream", stream), "_aiohttp_response", None)
+    return raw.content if isinstance(raw, aiohttp.ClientResponse) else None
+
+
+async def _line_batches(response: AsyncAPIResponse[Any]) -> AsyncIterator[list[str]]:
+    """The response's lines, as many as each network read completed."""
+    body = aiohttp_body(response)
+    if body is None or map_aiohttp_exceptions is None:
+        async for line in response.iter_lines():
+            yield [line]
+        return
+    splitter = LineSplitter()
+    # The same exceptions as the SDK's aiohttp stream raises, so errors map alike on both paths.
+    with map_aiohttp_exceptions():
+        async for data in body.iter_any():
+            lines = splitter.feed(data)
+            if lines:
+                yield lines
+    last = splitter.finish()
+    if last:
+        yield last
 
 
 def _really_timed_out(exc: BaseException) -> bool:

@@ -9,6 +9,8 @@ import json
 
 import httpx2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streamchat.errors import (
     AuthenticationFailed,
@@ -19,7 +21,7 @@ from streamchat.errors import (
     RateLimited,
     StreamBroken,
 )
-from streamchat.providers import ChunkParser, Provider
+from streamchat.providers import ChunkParser, LineSplitter, Provider, aiohttp_body
 from streamchat.settings import Settings
 from streamchat.types import ChatMessage, ChatRequest
 
@@ -139,6 +141,51 @@ def test_error_event_in_the_stream_is_reported():
 
 
 # --- streaming over a transport ----------------------------------------------------------------
+
+
+STREAM_BYTES = (
+    b'data: {"a": "caf\xc3\xa9 \xe5\xad\x97 \xf0\x9f\x99\x82"}\n\n'  # multi-byte UTF-8
+    b": keep-alive\r\n\r\n"  # CRLF
+    b"data: cr only\r\rdata: last without a line end"  # CR
+)
+STREAM_LINES = [
+    'data: {"a": "café 字 🙂"}',
+    "",
+    ": keep-alive",
+    "",
+    "data: cr only",
+    "",
+    "data: last without a line end",
+]
+
+
+def split_lines(data: bytes, sizes: list[int]) -> list[str]:
+    splitter, lines, at = LineSplitter(), [], 0
+    for size in sizes:
+        lines += splitter.feed(data[at : at + size])
+        at += size
+    lines += splitter.feed(data[at:])
+    return lines + splitter.finish()
+
+
+@pytest.mark.parametrize("size", [1, 3, 97, len(STREAM_BYTES)])
+def test_lines_are_the_same_however_the_bytes_arrive(size):
+    sizes = [size] * (len(STREAM_BYTES) // size)
+    assert split_lines(STREAM_BYTES, sizes) == STREAM_LINES
+
+
+@given(st.lists(st.integers(min_value=0, max_value=12), max_size=40))
+def test_lines_are_the_same_for_any_split_into_reads(sizes):
+    assert split_lines(STREAM_BYTES, sizes) == STREAM_LINES
+
+
+def test_a_crlf_split_between_reads_is_one_line_end():
+    splitter = LineSplitter()
+    assert splitter.feed(b"data: a\r") == []
+    assert splitter.feed(b"\ndata: b\r") == ["data: a"]
+    assert splitter.feed(b"data: c") == ["data: b"]
+    assert splitter.finish() == ["data: c"]
+    assert splitter.finish() == []
 
 
 async def test_stream_yields_text_and_usage_and_asks_for_usage():
@@ -411,6 +458,24 @@ async def test_both_http_stacks_stream_the_same_answer(stack):
         text = "".join(d.text for d in deltas)
         assert text == choose_answer(server.records.last().messages)
         assert deltas[-1].usage is not None
+
+
+async def test_an_aiohttp_stream_is_read_from_aiohttps_body_directly(stack):
+    """The installed SDK still carries aiohttp's response where the fast path looks for it:
+    an SDK upgrade that moves it fails here instead of silently costing CPU."""
+    import contextlib
+
+    from streamchat.offline import OfflineServer
+
+    with OfflineServer(tokens_per_second=500, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, stack)
+        try:
+            async with contextlib.AsyncExitStack() as exits:
+                response = await provider._open(exits, request(model=""))
+                body = aiohttp_body(response)
+                assert (body is not None) == (stack == "aiohttp")
+        finally:
+            await provider.aclose()
 
 
 async def test_both_http_stacks_tell_a_refused_connection_from_a_timeout(stack):
