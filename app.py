@@ -15,6 +15,7 @@ from chainlit.data.base import BaseDataLayer
 from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.server import app as server_app
 from chainlit.server import sio
+from chainlit.session import WebsocketSession
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
@@ -37,6 +38,7 @@ from streamchat.runtime import Runtime, settings_or_error
 from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
+from streamchat.socket_updates import SocketUpdates
 from streamchat.web import mount
 
 log = logging.getLogger("streamchat.app")
@@ -156,7 +158,15 @@ def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
         notify_error=_show_error,
         make_action=_action,
         show_metrics=chat.options.show_metrics,
+        updates=_socket_updates(),
     )
+
+
+def _socket_updates() -> SocketUpdates | None:
+    session = context.session
+    if not isinstance(session, WebsocketSession):
+        return None
+    return SocketUpdates(sio, lambda: session.socket_id)
 
 
 def _settings_widgets(

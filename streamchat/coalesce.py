@@ -1,14 +1,13 @@
 """Coalescing UI updates (backpressure): at most one write per interval per stream.
 
-Chainlit emits one Socket.IO event per `stream_token`, onto an unbounded per-client queue, and
-the browser re-renders the whole message for each. Merging tokens into fewer, larger writes
-cuts server CPU and browser work; sending the first token at once keeps time to first token.
+Chainlit emits one Socket.IO event per `stream_token`, and the browser re-renders the whole
+message for each. Merging tokens into fewer, larger writes cuts server CPU and browser work;
+sending the first token at once keeps time to first token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -30,6 +29,14 @@ class CoalescingSink:
       of queueing one update per token.
 
     `interval_s = 0` passes every write straight through (per-token updates).
+
+    Where a write happens: text that is due when the next token arrives goes out at once, in
+    the caller's task, if the inner sink says the write will not wait (`would_wait()` returns
+    False: its client keeps up). Otherwise (a slow client, or a sink that does not say, such
+    as one that paces its output) a task of its own writes it, so the caller goes on reading
+    the provider and text merges meanwhile. Text that no later token picks up is sent by a
+    timer, at most a quarter interval after it was due. While tokens flow, an update costs no
+    task and no timer of its own.
     """
 
     def __init__(
@@ -44,56 +51,102 @@ class CoalescingSink:
         self.interval_s = interval_s
         self.max_chars = max_chars
         self._clock = clock
+        self._would_wait: Callable[[], bool] | None = getattr(inner, "would_wait", None)
         self._pending: list[str] = []
         self._pending_chars = 0
         self._last_flush: float | None = None
-        self._timer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None  # a write in a task of its own
         self._lock = asyncio.Lock()  # one inner write at a time, in order
-        self._timer_error: BaseException | None = None
+        self._flush_error: BaseException | None = None
         self.flushes = 0
 
     async def start(self) -> None:
         await self.inner.start()
 
     async def write(self, text: str) -> None:
-        self._raise_timer_error()
+        self._raise_flush_error()
         if not text:
             return
         self._pending.append(text)
         self._pending_chars += len(text)
-        if self.interval_s <= 0 or self._last_flush is None:
+        if self._flushing is not None:
+            return  # merges into the write after the one under way
+        last = self._last_flush
+        if self.interval_s <= 0:
             await self._flush()
-            return
-        if self._pending_chars >= self.max_chars:
-            await self._flush()
-            return
-        if self._timer is None:
-            due = self._last_flush + self.interval_s - self._clock()
-            self._timer = asyncio.create_task(self._flush_after(max(due, 0.0)))
+        elif (
+            last is None
+            or self._pending_chars >= self.max_chars
+            or self._clock() >= last + self.interval_s
+        ):
+            if self._writes_at_once(first=last is None):
+                await self._flush()
+            else:
+                self._flush_in_background()
+        elif self._timer is None:
+            self._arm(last + self.interval_s - self._clock())
 
     async def replace(self, text: str) -> None:
+        await self._settle()
         await self._flush()
         async with self._lock:
             await self.inner.replace(text)
 
     async def finish(self, result: StreamResult) -> None:
         try:
-            # Waits for a flush the timer may have in progress, then sends what is left.
+            # Waits for a write under way, then sends what is left.
+            await self._settle()
             await self._flush()
         finally:
-            await self._cancel_timer()
+            self._stop()
             await self.inner.finish(result)
 
-    async def _flush_after(self, delay: float) -> None:
-        await asyncio.sleep(delay)
+    def _writes_at_once(self, *, first: bool) -> bool:
+        if self._would_wait is None:
+            return first  # a sink that does not say: only the first token in the caller's task
+        return not self._would_wait()
+
+    def _arm(self, delay: float) -> None:
+        # A quarter interval of slack: while tokens keep coming, the next one sends the text
+        # (cheaper), and the timer only catches text left when the provider pauses.
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(delay, 0.0) + self.interval_s / 4, self._due)
+
+    def _due(self) -> None:
         self._timer = None
+        if self._pending and self._flushing is None:
+            self._flush_in_background()
+
+    def _flush_in_background(self) -> None:
+        self._flushing = asyncio.create_task(self._background_flush())
+
+    async def _background_flush(self) -> None:
         try:
             await self._flush()
         except Exception as exc:  # surfaced on the next write, in the streaming task
-            self._timer_error = exc
+            self._flush_error = exc
+        finally:
+            self._flushing = None
+        if self._pending and self._timer is None and self._last_flush is not None:
+            self._arm(self._last_flush + self.interval_s - self._clock())
 
-    def _raise_timer_error(self) -> None:
-        error, self._timer_error = self._timer_error, None
+    async def _settle(self) -> None:
+        flushing = self._flushing
+        if flushing is not None and flushing is not asyncio.current_task():
+            # shield: a cancelled finish must not cut a write in half; _stop() ends it.
+            await asyncio.shield(flushing)
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None:
+            self._flushing.cancel()
+            self._flushing = None
+
+    def _raise_flush_error(self) -> None:
+        error, self._flush_error = self._flush_error, None
         if error is not None:
             raise error
 
@@ -104,13 +157,10 @@ class CoalescingSink:
             text = "".join(self._pending)
             self._pending.clear()
             self._pending_chars = 0
-            self._last_flush = self._clock()
             self.flushes += 1
-            await self.inner.write(text)
-
-    async def _cancel_timer(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None and timer is not asyncio.current_task():
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+            try:
+                await self.inner.write(text)
+            finally:
+                # From the end of the write: a client that took long to accept it gets the
+                # next update a whole interval later, with everything that came meanwhile.
+                self._last_flush = self._clock()

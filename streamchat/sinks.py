@@ -18,6 +18,10 @@ class Sink(Protocol):
 
     `write` appends; `replace` retracts what was shown to a safe prefix (guardrails in buffered
     mode); `finish` is called exactly once with the outcome, also after an error or a Stop.
+
+    A sink may also offer `would_wait() -> bool`: whether a write now would wait (for a slow
+    client). The CoalescingSink writes to a sink that says False in the streaming task itself,
+    and to others from a task of its own, so a slow client never holds up the stream.
     """
 
     async def start(self) -> None: ...
@@ -41,6 +45,9 @@ class MemorySink:
     async def start(self) -> None:
         self.started = True
 
+    def would_wait(self) -> bool:
+        return False
+
     async def write(self, text: str) -> None:
         self.writes.append(text)
         self.text += text
@@ -52,10 +59,20 @@ class MemorySink:
         self.result = result
 
 
+class UpdateChannel(Protocol):
+    """Sends events to the one browser a message streams to (`SocketUpdates`)."""
+
+    async def emit(self, event: str, data: dict[str, Any]) -> None: ...
+
+    def backlogged(self) -> bool: ...
+
+
 class StreamingMessage(Protocol):
     """The part of `chainlit.Message` the Chainlit sink uses (kept abstract for tests)."""
 
+    id: str
     content: str
+    streaming: bool
     actions: list[Any]
     metadata: dict[str, Any] | None
 
@@ -74,6 +91,10 @@ class ChainlitSink:
     builds a Chainlit action; app.py passes both, so this module does not import Chainlit and
     stays testable without a server. Actions offered: "continue" under an answer that was cut
     off, "retry" with an error that came before any text.
+
+    `updates`, when given, sends the stream's later tokens to this one browser (app.py passes
+    a `SocketUpdates`); the message's content is kept as `stream_token` keeps it, and the
+    stream's start, retractions and end still go through Chainlit.
     """
 
     def __init__(
@@ -83,8 +104,10 @@ class ChainlitSink:
         notify_error: Callable[[str, list[Any]], Awaitable[object]],
         make_action: Callable[[str, str], Any] | None = None,
         show_metrics: bool = False,
+        updates: UpdateChannel | None = None,
     ) -> None:
         self.message = message
+        self._updates = updates
         self._notify_error = notify_error
         self._make_action = make_action
         self._show_metrics = show_metrics
@@ -97,7 +120,18 @@ class ChainlitSink:
 
     async def write(self, text: str) -> None:
         self._streamed = True
-        await self.message.stream_token(text)
+        message = self.message
+        if self._updates is None or not message.streaming or not text:
+            await message.stream_token(text)
+            return
+        # What stream_token does after the stream's start, without Chainlit's emitter.
+        message.content += text
+        await self._updates.emit(
+            "stream_token", {"id": message.id, "token": text, "isSequence": False, "isInput": False}
+        )
+
+    def would_wait(self) -> bool:
+        return self._updates is not None and self._updates.backlogged()
 
     async def replace(self, text: str) -> None:
         self._streamed = True
@@ -147,6 +181,9 @@ class ConsoleSink:
     async def start(self) -> None:
         return None
 
+    def would_wait(self) -> bool:
+        return False  # a blocking write to a terminal or pipe; nothing to gain from a task
+
     async def write(self, text: str) -> None:
         self._at_line_start = text.endswith("\n")
         if self.show_text:
@@ -183,6 +220,9 @@ class SseSink:
 
     async def start(self) -> None:
         return None
+
+    def would_wait(self) -> bool:
+        return False  # appends to the event log; readers follow at their own pace
 
     async def write(self, text: str) -> None:
         self.log.append("token", {"text": text})

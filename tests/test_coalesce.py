@@ -132,25 +132,144 @@ async def test_slow_client_gets_merged_updates_not_one_per_token():
     assert len(inner.writes) < 50
 
 
-async def test_cancel_mid_flush_still_finishes_with_everything_shown():
-    class BlockingSink(SignallingSink):
-        def __init__(self) -> None:
-            super().__init__()
-            self.release = asyncio.Event()
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
 
+    def __call__(self) -> float:
+        return self.now
+
+
+class TaskRecordingSink(SignallingSink):
+    """Keeps up with every write; notes which task each write ran in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tasks: list[asyncio.Task | None] = []
+
+    async def write(self, text: str) -> None:
+        self.tasks.append(asyncio.current_task())
+        await super().write(text)
+
+
+class BlockingSink(SignallingSink):
+    """A client that stopped reading: every write waits for `release`, and says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.blocked = asyncio.Event()
+
+    def would_wait(self) -> bool:
+        return not self.release.is_set()
+
+    async def write(self, text: str) -> None:
+        self.blocked.set()
+        await self.release.wait()
+        await super().write(text)
+
+
+async def test_text_due_when_the_next_token_arrives_goes_out_in_the_streaming_task():
+    clock, inner = FakeClock(), TaskRecordingSink()
+    sink = CoalescingSink(inner, interval_s=0.04, clock=clock)
+    tasks_before = len(asyncio.all_tasks())
+    await sink.write("a")
+    clock.now += 0.02
+    await sink.write("b")
+    assert inner.writes == ["a"], "not due yet"
+    clock.now += 0.03
+    await sink.write("c")
+    assert inner.writes == ["a", "bc"], "due: sent with the token that found it due"
+    assert inner.tasks == [asyncio.current_task()] * 2
+    assert len(asyncio.all_tasks()) == tasks_before, "no task per update"
+    await sink.finish(RESULT)
+    assert no_stray_tasks()
+
+
+async def test_the_next_update_comes_a_whole_interval_after_the_last_write_ended():
+    clock = FakeClock()
+
+    class SlowToAccept(TaskRecordingSink):
         async def write(self, text: str) -> None:
-            if len(self.writes) == 1:
-                self.wrote.set()
-                await self.release.wait()
+            clock.now += 0.03  # the client took 30 ms to accept the update
             await super().write(text)
 
+    inner = SlowToAccept()
+    sink = CoalescingSink(inner, interval_s=0.04, clock=clock)
+    await sink.write("a")  # ends at +0.03
+    clock.now += 0.05
+    await sink.write("b")  # due (+0.08 >= +0.07); ends at +0.11
+    clock.now += 0.03
+    await sink.write("c")  # +0.14: 0.03 after that write ended, though 0.06 after it began
+    assert inner.writes == ["a", "b"]
+    clock.now += 0.01
+    await sink.write("d")  # +0.16: due
+    assert inner.writes == ["a", "b", "cd"]
+    await sink.finish(RESULT)
+
+
+async def test_text_left_when_the_provider_pauses_is_sent_by_the_timer():
+    inner = SignallingSink()
+    sink = CoalescingSink(inner, interval_s=0.02)
+    await sink.write("a")
+    inner.wrote.clear()
+    await sink.write("b")
+    await asyncio.wait_for(inner.wrote.wait(), 2)
+    assert inner.writes == ["a", "b"]
+    await sink.finish(RESULT)
+    assert no_stray_tasks()
+
+
+async def test_a_sink_that_would_wait_never_holds_up_the_caller_and_text_merges():
+    inner = BlockingSink()
+    sink = CoalescingSink(inner, interval_s=0.001)
+    for i in range(50):
+        await sink.write(f"{i},")  # returns at once although the client takes nothing
+        await asyncio.sleep(0.0005)
+    await asyncio.wait_for(inner.blocked.wait(), 2)
+    assert inner.writes == []
+    inner.release.set()
+    await sink.finish(RESULT)
+    assert "".join(inner.writes) == "".join(f"{i}," for i in range(50))
+    assert len(inner.writes) <= 3, "what came while the client was stuck went out together"
+    assert no_stray_tasks()
+
+
+async def test_a_sink_that_does_not_say_gets_the_first_token_at_once_and_the_rest_from_a_task():
+    class Unknown:
+        def __init__(self) -> None:
+            self.inner = TaskRecordingSink()
+
+        async def start(self) -> None: ...
+
+        async def write(self, text: str) -> None:
+            await self.inner.write(text)
+
+        async def replace(self, text: str) -> None: ...
+
+        async def finish(self, result: StreamResult) -> None:
+            await self.inner.finish(result)
+
+    clock, unknown = FakeClock(), Unknown()
+    sink = CoalescingSink(unknown, interval_s=0.04, clock=clock)
+    await sink.write("a")
+    clock.now += 0.05
+    await sink.write("b")
+    await sink.finish(RESULT)
+    assert unknown.inner.writes == ["a", "b"]
+    assert unknown.inner.tasks[0] is asyncio.current_task()
+    assert unknown.inner.tasks[1] is not asyncio.current_task()
+
+
+async def test_cancel_mid_flush_still_finishes_with_everything_shown():
     inner = BlockingSink()
     source = ScriptedSource(["a", "b", "c", "d"], hang_after=3)
     sink = CoalescingSink(inner, interval_s=0.001)
     request = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
     task = asyncio.create_task(StreamRun(source, sink).run(request))
+    # The stream reads on while the client's first update is stuck.
     await asyncio.wait_for(source.reached_hang.wait(), 2)
-    await asyncio.wait_for(inner.wrote.wait(), 2)
+    await asyncio.wait_for(inner.blocked.wait(), 2)
     task.cancel()
     inner.release.set()
     with pytest.raises(asyncio.CancelledError):
@@ -159,3 +278,4 @@ async def test_cancel_mid_flush_still_finishes_with_everything_shown():
     assert inner.result.text == "abc"
     assert "".join(inner.writes) == "abc"
     assert source.closed.is_set()
+    assert no_stray_tasks()

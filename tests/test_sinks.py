@@ -131,3 +131,82 @@ async def test_left_out_history_is_noted_under_the_answer_and_in_the_console():
     out, err = io.StringIO(), io.StringIO()
     await ConsoleSink(out, err).finish(done)
     assert "[4 earlier messages were left out to fit the model's context.]" in err.getvalue()
+
+
+class StreamingFakeMessage(FakeMessage):
+    """Starts its stream with the first token, as chainlit.Message does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.id = "m1"
+        self.streaming = False
+
+    async def stream_token(self, token: str, is_sequence: bool = False) -> None:
+        await super().stream_token(token, is_sequence)
+        self.streaming = True
+
+
+class RecordingUpdates:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+        self.full = False
+
+    async def emit(self, event: str, data: dict) -> None:
+        self.events.append((event, data))
+
+    def backlogged(self) -> bool:
+        return self.full
+
+
+async def test_with_an_update_channel_later_tokens_go_straight_to_the_browser():
+    message, updates = StreamingFakeMessage(), RecordingUpdates()
+
+    async def notify(text: str, actions: list) -> None:
+        raise AssertionError(text)
+
+    sink = ChainlitSink(message, notify_error=notify, updates=updates)
+    await sink.write("a")
+    await sink.write("b")
+    await sink.write("c")
+    assert message.calls == [("stream_token", "a", False)], "the stream starts through Chainlit"
+    assert [data["token"] for _, data in updates.events] == ["b", "c"]
+    assert message.content == "abc", "the message's content is kept as stream_token keeps it"
+    await sink.replace("ab")
+    assert message.calls[-1] == ("stream_token", "ab", True), "retractions go through Chainlit"
+    await sink.finish(result("ab", EndReason.COMPLETE))
+    assert message.calls[-1] == ("send", "ab")
+
+
+async def test_the_update_sent_is_the_one_chainlits_emitter_sends():
+    import types
+
+    from chainlit.emitter import ChainlitEmitter
+
+    chainlit_events: list[tuple[str, dict]] = []
+
+    async def emit(event: str, data: dict) -> None:
+        chainlit_events.append((event, data))
+
+    await ChainlitEmitter(types.SimpleNamespace(emit=emit)).send_token(id="m1", token="b")
+    message, updates = StreamingFakeMessage(), RecordingUpdates()
+
+    async def notify(text: str, actions: list) -> None:
+        raise AssertionError(text)
+
+    sink = ChainlitSink(message, notify_error=notify, updates=updates)
+    await sink.write("a")
+    await sink.write("b")
+    assert updates.events == chainlit_events
+
+
+async def test_the_sink_would_wait_exactly_when_its_browser_is_backlogged():
+    message, updates = StreamingFakeMessage(), RecordingUpdates()
+
+    async def notify(text: str, actions: list) -> None:
+        raise AssertionError(text)
+
+    assert not ChainlitSink(message, notify_error=notify).would_wait()
+    sink = ChainlitSink(message, notify_error=notify, updates=updates)
+    assert not sink.would_wait()
+    updates.full = True
+    assert sink.would_wait()

@@ -1,0 +1,92 @@
+"""Stream updates to one browser straight onto its engine.io queue, with a bounded backlog.
+
+python-socketio's `emit` wraps every packet in a task and waits for it with `asyncio.wait`, even
+for a single recipient. A streamed answer sends an update every few tens of milliseconds per
+chat, and that wrapper costs about as much server CPU as the rest of the send. For one client
+and no acknowledgement, `emit` comes down to: encode the Socket.IO packet, put it on the
+client's engine.io queue. `SocketUpdates.emit` does exactly that, in the same order.
+
+It also gives a slow browser backpressure. engine.io's per-client queue has no bound: a client
+that reads slower than we write (a weak connection, a sleeping laptop tab) would collect every
+update in server memory, and engine.io's pings would wait behind them. While `max_backlog`
+packets are waiting, `emit` waits until the client has taken them all; the CoalescingSink in
+front of it writes from a task of its own meanwhile and merges the answer's text, so a slow
+client gets fewer, larger updates and the answer is still read from the provider at its pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import socketio
+from socketio import packet
+
+DEFAULT_MAX_BACKLOG = 16
+
+
+class SocketUpdates:
+    """Sends events to the one client whose Socket.IO id `socket_id()` returns.
+
+    `socket_id` is asked at every send, so a browser that reconnected mid-answer (Chainlit
+    moves the session to the new socket) gets the rest of it. A client that is not connected
+    to this process (gone, or served by another node of a message queue) is left to the
+    server's own `emit`, which knows what to do.
+    """
+
+    def __init__(
+        self,
+        server: socketio.AsyncServer,
+        socket_id: Callable[[], str],
+        *,
+        namespace: str = "/",
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
+        recheck_s: float = 0.25,
+    ) -> None:
+        if max_backlog < 1:
+            raise ValueError("max_backlog must be at least 1")
+        self._server = server
+        self._socket_id = socket_id
+        self._namespace = namespace
+        self.max_backlog = max_backlog
+        self._recheck_s = recheck_s
+        self.waits = 0  # times a send waited for a slow client (for tests and metrics)
+
+    def backlogged(self) -> bool:
+        """Whether the client has `max_backlog` packets waiting: the next `emit` would wait."""
+        socket = self._socket(self._socket_id())[1]
+        return socket is not None and socket.queue.qsize() >= self.max_backlog
+
+    def _socket(self, sid: str) -> tuple[str | None, Any]:
+        """The client's engine.io id and socket, if it is connected to this process."""
+        eio_sid = self._server.manager.eio_sid_from_sid(sid, self._namespace)
+        socket = self._server.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        if socket is None or socket.closed:
+            return None, None
+        return eio_sid, socket
+
+    async def emit(self, event: str, data: Any) -> None:
+        sid = self._socket_id()
+        eio_sid, socket = self._socket(sid)
+        if socket is None:
+            await self._server.emit(event, data, to=sid, namespace=self._namespace)
+            return
+        if socket.queue.qsize() >= self.max_backlog:
+            self.waits += 1
+            # Until the client has taken everything waiting (engine.io marks each packet done
+            # as its writer takes it). A client that leaves closes the socket without emptying
+            # the queue, so the wait also looks at the socket now and then.
+            while socket.queue.qsize() >= self.max_backlog and not socket.closed:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._recheck_s):
+                        await socket.queue.join()
+            if socket.closed:  # gone, or moved to a new socket: ask again where it is
+                await self.emit(event, data)
+                return
+        encoded = self._server.packet_class(
+            packet.EVENT, namespace=self._namespace, data=[event, data]
+        ).encode()
+        for part in encoded if isinstance(encoded, list) else (encoded,):
+            await self._server.eio.send(eio_sid, part)

@@ -1,0 +1,179 @@
+"""SocketUpdates against a real python-socketio server on loopback: updates arrive as `emit`
+sends them and in order with everything else; a reconnected browser gets the rest; a gone one is
+left to Socket.IO; a browser that stops reading holds the sender at the backlog bound."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import socketio
+import uvicorn
+
+from streamchat.socket_updates import SocketUpdates
+from tests.harness import free_port
+
+
+class Server:
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncServer(async_mode="asgi")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            socketio.ASGIApp(self.sio),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+        )
+        self.uvicorn = uvicorn.Server(config)
+        self.disconnected: dict[str, asyncio.Event] = {}
+
+        @self.sio.event
+        async def connect(sid: str, environ: dict) -> None:
+            self.disconnected[sid] = asyncio.Event()
+
+        @self.sio.event
+        async def disconnect(sid: str, reason: str) -> None:
+            self.disconnected[sid].set()
+
+    async def serve(self) -> None:
+        """Serve until `should_exit`; returns once the server listens."""
+        started = asyncio.Event()
+        original = self.uvicorn.startup
+
+        async def startup(sockets: object = None) -> None:
+            await original(sockets)  # type: ignore[arg-type]
+            started.set()
+
+        self.uvicorn.startup = startup  # type: ignore[method-assign]
+        self.task = asyncio.create_task(self.uvicorn.serve())
+        await asyncio.wait_for(started.wait(), 10)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
+    await srv.serve()
+    try:
+        yield srv
+    finally:
+        srv.uvicorn.should_exit = True
+        await asyncio.wait_for(srv.task, 10)
+
+
+class RawClient:
+    """An engine.io websocket client that reads only when asked, as a stuck browser would."""
+
+    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.http = http
+        self.ws = ws
+        self.sid = ""
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, url: str) -> AsyncIterator[RawClient]:
+        async with aiohttp.ClientSession() as http:
+            ws = await http.ws_connect(
+                f"{url}/socket.io/?EIO=4&transport=websocket", max_msg_size=0
+            )
+            client = cls(http, ws)
+            assert (await ws.receive_str()).startswith("0")  # engine.io open
+            await ws.send_str("40")  # join the default namespace
+            joined = await ws.receive_str()
+            assert joined.startswith("40")
+            client.sid = json.loads(joined[2:])["sid"]
+            try:
+                yield client
+            finally:
+                await ws.close()
+
+    async def event(self) -> tuple[str, object]:
+        while True:
+            frame = await self.ws.receive_str()
+            if frame == "2":  # engine.io ping
+                await self.ws.send_str("3")
+                continue
+            assert frame.startswith("42"), frame
+            name, data = json.loads(frame[2:])
+            return name, data
+
+
+async def test_updates_arrive_as_emit_sends_them_and_in_order_with_it(server):
+    async with RawClient.connect(server.url) as client:
+        updates = SocketUpdates(server.sio, lambda: client.sid)
+        await server.sio.emit("stream_start", {"id": "m1"}, to=client.sid)
+        for token in ["a", "b", "é 字 🙂"]:
+            await updates.emit("stream_token", {"id": "m1", "token": token})
+        await server.sio.emit("new_message", {"id": "m1", "output": "done"}, to=client.sid)
+        received = [await asyncio.wait_for(client.event(), 5) for _ in range(5)]
+    assert received == [
+        ("stream_start", {"id": "m1"}),
+        ("stream_token", {"id": "m1", "token": "a"}),
+        ("stream_token", {"id": "m1", "token": "b"}),
+        ("stream_token", {"id": "m1", "token": "é 字 🙂"}),
+        ("new_message", {"id": "m1", "output": "done"}),
+    ]
+
+
+async def test_a_browser_that_reconnected_mid_answer_gets_the_rest(server):
+    async with RawClient.connect(server.url) as first, RawClient.connect(server.url) as second:
+        current = {"sid": first.sid}
+        updates = SocketUpdates(server.sio, lambda: current["sid"])
+        await updates.emit("stream_token", {"token": "a"})
+        current["sid"] = second.sid  # Chainlit moved the session to the new socket
+        await updates.emit("stream_token", {"token": "b"})
+        assert await asyncio.wait_for(first.event(), 5) == ("stream_token", {"token": "a"})
+        assert await asyncio.wait_for(second.event(), 5) == ("stream_token", {"token": "b"})
+
+
+async def test_a_browser_that_is_gone_is_left_to_socketio(server):
+    async with RawClient.connect(server.url) as client:
+        sid = client.sid
+    updates = SocketUpdates(server.sio, lambda: sid)
+    await asyncio.wait_for(server.disconnected[sid].wait(), 5)
+    await updates.emit("stream_token", {"token": "a"})  # dropped, as emit drops it
+    assert not updates.backlogged()
+    await SocketUpdates(server.sio, lambda: "never-connected").emit("stream_token", {})
+
+
+async def test_a_browser_that_stops_reading_holds_the_sender_at_the_backlog_bound(server):
+    packets = 300
+    big = "x" * 128 * 1024  # enough to fill the socket buffers between us and the browser
+    async with RawClient.connect(server.url) as client:
+        updates = SocketUpdates(server.sio, lambda: client.sid, max_backlog=4)
+
+        sent = 0
+
+        async def send_all() -> None:
+            nonlocal sent
+            for i in range(packets):
+                await updates.emit("stream_token", {"i": i, "token": big})
+                sent += 1
+
+        sender = asyncio.create_task(send_all())
+        # Stuck: the buffers are full and nothing more goes out for half a second.
+        async with asyncio.timeout(30):
+            before = -1
+            while sent != before:
+                before = sent
+                await asyncio.sleep(0.5)
+        eio_sid = server.sio.manager.eio_sid_from_sid(client.sid, "/")
+        queue = server.sio.eio.sockets[eio_sid].queue
+        assert not sender.done() and sent < packets, "the sender waits for the browser"
+        assert updates.backlogged() and updates.waits > 0
+        assert queue.qsize() <= 4, "the packets waiting for the browser stay within the bound"
+        # The browser reads again: everything arrives, in order, and the sender finishes.
+        seen = []
+        async with asyncio.timeout(60):
+            while len(seen) < packets:
+                _, data = await client.event()
+                assert isinstance(data, dict)
+                seen.append(data["i"])
+            await sender
+        assert seen == list(range(packets))
+        assert not updates.backlogged()
