@@ -210,6 +210,49 @@ async def test_stream_yields_text_and_usage_and_asks_for_usage():
     assert seen["body"]["stream_options"] == {"include_usage": True}
 
 
+async def test_the_request_is_the_one_the_sdks_typed_method_sends():
+    """We post the body ourselves (the SDK's typed method would spend CPU walking it): the
+    upstream must see exactly what `chat.completions.create` sends, headers included."""
+    sent: list[httpx2.Request] = []
+
+    def handler(req: httpx2.Request) -> httpx2.Response:
+        sent.append(req)
+        return streaming_response(sse(chunk("a"), chunk(finish="stop"), "data: [DONE]\n\n"))
+
+    provider = provider_with(handler, OPENAI_API_KEY="sk-test-key")
+    history = tuple(
+        ChatMessage(role, text)
+        for role, text in [
+            ("system", "Be brief."),
+            ("user", "hi"),
+            ("assistant", "hello, 字 🙂"),
+            ("user", "and now?"),
+        ]
+    )
+    ours = ChatRequest(
+        messages=history,
+        model="m",
+        temperature=0.3,
+        max_tokens=50,
+        extra_headers={"X-Request-Id": "r1"},
+    )
+    await collect(provider, ours)
+    kwargs = ours.as_kwargs()
+    async with provider.client.chat.completions.with_streaming_response.create(
+        **kwargs, stream=True, stream_options={"include_usage": True}
+    ) as response:
+        await response.read()
+    ours_sent, sdk_sent = sent
+    assert json.loads(ours_sent.content) == json.loads(sdk_sent.content)
+    assert ours_sent.url == sdk_sent.url and ours_sent.method == sdk_sent.method
+    varying = {"x-stainless-retry-count", "x-stainless-read-timeout"}
+    assert {k: v for k, v in ours_sent.headers.items() if k not in varying} == {
+        k: v for k, v in sdk_sent.headers.items() if k not in varying
+    }
+    assert ours_sent.headers["authorization"] == "Bearer sk-test-key"
+    assert ours_sent.headers["x-request-id"] == "r1"
+
+
 async def test_servers_that_reject_stream_options_are_retried_without_them():
     bodies = []
 
