@@ -115,7 +115,14 @@ class CoalescingSink:
 
     def _due(self) -> None:
         self._timer = None
-        if self._pending and self._flushing is None:
+        if not self._pending or self._flushing is not None or self._last_flush is None:
+            return
+        # Armed for earlier text, which a later token may have sent since: this text may
+        # not be due yet.
+        remaining = self._last_flush + self.interval_s - self._clock()
+        if remaining > 0:
+            self._arm(remaining)
+        else:
             self._flush_in_background()
 
     def _flush_in_background(self) -> None:

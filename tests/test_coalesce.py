@@ -220,6 +220,25 @@ async def test_text_left_when_the_provider_pauses_is_sent_by_the_timer():
     assert no_stray_tasks()
 
 
+async def test_a_timer_armed_for_text_a_token_already_sent_does_not_send_early():
+    clock, inner = FakeClock(), TaskRecordingSink()
+    sink = CoalescingSink(inner, interval_s=0.02, clock=clock)
+    await sink.write("a")
+    await sink.write("b")  # pending: the timer is armed (0.02 + 0.005 s)
+    clock.now += 0.021
+    await sink.write("c")  # due: "bc" goes out now, the timer stays armed
+    clock.now += 0.001
+    await sink.write("d")  # due 0.02 after "bc", not when the old timer fires
+    inner.wrote.clear()
+    await asyncio.sleep(0.04)  # the old timer has fired
+    assert inner.writes == ["a", "bc"], "no update 0.001 s after the last one"
+    clock.now += 0.02
+    await asyncio.wait_for(inner.wrote.wait(), 2)  # the timer, re-armed, sends it when due
+    assert inner.writes == ["a", "bc", "d"]
+    await sink.finish(RESULT)
+    assert no_stray_tasks()
+
+
 async def test_a_sink_that_would_wait_never_holds_up_the_caller_and_text_merges():
     inner = BlockingSink()
     sink = CoalescingSink(inner, interval_s=0.001)
