@@ -1,26 +1,31 @@
 """Load: streamchat against the canonical per-token Chainlit app, side by side in one run.
 
-Starts a fixed-rate OpenAI-compatible upstream (benchmarks/upstream.py, its own process), then
-each app in turn (`chainlit run`, its own process) against it: the baseline
+Starts a fixed-rate OpenAI-compatible upstream (benchmarks/upstream.py, its own process) and
+three apps (`chainlit run`, each its own process) against it: the baseline
 (benchmarks/baseline_app.py, `stream_token` per SDK chunk), streamchat with GUARDRAILS=off (the
 streaming path alone) and streamchat with its default guardrails. For N concurrent chat
 sessions over real Socket.IO (the browser's protocol) each asks one question whose answer is
-`--tokens` tokens at `--tps` tokens/s, and the benchmark reports per app and N:
+`--tokens` tokens at `--tps` tokens/s. The apps take turns: for each N, each app runs once, and
+that round is repeated `--repeat` times, so a slow spell of the machine falls on all of them.
+The benchmark reports per app and N:
 
-- server CPU seconds per 1000 delivered tokens (utime+stime of the app process, /proc);
+- server CPU seconds per 1000 delivered tokens (utime+stime of the app process, /proc): the
+  median of the rounds;
 - delivery lag p50/p99: arrival time of a UI event minus the upstream's send time of the newest
-  token it contains;
-- time to first token p50/p99: question sent -> first UI event with text;
+  token it contains (over all rounds);
+- time to first token p50/p99: question sent -> first UI event with text (over all rounds);
 - Socket.IO stream events per answer;
 - answers whose final text differs from the upstream's (must be 0).
 
 Run: python benchmarks/load.py [--quick] [--sessions 1,10,25,50,100] [--tps 50] [--tokens 200]
+     [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import statistics
@@ -66,6 +71,26 @@ class Figures:
     events_per_answer: float
     mismatches: int
     notes: list[str] = field(default_factory=list)
+    lags_ms: list[float] = field(default_factory=list, repr=False)
+    ttfts_ms: list[float] = field(default_factory=list, repr=False)
+
+
+def combine(rounds: list[Figures]) -> Figures:
+    """One app's rounds at one N: the median CPU, percentiles over every round's samples."""
+    lags = [lag for f in rounds for lag in f.lags_ms]
+    ttfts = [ttft for f in rounds for ttft in f.ttfts_ms]
+    return Figures(
+        app=rounds[0].app,
+        sessions=rounds[0].sessions,
+        cpu_per_1k_tokens=statistics.median(f.cpu_per_1k_tokens for f in rounds),
+        lag_p50_ms=percentile(lags, 50),
+        lag_p99_ms=percentile(lags, 99),
+        ttft_p50_ms=percentile(ttfts, 50),
+        ttft_p99_ms=percentile(ttfts, 99),
+        events_per_answer=statistics.mean(f.events_per_answer for f in rounds),
+        mismatches=sum(f.mismatches for f in rounds),
+        notes=[f"cpu/1k per round: {', '.join(f'{f.cpu_per_1k_tokens:.3f}' for f in rounds)}"],
+    )
 
 
 async def run_load(app: AppProcess, upstream_url: str, sessions: int, tokens: int) -> Figures:
@@ -112,6 +137,8 @@ async def run_load(app: AppProcess, upstream_url: str, sessions: int, tokens: in
         ttft_p99_ms=percentile(ttfts, 99),
         events_per_answer=statistics.mean(events) if events else 0.0,
         mismatches=mismatches,
+        lags_ms=lags,
+        ttfts_ms=ttfts,
     )
 
 
@@ -140,9 +167,11 @@ async def main() -> None:
     parser.add_argument("--sessions", default="1,10,25,50,100")
     parser.add_argument("--tps", type=float, default=50)
     parser.add_argument("--tokens", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="N in 1, 10 only")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per N (median CPU)")
+    parser.add_argument("--quick", action="store_true", help="N in 1, 10 only, one round")
     args = parser.parse_args()
     counts = [1, 10] if args.quick else [int(n) for n in args.sessions.split(",")]
+    rounds = 1 if args.quick else max(1, args.repeat)
     upstream, url = start_upstream(args.tps, args.tokens)
     apps = {
         "baseline (stream_token per chunk)": (REPO / "benchmarks" / "baseline_app.py", {}),
@@ -150,40 +179,51 @@ async def main() -> None:
         "streamchat, default guardrails": (REPO / "app.py", {}),
     }
     results: list[Figures] = []
-    try:
-        for name, (path, extra) in apps.items():
-            env = {
-                "OPENAI_BASE_URL": f"{url}/v1",
-                "OPENAI_MODEL": "bench",
-                "STREAM_RETRIES": "0",
-                "SHOW_METRICS": "false",
-                "LOG_LEVEL": "WARNING",
-                **extra,
-            }
-            with AppProcess(env, app_path=path) as app:
-                await run_load(app, url, 1, 10)  # warm up imports and first-request paths
-                for sessions in counts:
-                    figures = await run_load(app, url, sessions, args.tokens)
-                    figures.app = name
-                    results.append(figures)
+    with contextlib.ExitStack() as running:
+        try:
+            started: dict[str, AppProcess] = {}
+            for name, (path, extra) in apps.items():
+                env = {
+                    "OPENAI_BASE_URL": f"{url}/v1",
+                    "OPENAI_MODEL": "bench",
+                    "STREAM_RETRIES": "0",
+                    "SHOW_METRICS": "false",
+                    "LOG_LEVEL": "WARNING",
+                    **extra,
+                }
+                started[name] = running.enter_context(AppProcess(env, app_path=path))
+                await run_load(started[name], url, 1, 10)  # warm up imports and first requests
+            for sessions in counts:
+                by_app: dict[str, list[Figures]] = {name: [] for name in started}
+                for _ in range(rounds):
+                    for name, app in started.items():
+                        figures = await run_load(app, url, sessions, args.tokens)
+                        figures.app = name
+                        by_app[name].append(figures)
+                for name in started:
+                    combined = combine(by_app[name])
+                    results.append(combined)
                     print(
-                        f"{name:36} N={sessions:<4} cpu/1k={figures.cpu_per_1k_tokens:.3f}s "
-                        f"lag p50/p99={figures.lag_p50_ms:.0f}/{figures.lag_p99_ms:.0f} ms "
-                        f"ttft p50={figures.ttft_p50_ms:.0f} ms "
-                        f"events={figures.events_per_answer:.0f} "
-                        f"mismatches={figures.mismatches}",
+                        f"{name:36} N={sessions:<4} cpu/1k={combined.cpu_per_1k_tokens:.3f}s "
+                        f"lag p50/p99={combined.lag_p50_ms:.0f}/{combined.lag_p99_ms:.0f} ms "
+                        f"ttft p50={combined.ttft_p50_ms:.0f} ms "
+                        f"events={combined.events_per_answer:.0f} "
+                        f"mismatches={combined.mismatches} ({combined.notes[0]})",
                         file=sys.stderr,
                         flush=True,
                     )
-    finally:
-        upstream.terminate()
-        upstream.wait(10)
-    report(results, counts, args)
+        finally:
+            upstream.terminate()
+            upstream.wait(10)
+    report(results, counts, args, rounds)
 
 
-def report(results: list[Figures], counts: list[int], args: argparse.Namespace) -> None:
+def report(
+    results: list[Figures], counts: list[int], args: argparse.Namespace, rounds: int
+) -> None:
     print(f"Upstream: {args.tokens} tokens per answer at {args.tps:g} tokens/s; "
-          f"{os.cpu_count()} CPU cores.\n")  # fmt: skip
+          f"{os.cpu_count()} CPU cores; {rounds} round(s) per N, the apps taking turns; "
+          "CPU is the median of the rounds.\n")  # fmt: skip
     print("| app | N | CPU s / 1000 tokens | lag p50 ms | lag p99 ms | TTFT p50 ms | "
           "TTFT p99 ms | events / answer | wrong answers |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
