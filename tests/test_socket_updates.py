@@ -156,10 +156,10 @@ async def test_a_browser_that_stops_reading_holds_the_sender_at_the_backlog_boun
                 sent += 1
 
         sender = asyncio.create_task(send_all())
-        # Stuck: the buffers are full and nothing more goes out for half a second.
-        async with asyncio.timeout(30):
+        # Stuck: the buffers are full, packets wait, and nothing more goes out for half a second.
+        async with asyncio.timeout(60):
             before = -1
-            while sent != before:
+            while sent != before or not updates.backlogged():
                 before = sent
                 await asyncio.sleep(0.5)
         eio_sid = server.sio.manager.eio_sid_from_sid(client.sid, "/")
