@@ -1,9 +1,10 @@
 """Open an OpenAI-compatible chat stream and yield `Delta`s; map SDK errors to ours.
 
-The `openai` SDK does what it is good at (auth, base URL, retries before the body, error
-types). On the hot path we read the SSE lines ourselves with `with_streaming_response`: building
-the SDK's typed chunk object costs several times more CPU than `json.loads` of the line, and we
-only need a few fields. Provider chunk shapes never leave this module.
+The `openai` SDK's client does what it is good at (auth, base URL, headers, error types). We
+post the request body as it is and read the SSE lines ourselves, from aiohttp's body when
+aiohttp carries the response: the SDK's typed request walk and typed chunk objects cost several
+times more CPU than our plain dict and `json.loads` of the line, and we only need a few fields.
+Provider chunk shapes never leave this module.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ async def test_first_write_goes_out_immediately():
     await sink.finish(RESULT)
 
 
-async def test_writes_within_an_interval_are_merged_into_one_update():
+async def test_writes_within_an_interval_are_merged_into_one_update_sent_by_the_timer():
     inner = SignallingSink()
     sink = CoalescingSink(inner, interval_s=0.05)
     await sink.write("a")
@@ -206,18 +206,6 @@ async def test_the_next_update_comes_a_whole_interval_after_the_last_write_ended
     await sink.write("d")  # +0.16: due
     assert inner.writes == ["a", "b", "cd"]
     await sink.finish(RESULT)
-
-
-async def test_text_left_when_the_provider_pauses_is_sent_by_the_timer():
-    inner = SignallingSink()
-    sink = CoalescingSink(inner, interval_s=0.02)
-    await sink.write("a")
-    inner.wrote.clear()
-    await sink.write("b")
-    await asyncio.wait_for(inner.wrote.wait(), 2)
-    assert inner.writes == ["a", "b"]
-    await sink.finish(RESULT)
-    assert no_stray_tasks()
 
 
 async def test_a_timer_armed_for_text_a_token_already_sent_does_not_send_early():

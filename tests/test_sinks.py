@@ -158,13 +158,17 @@ class RecordingUpdates:
         return self.full
 
 
-async def test_with_an_update_channel_later_tokens_go_straight_to_the_browser():
+def sink_with_updates() -> tuple[ChainlitSink, StreamingFakeMessage, RecordingUpdates]:
     message, updates = StreamingFakeMessage(), RecordingUpdates()
 
     async def notify(text: str, actions: list) -> None:
         raise AssertionError(text)
 
-    sink = ChainlitSink(message, notify_error=notify, updates=updates)
+    return ChainlitSink(message, notify_error=notify, updates=updates), message, updates
+
+
+async def test_with_an_update_channel_later_tokens_go_straight_to_the_browser():
+    sink, message, updates = sink_with_updates()
     await sink.write("a")
     await sink.write("b")
     await sink.write("c")
@@ -188,25 +192,16 @@ async def test_the_update_sent_is_the_one_chainlits_emitter_sends():
         chainlit_events.append((event, data))
 
     await ChainlitEmitter(types.SimpleNamespace(emit=emit)).send_token(id="m1", token="b")
-    message, updates = StreamingFakeMessage(), RecordingUpdates()
-
-    async def notify(text: str, actions: list) -> None:
-        raise AssertionError(text)
-
-    sink = ChainlitSink(message, notify_error=notify, updates=updates)
+    sink, _, updates = sink_with_updates()
     await sink.write("a")
     await sink.write("b")
     assert updates.events == chainlit_events
 
 
 async def test_the_sink_would_wait_exactly_when_its_browser_is_backlogged():
-    message, updates = StreamingFakeMessage(), RecordingUpdates()
-
-    async def notify(text: str, actions: list) -> None:
-        raise AssertionError(text)
-
-    assert not ChainlitSink(message, notify_error=notify).would_wait()
-    sink = ChainlitSink(message, notify_error=notify, updates=updates)
+    without_updates, _, _ = sink_and_errors()
+    assert not without_updates.would_wait(), "Chainlit's own emit never waits"
+    sink, _, updates = sink_with_updates()
     assert not sink.would_wait()
     updates.full = True
     assert sink.would_wait()
