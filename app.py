@@ -23,7 +23,7 @@ from streamchat import classroom_ui
 from streamchat.auth import AuthConfig
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.errors import ConfigError
-from streamchat.eventloop import use_c_tasks
+from streamchat.eventloop import install_loop, loop_name
 from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.languages import LANGUAGES
 from streamchat.limits import LimitExceeded, limit_key
@@ -43,8 +43,9 @@ from streamchat.web import mount
 
 log = logging.getLogger("streamchat.app")
 
-# `chainlit run` made every task and future pure Python (nest_asyncio): C ones again.
-use_c_tasks()
+# `chainlit run` made every task and future pure Python (nest_asyncio): C ones again, on the
+# uvloop loop Chainlit starts next (EVENT_LOOP).
+_loop_choice = install_loop(load_env_file())
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(load_env_file())
@@ -106,6 +107,9 @@ async def startup() -> None:
     global _runtime, _config_error
     _runtime, _config_error = settings_or_error()
     configure_logging(_runtime.settings.log_level if _runtime else "INFO")
+    if _loop_choice.problem is not None:
+        log.error("%s", _loop_choice.problem)
+    log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _origin_error is not None:
         log.error("%s Only this app's own pages may connect.", _origin_error)

@@ -1,4 +1,4 @@
-"""asyncio's C Task and Future back under `chainlit run`.
+"""The event loop under `chainlit run`: asyncio's C Task and Future back, and uvloop.
 
 `chainlit run` calls `nest_asyncio.apply()` before it loads the app. Besides making the event
 loop re-entrant (Chainlit itself nests `run_until_complete` to compute a chat profile's config),
@@ -11,6 +11,12 @@ task out of asyncio's `_current_tasks` around every callback it runs, and that d
 one the C tasks consult, so nested runs work with C tasks too. `use_c_tasks()` puts the C
 classes back (tasks and futures created afterwards are C ones); it checks that precondition
 first and leaves everything as it is when it does not hold.
+
+Every streamed token wakes the loop at least once (the provider's bytes arrive), and every UI
+update wakes it again (the browser's writer task), so the loop's own work per wake-up is a large
+part of what a token costs. asyncio's loop does it in Python; uvloop (libuv, in C) does it in
+a fraction of the CPU. `install_loop()` sets a uvloop loop as the one Chainlit then runs, as
+`EVENT_LOOP` says.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ import asyncio
 import asyncio.futures
 import asyncio.tasks
 import logging
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +55,127 @@ def use_c_tasks() -> bool:
     asyncio.Task = asyncio.tasks.Task = asyncio.tasks._CTask = _asyncio.Task  # type: ignore[misc,attr-defined]
     asyncio.Future = asyncio.futures.Future = asyncio.futures._CFuture = _asyncio.Future  # type: ignore[misc,attr-defined]
     return True
+
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopChoice:
+    """What `install_loop` did: the loop the app will run on, and a setting it could not follow
+    (to log once logging is set up)."""
+
+    loop: str
+    problem: str | None = None
+
+
+def install_loop(environ: Mapping[str, str]) -> LoopChoice:
+    """Make the loop `chainlit run` is about to start a uvloop one, as `EVENT_LOOP` says.
+
+    `auto` (the default) uses uvloop where it is installed (it is a dependency everywhere but
+    Windows), `uvloop` insists on it, `asyncio` keeps the standard loop. Call it while the
+    app module loads: Chainlit starts its loop afterwards, with the one set here. A loop that is
+    already running is left alone. C tasks are restored first (whatever the loop), so uvloop's
+    tasks are C ones too.
+    """
+    use_c_tasks()
+    wanted = (environ.get("EVENT_LOOP") or "auto").strip().lower()
+    problem = None
+    if wanted not in EVENT_LOOPS:
+        problem = (
+            f"EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, not {wanted!r}: "
+            "using the default, auto."
+        )
+        wanted = "auto"
+    running = asyncio.events._get_running_loop()
+    if running is not None:
+        return LoopChoice(loop_name(running), problem)
+    if wanted == "asyncio":
+        return LoopChoice("asyncio", problem)
+    loop_class = _reentrant_uvloop()
+    if loop_class is None:
+        if wanted == "uvloop":
+            problem = "EVENT_LOOP=uvloop, but uvloop is not installed: using asyncio's loop."
+        return LoopChoice("asyncio", problem)
+    loop = loop_class()
+    _make_c_tasks(loop)
+    _replace_current_loop(loop)
+    return LoopChoice("uvloop", problem)
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """ "uvloop" or "asyncio": which kind of loop this is."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    return "uvloop" if isinstance(loop, uvloop.Loop) else "asyncio"
+
+
+def _make_c_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """uvloop makes tasks of the class asyncio had when uvloop was first imported: if that was
+    while nest_asyncio's pure-Python class was in place, have the loop make C ones anyway."""
+
+    async def probe() -> None:
+        pass
+
+    task = loop.create_task(probe())
+    loop.run_until_complete(task)
+    if _asyncio is not None and type(task) is not _asyncio.Task and use_c_tasks():
+        loop.set_task_factory(_c_task)
+
+
+def _c_task(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+    return _asyncio.Task(coro, loop=loop, **kwargs)
+
+
+def _replace_current_loop(loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old: asyncio.AbstractEventLoop | None = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:  # none yet, and this thread would not get one
+        old = None
+    asyncio.set_event_loop(loop)
+    if old is not None and old is not loop and not old.is_running() and not old.is_closed():
+        old.close()
+
+
+def _reentrant_uvloop() -> type[asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+
+    class ReentrantUvloop(uvloop.Loop):
+        """uvloop, plus what Chainlit needs of a re-entrant loop.
+
+        Chainlit computes a chat profile's config with `run_until_complete` on the running
+        loop, a nested run that only nest_asyncio's loop supports in general. The coroutines it
+        runs that way (the app's `set_chat_profiles`) finish without waiting for anything, and
+        such a coroutine is run to its end on the spot. One that would wait is closed and
+        refused with RuntimeError, as uvloop itself refuses nested runs.
+        """
+
+        def run_until_complete(self, future: Any) -> Any:
+            if not self.is_running():
+                return super().run_until_complete(future)
+            return finish_without_waiting(future)
+
+    return ReentrantUvloop
+
+
+def finish_without_waiting(awaitable: Any) -> Any:
+    """The result of a coroutine that completes without suspending, or of a done future."""
+    if asyncio.isfuture(awaitable):
+        if awaitable.done():
+            return awaitable.result()
+        raise RuntimeError("this event loop is already running (a nested run must not wait)")
+    if not asyncio.iscoroutine(awaitable):
+        raise TypeError(f"a coroutine or future was expected, not {type(awaitable).__name__}")
+    try:
+        awaitable.send(None)
+    except StopIteration as finished:
+        return finished.value
+    awaitable.close()
+    raise RuntimeError("this event loop is already running (a nested run must not wait)")

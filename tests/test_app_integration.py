@@ -87,6 +87,11 @@ async def test_offline_answer_arrives_as_many_stream_events_spread_over_time(cli
     assert answer.errors() == []
 
 
+async def test_the_app_runs_on_uvloop_by_default(offline_app, client):
+    assert (await client.ask("hello")).final_assistant_text()
+    assert "event loop: uvloop" in offline_app.log()
+
+
 async def test_only_the_first_answer_says_it_is_the_demo_model(client):
     first = await client.ask("hello")
     second = await client.ask("What does stream=True do?")
@@ -270,6 +275,27 @@ async def test_bad_setting_in_the_environment_is_shown_in_the_chat_not_a_crash()
             assert any("OFFLINE_TPS must be a number" in text for text in shown)
             answer = await chat.ask("hello")
             assert any("OFFLINE_TPS" in text for text in answer.errors())
+        finally:
+            await chat.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "loop", "problem"),
+    [
+        ("asyncio", "asyncio", None),
+        ("fast", "uvloop", "EVENT_LOOP must be one of auto, uvloop, asyncio, not 'fast'"),
+    ],
+)
+async def test_event_loop_setting_is_followed_and_a_bad_value_is_logged(setting, loop, problem):
+    env = {"EVENT_LOOP": setting, "LOG_LEVEL": "INFO", "OFFLINE_TPS": "400"}
+    with AppProcess(env) as app:
+        chat = await ChainlitClient(app.url, chat_profile="Classroom").connect()
+        try:
+            answer = await chat.ask("What is a token?")
+            assert strip_footer(answer.final_assistant_text())
+            assert f"event loop: {loop}" in app.log()
+            assert (problem in app.log()) if problem else ("EVENT_LOOP" not in app.log())
+            assert "never awaited" not in app.log() and "Traceback" not in app.log()
         finally:
             await chat.close()
 
