@@ -4,7 +4,11 @@ python-socketio's `emit` wraps every packet in a task and waits for it with `asy
 for a single recipient. A streamed answer sends an update every few tens of milliseconds per
 chat, and that wrapper costs about as much server CPU as the rest of the send. For one client
 and no acknowledgement, `emit` comes down to: encode the Socket.IO packet, put it on the
-client's engine.io queue. `SocketUpdates.emit` does exactly that, in the same order.
+client's engine.io queue. `SocketUpdates.emit` does exactly that, in the same order. With
+python-socketio's own packet class and JSON, the packet is one `json.dumps` behind its type
+digit (and namespace), which is what the class would build after looking through the whole
+payload for binary parts; a payload with binary parts (JSON cannot hold them) or another packet
+class gets the class's own encoding.
 
 It also gives a slow browser backpressure. engine.io's per-client queue has no bound: a client
 that reads slower than we write (a weak connection, a sleeping laptop tab) would collect every
@@ -18,10 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Callable
 from typing import Any
 
 import socketio
+from engineio import exceptions as eio_exceptions
+from engineio import packet as eio_packet
 from socketio import packet
 
 DEFAULT_MAX_BACKLOG = 16
@@ -53,23 +60,22 @@ class SocketUpdates:
         self.max_backlog = max_backlog
         self._recheck_s = recheck_s
         self.waits = 0  # times a send waited for a slow client (for tests and metrics)
+        self._event_prefix = str(packet.EVENT) + ("" if namespace == "/" else namespace + ",")
 
     def backlogged(self) -> bool:
         """Whether the client has `max_backlog` packets waiting: the next `emit` would wait."""
-        socket = self._socket(self._socket_id())[1]
+        socket = self._socket(self._socket_id())
         return socket is not None and socket.queue.qsize() >= self.max_backlog
 
-    def _socket(self, sid: str) -> tuple[str | None, Any]:
-        """The client's engine.io id and socket, if it is connected to this process."""
+    def _socket(self, sid: str) -> Any:
+        """The client's engine.io socket, if it is connected to this process."""
         eio_sid = self._server.manager.eio_sid_from_sid(sid, self._namespace)
         socket = self._server.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        if socket is None or socket.closed:
-            return None, None
-        return eio_sid, socket
+        return None if socket is None or socket.closed else socket
 
     async def emit(self, event: str, data: Any) -> None:
         sid = self._socket_id()
-        eio_sid, socket = self._socket(sid)
+        socket = self._socket(sid)
         if socket is None:
             await self._server.emit(event, data, to=sid, namespace=self._namespace)
             return
@@ -85,8 +91,19 @@ class SocketUpdates:
             if socket.closed:  # gone, or moved to a new socket: ask again where it is
                 await self.emit(event, data)
                 return
-        encoded = self._server.packet_class(
-            packet.EVENT, namespace=self._namespace, data=[event, data]
-        ).encode()
-        for part in encoded if isinstance(encoded, list) else (encoded,):
-            await self._server.eio.send(eio_sid, part)
+        try:
+            for part in self.encode(event, data):
+                await socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=part))
+        except eio_exceptions.SocketIsClosedError:
+            pass  # gone meanwhile: dropped, as the server's own send drops it
+
+    def encode(self, event: str, data: Any) -> list[str | bytes]:
+        """The Socket.IO EVENT packet (and binary attachments) for `event` with `data`."""
+        packet_class = self._server.packet_class
+        if packet_class is packet.Packet and packet_class.json.dumps is json.dumps:
+            try:
+                return [self._event_prefix + json.dumps([event, data], separators=(",", ":"))]
+            except TypeError:  # bytes somewhere in it: a binary event, which the class builds
+                pass
+        encoded = packet_class(packet.EVENT, namespace=self._namespace, data=[event, data]).encode()
+        return encoded if isinstance(encoded, list) else [encoded]

@@ -1,6 +1,7 @@
 """SocketUpdates against a real python-socketio server on loopback: updates arrive as `emit`
 sends them and in order with everything else; a reconnected browser gets the rest; a gone one is
-left to Socket.IO; a browser that stops reading holds the sender at the backlog bound."""
+left to Socket.IO; a browser that stops reading holds the sender at the backlog bound; packets
+are encoded exactly as python-socketio's packet class encodes them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import aiohttp
 import pytest
 import socketio
 import uvicorn
+from engineio.exceptions import SocketIsClosedError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from socketio import packet
 
 from streamchat.socket_updates import SocketUpdates
 from tests.harness import free_port
@@ -177,3 +182,51 @@ async def test_a_browser_that_stops_reading_holds_the_sender_at_the_backlog_boun
             await sender
         assert seen == list(range(packets))
         assert not updates.backlogged()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def class_encoding(packet_class: type[packet.Packet], namespace: str, event: str, data: object):
+    encoded = packet_class(packet.EVENT, namespace=namespace, data=[event, data]).encode()
+    return encoded if isinstance(encoded, list) else [encoded]
+
+
+@given(event=st.text(min_size=1), data=json_values, namespace=st.sampled_from(["/", "/chat"]))
+@settings(max_examples=300, deadline=None)
+def test_updates_are_encoded_as_the_packet_class_encodes_them(event, data, namespace):
+    sio = socketio.AsyncServer(async_mode="asgi")
+    updates = SocketUpdates(sio, lambda: "sid", namespace=namespace)
+    assert updates.encode(event, data) == class_encoding(packet.Packet, namespace, event, data)
+
+
+def test_binary_payloads_and_other_packet_classes_get_the_class_encoding():
+    sio = socketio.AsyncServer(async_mode="asgi")
+    updates = SocketUpdates(sio, lambda: "sid")
+    data = {"id": "m1", "audio": b"\x00\x01", "parts": [b"\xff"]}
+    parts = updates.encode("chunk", data)
+    assert parts == class_encoding(packet.Packet, "/", "chunk", data)
+    assert parts[0].startswith("52-") and parts[1:] == [b"\x00\x01", b"\xff"]
+
+    class Tagged(packet.Packet):
+        def encode(self):  # type: ignore[no-untyped-def]
+            return "tagged:" + super().encode()
+
+    sio.packet_class = Tagged
+    assert updates.encode("stream_token", {"t": "a"}) == ['tagged:2["stream_token",{"t":"a"}]']
+
+
+async def test_a_socket_that_closes_as_an_update_is_sent_drops_it_as_socketio_would(server):
+    async with RawClient.connect(server.url) as client:
+        updates = SocketUpdates(server.sio, lambda: client.sid)
+        socket = server.sio.eio.sockets[server.sio.manager.eio_sid_from_sid(client.sid, "/")]
+
+        async def closed_meanwhile(pkt: object) -> None:
+            raise SocketIsClosedError()
+
+        socket.send = closed_meanwhile
+        await updates.emit("stream_token", {"token": "a"})  # no error: the update is dropped
