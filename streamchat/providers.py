@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import aiohttp
@@ -51,21 +51,41 @@ _PLACEHOLDER_KEY = "not-needed"
 # How long a server's model list is reused: every new chat shows it in its settings, and a
 # model loaded into a local server meanwhile appears within this time.
 MODEL_LIST_TTL_S = 60.0
+# json.loads without its two Python layers (type checks, trailing-whitespace handling) around
+# the C scanner: one call per chunk. The payload comes stripped; what follows the value is
+# refused as json.loads refuses it.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class ChunkParser:
-    """Turns SSE lines of a chat-completions stream into Deltas.
+    """Turns a chat-completions SSE stream into Deltas.
 
-    Feed it lines as they arrive; it keeps no buffer beyond the current event (servers send one
-    `data:` line per event). `done` becomes true at `data: [DONE]`.
+    Feed it the body's bytes as they arrive (`feed`, then `finish` at the end) or single lines
+    (`feed_line`); it keeps no buffer beyond the current line (servers send one `data:` line per
+    event). `done` becomes true at `data: [DONE]`; nothing after it is read.
     """
 
-    __slots__ = ("_index", "done", "finish_reason")
+    __slots__ = ("_index", "_lines", "done", "finish_reason")
 
     def __init__(self) -> None:
         self._index = 0
+        self._lines = LineSplitter()
         self.done = False
         self.finish_reason: str | None = None
+
+    def feed(self, data: bytes) -> list[Delta]:
+        """The Deltas of the events these bytes complete."""
+        deltas = []
+        for line in self._lines.feed(data):
+            # Blank lines only end events: skipped here without a call.
+            if line and not self.done and (delta := self.feed_line(line)) is not None:
+                deltas.append(delta)
+        return deltas
+
+    def finish(self) -> list[Delta]:
+        """The Delta of a last line the stream did not end."""
+        lines = self._lines.finish()
+        return [d for line in lines if not self.done and (d := self.feed_line(line)) is not None]
 
     def feed_line(self, line: str) -> Delta | None:
         # Blank lines end events, ':' starts keep-alive comments, and `event:`/`id:`/`retry:`
@@ -79,8 +99,10 @@ class ChunkParser:
             self.done = True
             return None
         try:
-            chunk = json.loads(payload)
-        except ValueError:
+            chunk, end = _scan_json(payload, 0)
+        except (StopIteration, ValueError):
+            end = -1
+        if end != len(payload):
             raise StreamBroken(
                 "The provider sent a piece of the answer that could not be read, "
                 "so the answer stopped here.",
@@ -262,16 +284,19 @@ class Provider:
         async with contextlib.AsyncExitStack() as stack:
             response = await self._open(stack, request)
             parser = ChunkParser()
+            body = aiohttp_body(response)
             try:
-                async for lines in _line_batches(response):
-                    for line in lines:
-                        delta = parser.feed_line(line)
-                        if delta is not None:
+                # aiohttp's body directly where aiohttp carries the stream; the same exceptions
+                # as the SDK's aiohttp stream raises, so errors map alike on both paths.
+                with map_aiohttp_exceptions() if body is not None else contextlib.nullcontext():
+                    reads = body.iter_any() if body is not None else response.iter_bytes()
+                    async for data in reads:
+                        for delta in parser.feed(data):
                             yield delta
                         if parser.done:
                             break
-                    if parser.done:
-                        break
+                    for delta in parser.finish():
+                        yield delta
             except httpx2.TimeoutException as exc:
                 if not _really_timed_out(exc):
                     raise StreamBroken(
@@ -471,25 +496,6 @@ def aiohttp_body(response: AsyncAPIResponse[Any]) -> aiohttp.StreamReader | None
     stream = response.http_response.stream
     raw = getattr(getattr(stream, "_stream", stream), "_aiohttp_response", None)
     return raw.content if isinstance(raw, aiohttp.ClientResponse) else None
-
-
-async def _line_batches(response: AsyncAPIResponse[Any]) -> AsyncIterator[list[str]]:
-    """The response's lines, as many as each network read completed."""
-    body = aiohttp_body(response)
-    if body is None or map_aiohttp_exceptions is None:
-        async for line in response.iter_lines():
-            yield [line]
-        return
-    splitter = LineSplitter()
-    # The same exceptions as the SDK's aiohttp stream raises, so errors map alike on both paths.
-    with map_aiohttp_exceptions():
-        async for data in body.iter_any():
-            lines = splitter.feed(data)
-            if lines:
-                yield lines
-    last = splitter.finish()
-    if last:
-        yield last
 
 
 def _really_timed_out(exc: BaseException) -> bool:

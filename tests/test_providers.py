@@ -123,13 +123,51 @@ def test_parser_handles_every_common_chunk_shape():
     assert parser.done
 
 
+def test_parser_fed_bytes_in_any_split_gives_the_same_deltas_as_line_by_line():
+    body = sse(
+        ": keep-alive comment\n\n",
+        chunk("", role="assistant"),
+        chunk("café 字 🙂"),
+        chunk(finish="stop"),
+        "data: [DONE]\n\n",
+        chunk("after the end is not read"),
+    )
+    by_line = ChunkParser()
+    expected = [
+        (d.text, d.index, d.finish_reason)
+        for line in body.decode().splitlines()
+        if not by_line.done and (d := by_line.feed_line(line)) is not None
+    ]
+    assert [text for text, _, _ in expected] == ["", "café 字 🙂", ""]
+
+    @given(st.lists(st.integers(min_value=1, max_value=40), max_size=60))
+    def check(sizes: list[int]) -> None:
+        parser, got, at = ChunkParser(), [], 0
+        for size in [*sizes, len(body)]:
+            got += parser.feed(body[at : at + size])
+            at += size
+        got += parser.finish()
+        assert [(d.text, d.index, d.finish_reason) for d in got] == expected
+        assert parser.done
+
+    check()
+
+
+def test_parser_reads_a_last_event_without_a_line_end():
+    parser = ChunkParser()
+    assert parser.feed(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}') == []
+    assert [d.text for d in parser.finish()] == ["x"]
+
+
 def test_parser_accepts_data_without_space_and_crlf_framing():
     parser = ChunkParser()
     delta = parser.feed_line('data:{"choices":[{"index":0,"delta":{"content":"x"}}]}\r')
     assert delta is not None and delta.text == "x"
 
 
-@pytest.mark.parametrize("line", ["data: {not json", "data: [1, 2]"])
+@pytest.mark.parametrize(
+    "line", ["data: {not json", "data: [1, 2]", 'data: {"a": 1} {"b": 2}', "data: {", "data: 12x"]
+)
 def test_malformed_chunk_is_a_broken_stream_not_a_crash(line):
     with pytest.raises(StreamBroken, match="could not be read"):
         ChunkParser().feed_line(line)
