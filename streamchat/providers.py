@@ -65,25 +65,45 @@ class ChunkParser:
     event). `done` becomes true at `data: [DONE]`; nothing after it is read.
     """
 
-    __slots__ = ("_index", "_lines", "done", "finish_reason")
+    __slots__ = ("_broken", "_index", "_lines", "done", "finish_reason")
 
     def __init__(self) -> None:
         self._index = 0
         self._lines = LineSplitter()
+        self._broken: StreamBroken | None = None
         self.done = False
         self.finish_reason: str | None = None
 
+    @property
+    def ended(self) -> bool:
+        """Nothing more to read: `[DONE]` came, or an event that breaks the stream (raised by
+        `finish`, after the Deltas that came before it)."""
+        return self.done or self._broken is not None
+
     def feed(self, data: bytes) -> list[Delta]:
         """The Deltas of the events these bytes complete."""
-        deltas = []
+        if self._broken is not None:
+            raise self._broken
+        deltas: list[Delta] = []
         for line in self._lines.feed(data):
             # Blank lines only end events: skipped here without a call.
-            if line and not self.done and (delta := self.feed_line(line)) is not None:
-                deltas.append(delta)
+            if line and not self.done:
+                try:
+                    delta = self.feed_line(line)
+                except StreamBroken as broken:
+                    if not deltas:
+                        raise
+                    self._broken = broken  # the answer's text before it is still shown
+                    break
+                if delta is not None:
+                    deltas.append(delta)
         return deltas
 
     def finish(self) -> list[Delta]:
-        """The Delta of a last line the stream did not end."""
+        """The Delta of a last line the stream did not end; raises what broke the stream."""
+        broken, self._broken = self._broken, None
+        if broken is not None:
+            raise broken
         lines = self._lines.finish()
         return [d for line in lines if not self.done and (d := self.feed_line(line)) is not None]
 
@@ -293,7 +313,7 @@ class Provider:
                     async for data in reads:
                         for delta in parser.feed(data):
                             yield delta
-                        if parser.done:
+                        if parser.ended:
                             break
                     for delta in parser.finish():
                         yield delta

@@ -153,6 +153,24 @@ def test_parser_fed_bytes_in_any_split_gives_the_same_deltas_as_line_by_line():
     check()
 
 
+def test_text_before_an_unreadable_chunk_in_the_same_read_is_kept():
+    parser = ChunkParser()
+    deltas = parser.feed(sse(chunk("a"), chunk("b"), "data: {not json\n\n", chunk("c")))
+    assert [d.text for d in deltas] == ["a", "b"] and parser.ended
+    with pytest.raises(StreamBroken, match="could not be read"):
+        parser.finish()
+
+
+async def test_stream_yields_the_text_before_an_unreadable_chunk_then_breaks():
+    body = sse(chunk("a"), chunk("b"), "data: {not json\n\n", chunk("c"), "data: [DONE]\n\n")
+    provider = provider_with(lambda request: streaming_response(body))
+    texts = []
+    with pytest.raises(StreamBroken, match="could not be read"):
+        async for delta in provider.stream(request()):
+            texts.append(delta.text)
+    assert texts == ["a", "b"]
+
+
 def test_parser_reads_a_last_event_without_a_line_end():
     parser = ChunkParser()
     assert parser.feed(b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}') == []
