@@ -287,6 +287,8 @@ async def _open_chat(thread: ThreadDict | None) -> None:
             await _show_error(
                 f"{_origin_error} Until it is fixed, only this app's own pages may connect."
             )
+        if _loop_choice.problem is not None:
+            await _show_error(_loop_choice.problem)
     finally:
         ready.set()
 

@@ -286,11 +286,16 @@ async def test_bad_setting_in_the_environment_is_shown_in_the_chat_not_a_crash()
         ("fast", "uvloop", "EVENT_LOOP must be one of auto, uvloop, asyncio, not 'fast'"),
     ],
 )
-async def test_event_loop_setting_is_followed_and_a_bad_value_is_logged(setting, loop, problem):
+async def test_event_loop_setting_is_followed_and_a_bad_value_is_shown(setting, loop, problem):
     env = {"EVENT_LOOP": setting, "LOG_LEVEL": "INFO", "OFFLINE_TPS": "400"}
     with AppProcess(env) as app:
         chat = await ChainlitClient(app.url, chat_profile="Classroom").connect()
         try:
+            shown = [e.data["output"] for e in chat.events if e.name == "new_message"]
+            if problem:
+                assert any(problem in text for text in shown)
+            else:
+                assert not any("EVENT_LOOP" in text for text in shown)
             answer = await chat.ask("What is a token?")
             assert strip_footer(answer.final_assistant_text())
             assert f"event loop: {loop}" in app.log()
