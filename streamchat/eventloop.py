@@ -104,7 +104,7 @@ def install_loop(environ: Mapping[str, str]) -> LoopChoice:
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
-    """ "uvloop" or "asyncio": which kind of loop this is."""
+    """Which kind of loop this is: "uvloop" or "asyncio"."""
     try:
         import uvloop
     except ImportError:
