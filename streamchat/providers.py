@@ -1,9 +1,9 @@
 """Open an OpenAI-compatible chat stream and yield `Delta`s; map SDK errors to ours.
 
 The `openai` SDK's client does what it is good at (auth, base URL, headers, error types). We
-post the request body as it is and read the SSE lines ourselves, from aiohttp's body when
-aiohttp carries the response: the SDK's typed request walk and typed chunk objects cost several
-times more CPU than our plain dict and `json.loads` of the line, and we only need a few fields.
+post the request body as it is and read the SSE stream's bytes ourselves, from aiohttp's body
+when aiohttp carries the response: the SDK's typed request walk and typed chunk objects cost
+several times more CPU than our plain dict from the JSON scanner, and we only need a few fields.
 Provider chunk shapes never leave this module.
 """
 
