@@ -35,8 +35,11 @@ class CoalescingSink:
     False: its client keeps up). Otherwise (a slow client, or a sink that does not say, such
     as one that paces its output) a task of its own writes it, so the caller goes on reading
     the provider and text merges meanwhile. Text that no later token picks up is sent by a
-    timer, at most a quarter interval after it was due. While tokens flow, an update costs no
-    task and no timer of its own.
+    timer, at most a quarter interval after it was due; a write that sends it first stops the
+    timer. While tokens flow, an update costs no task and no timer of its own.
+
+    `next_write_at()` tells the source when the next write is due, so it can leave what
+    arrives until then unread and hand it over in one piece (see pacing.py).
     """
 
     def __init__(
@@ -60,6 +63,15 @@ class CoalescingSink:
         self._lock = asyncio.Lock()  # one inner write at a time, in order
         self._flush_error: BaseException | None = None
         self.flushes = 0
+
+    def next_write_at(self) -> float | None:
+        """When text written now would be sent (on this sink's clock), or None for at once:
+        before the first write, with `interval_s = 0`, and while a write for a slow client is
+        under way (text merges into the one after it, whenever that is)."""
+        last = self._last_flush
+        if last is None or self.interval_s <= 0 or self._flushing is not None:
+            return None
+        return last + self.interval_s
 
     async def start(self) -> None:
         await self.inner.start()
@@ -165,6 +177,9 @@ class CoalescingSink:
             self._pending.clear()
             self._pending_chars = 0
             self.flushes += 1
+            if self._timer is not None:  # armed for this text, which goes now
+                self._timer.cancel()
+                self._timer = None
             try:
                 await self.inner.write(text)
             finally:

@@ -214,7 +214,7 @@ async def test_a_timer_armed_for_text_a_token_already_sent_does_not_send_early()
     await sink.write("a")
     await sink.write("b")  # pending: the timer is armed (0.02 + 0.005 s)
     clock.now += 0.021
-    await sink.write("c")  # due: "bc" goes out now, the timer stays armed
+    await sink.write("c")  # due: "bc" goes out now
     clock.now += 0.001
     await sink.write("d")  # due 0.02 after "bc", not when the old timer fires
     inner.wrote.clear()
@@ -225,6 +225,47 @@ async def test_a_timer_armed_for_text_a_token_already_sent_does_not_send_early()
     assert inner.writes == ["a", "bc", "d"]
     await sink.finish(RESULT)
     assert no_stray_tasks()
+
+
+async def test_a_write_that_sends_the_waiting_text_stops_the_timer_armed_for_it(monkeypatch):
+    clock, inner = FakeClock(), TaskRecordingSink()
+    sink = CoalescingSink(inner, interval_s=0.2, clock=clock)
+    fired: list[float] = []
+    due = sink._due
+    monkeypatch.setattr(sink, "_due", lambda: (fired.append(clock.now), due()))
+    for _ in range(5):  # tokens every 150 ms: every other one finds the text due
+        await sink.write("t")
+        clock.now += 0.15
+        await asyncio.sleep(0)  # the next token comes long before a timer could fire
+    await asyncio.sleep(0.3)  # after any timer armed for text that was already sent
+    assert "".join(inner.writes) == "ttttt" and len(inner.writes) == 3
+    assert fired == [], "while tokens flow, no timer wakes the loop"
+    await sink.finish(RESULT)
+
+
+async def test_the_next_write_is_due_an_interval_after_the_last_one():
+    clock, inner = FakeClock(), TaskRecordingSink()
+    sink = CoalescingSink(inner, interval_s=0.04, clock=clock)
+    assert sink.next_write_at() is None, "the first text goes out at once"
+    await sink.write("a")
+    assert sink.next_write_at() == pytest.approx(clock.now + 0.04)
+    clock.now += 0.01
+    await sink.write("b")
+    assert sink.next_write_at() == pytest.approx(clock.now + 0.03), "waiting text: same time"
+    await sink.finish(RESULT)
+    assert CoalescingSink(MemorySink(), interval_s=0).next_write_at() is None
+
+
+async def test_while_a_slow_client_takes_an_update_text_is_wanted_at_once():
+    inner = BlockingSink()
+    sink = CoalescingSink(inner, interval_s=0.001)
+    await sink.write("a")  # the client is stuck: written from a task of its own
+    await asyncio.wait_for(inner.blocked.wait(), 2)
+    assert sink.next_write_at() is None, "what comes meanwhile merges into the next write"
+    await sink.write("b")
+    inner.release.set()
+    await sink.finish(RESULT)
+    assert "".join(inner.writes) == "ab"
 
 
 async def test_a_sink_that_would_wait_never_holds_up_the_caller_and_text_merges():
