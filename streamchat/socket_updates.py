@@ -27,11 +27,12 @@ from collections.abc import Callable
 from typing import Any
 
 import socketio
-from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from socketio import packet
 
 DEFAULT_MAX_BACKLOG = 16
+# What `json.dumps(value, separators=(",", ":"))` builds for every call, built once.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class SocketUpdates:
@@ -61,6 +62,7 @@ class SocketUpdates:
         self._recheck_s = recheck_s
         self.waits = 0  # times a send waited for a slow client (for tests and metrics)
         self._event_prefix = str(packet.EVENT) + ("" if namespace == "/" else namespace + ",")
+        self._found: tuple[str, Any] | None = None  # (sid, its engine.io socket) while open
 
     def backlogged(self) -> bool:
         """Whether the client has `max_backlog` packets waiting: the next `emit` would wait."""
@@ -68,10 +70,18 @@ class SocketUpdates:
         return socket is not None and socket.queue.qsize() >= self.max_backlog
 
     def _socket(self, sid: str) -> Any:
-        """The client's engine.io socket, if it is connected to this process."""
+        """The client's engine.io socket, if it is connected to this process. A Socket.IO sid
+        names one connection for its whole life, so its socket is looked up once."""
+        found = self._found
+        if found is not None and found[0] == sid and not found[1].closed:
+            return found[1]
         eio_sid = self._server.manager.eio_sid_from_sid(sid, self._namespace)
         socket = self._server.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        return None if socket is None or socket.closed else socket
+        if socket is None or socket.closed:
+            self._found = None
+            return None
+        self._found = (sid, socket)
+        return socket
 
     async def emit(self, event: str, data: Any) -> None:
         sid = self._socket_id()
@@ -91,18 +101,18 @@ class SocketUpdates:
             if socket.closed:  # gone, or moved to a new socket: ask again where it is
                 await self.emit(event, data)
                 return
-        try:
-            for part in self.encode(event, data):
-                await socket.send(eio_packet.Packet(eio_packet.MESSAGE, data=part))
-        except eio_exceptions.SocketIsClosedError:
-            pass  # gone meanwhile: dropped, as the server's own send drops it
+        # What the socket's own `send` does for a connected client: queue the packet for its
+        # writer. (`send` also checks the client's last ping, which engine.io's reader does
+        # anyway; the socket is open, as looked up just now with nothing awaited since.)
+        for part in self.encode(event, data):
+            socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=part))
 
     def encode(self, event: str, data: Any) -> list[str | bytes]:
         """The Socket.IO EVENT packet (and binary attachments) for `event` with `data`."""
         packet_class = self._server.packet_class
         if packet_class is packet.Packet and packet_class.json.dumps is json.dumps:
             try:
-                return [self._event_prefix + json.dumps([event, data], separators=(",", ":"))]
+                return [self._event_prefix + _compact_json([event, data])]
             except TypeError:  # bytes somewhere in it: a binary event, which the class builds
                 pass
         encoded = packet_class(packet.EVENT, namespace=self._namespace, data=[event, data]).encode()
