@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamchat.errors import StreamBroken
+from streamchat.pacing import ReadPace
 from streamchat.relay import DeltaSource, StreamResult, StreamRun
 from streamchat.sinks import Sink
 from streamchat.types import ChatRequest, Delta
@@ -357,11 +358,13 @@ class DroppingSource:
         self.after = after
         self.remaining = times
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    async def stream(
+        self, request: ChatRequest, *, pace: ReadPace | None = None
+    ) -> AsyncGenerator[Delta, None]:
         cut = self.remaining > 0
         self.remaining -= 1 if cut else 0
         content = 0
-        upstream = self.source.stream(request)
+        upstream = self.source.stream(request, pace=pace)
         try:
             async for delta in upstream:
                 if cut and delta.text and content >= self.after:

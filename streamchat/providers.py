@@ -41,6 +41,7 @@ from streamchat.errors import (
     StreamBroken,
     redact_secrets,
 )
+from streamchat.pacing import ReadPace, SocketHold
 from streamchat.settings import DEFAULT_OPENAI_MODEL, Settings, public_url
 from streamchat.types import ChatRequest, Delta, Usage
 
@@ -81,22 +82,27 @@ class ChunkParser:
         return self.done or self._broken is not None
 
     def feed(self, data: bytes) -> list[Delta]:
-        """The Deltas of the events these bytes complete."""
+        """The Deltas of the events these bytes complete; all but the last say `more`."""
         if self._broken is not None:
             raise self._broken
         deltas: list[Delta] = []
+        last: tuple[dict[str, Any], str] | None = None  # becomes a Delta once we know what follows
         for line in self._lines.feed(data):
             # Blank lines only end events: skipped here without a call.
             if line and not self.done:
                 try:
-                    delta = self.feed_line(line)
+                    chunk = self._chunk(line)
                 except StreamBroken as broken:
-                    if not deltas:
+                    if last is None:
                         raise
                     self._broken = broken  # the answer's text before it is still shown
                     break
-                if delta is not None:
-                    deltas.append(delta)
+                if chunk is not None:
+                    if last is not None:
+                        deltas.append(self._delta(last[0], last[1], True))
+                    last = chunk
+        if last is not None:
+            deltas.append(self._delta(last[0], last[1], False))
         return deltas
 
     def finish(self) -> list[Delta]:
@@ -108,6 +114,13 @@ class ChunkParser:
         return [d for line in lines if not self.done and (d := self.feed_line(line)) is not None]
 
     def feed_line(self, line: str) -> Delta | None:
+        """The Delta of one line of the stream, if it carries one."""
+        chunk = self._chunk(line)
+        return None if chunk is None else self._delta(*chunk)
+
+    def _chunk(self, line: str) -> tuple[dict[str, Any], str] | None:
+        """The chunk a line carries and its JSON text; raises StreamBroken for one that cannot
+        be read or that reports an error."""
         # Blank lines end events, ':' starts keep-alive comments, and `event:`/`id:`/`retry:`
         # fields carry nothing we use: only `data:` lines matter.
         if not line.startswith("data:"):
@@ -138,9 +151,9 @@ class ChunkParser:
             )
         if "error" in chunk:
             raise _stream_error(chunk["error"])
-        return self._delta(chunk, payload)
+        return chunk, payload
 
-    def _delta(self, chunk: dict[str, Any], payload: str) -> Delta:
+    def _delta(self, chunk: dict[str, Any], payload: str, more: bool = False) -> Delta:
         text = ""
         finish_reason = None
         for choice in chunk.get("choices") or ():
@@ -153,13 +166,19 @@ class ChunkParser:
                 text = content
             if choice.get("finish_reason"):
                 finish_reason = str(choice["finish_reason"])
-        usage = _usage(chunk.get("usage"))
+        reported = chunk.get("usage")  # on one chunk at most, if at all
+        usage = _usage(reported) if reported else None
         # Every chunk becomes a Delta, also role-only and empty ones: raw chunk views count and
         # show them, and they cost nothing downstream (empty text is not shown).
         if finish_reason is not None:
             self.finish_reason = finish_reason
         delta_obj = Delta(
-            text=text, index=self._index, finish_reason=finish_reason, usage=usage, raw=payload
+            text=text,
+            index=self._index,
+            finish_reason=finish_reason,
+            usage=usage,
+            raw=payload,
+            more=more,
         )
         self._index += 1
         return delta_obj
@@ -295,8 +314,14 @@ class Provider:
         if not fetch.cancelled():
             fetch.exception()  # retrieved here, so a failure nobody awaited is not logged
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
-        """Yield the answer's Deltas. Closing this generator closes the HTTP response."""
+    async def stream(
+        self, request: ChatRequest, *, pace: ReadPace | None = None
+    ) -> AsyncGenerator[Delta, None]:
+        """Yield the answer's Deltas. Closing this generator closes the HTTP response.
+
+        With `pace` (and STREAM_READ_PACING on), what arrives before the consumer next shows
+        text stays in the kernel and is read in one go then (see pacing.py).
+        """
         # Whoever opens the response closes it: the exit stack does so on completion, on error,
         # and when the consumer stops early (Stop pressed, a guardrail fired, the task was
         # cancelled). Closing a response that is still streaming drops the connection, which
@@ -304,17 +329,25 @@ class Provider:
         async with contextlib.AsyncExitStack() as stack:
             response = await self._open(stack, request)
             parser = ChunkParser()
-            body = aiohttp_body(response)
+            raw = aiohttp_response(response)
+            hold = None
+            if raw is not None and pace is not None and self._settings.read_pacing:
+                hold = SocketHold.attach(raw.connection.transport if raw.connection else None)
+                if hold is not None:
+                    # Before the response's own exit: a pooled connection goes back unheld.
+                    stack.callback(hold.close)
             try:
                 # aiohttp's body directly where aiohttp carries the stream; the same exceptions
                 # as the SDK's aiohttp stream raises, so errors map alike on both paths.
-                with map_aiohttp_exceptions() if body is not None else contextlib.nullcontext():
-                    reads = body.iter_any() if body is not None else response.iter_bytes()
+                with map_aiohttp_exceptions() if raw is not None else contextlib.nullcontext():
+                    reads = raw.content.iter_any() if raw is not None else response.iter_bytes()
                     async for data in reads:
                         for delta in parser.feed(data):
                             yield delta
                         if parser.ended:
                             break
+                        if hold is not None and pace is not None and (when := pace()) is not None:
+                            hold.hold_until(when)
                     for delta in parser.finish():
                         yield delta
             except httpx2.TimeoutException as exc:
@@ -481,8 +514,8 @@ class LineSplitter:
     """Splits a byte stream into lines, as SSE ends them: LF, CRLF or CR.
 
     `feed(bytes)` returns the lines completed so far, `finish()` the last one if it had no
-    line end. Only complete lines are decoded, so a character split across reads stays whole
-    (no UTF-8 sequence contains a CR or LF byte).
+    line end. Only complete lines are decoded (all of a read's at once), so a character split
+    across reads stays whole (no UTF-8 sequence contains a CR or LF byte).
     """
 
     __slots__ = ("_tail",)
@@ -498,24 +531,27 @@ class LineSplitter:
             if data.endswith(b"\r"):
                 data, held = data[:-1], b"\r"  # perhaps the first half of a CRLF
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = data.split(b"\n")
-        self._tail = lines.pop() + held
-        return [line.decode("utf-8", "replace") for line in lines]
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._tail = data + held
+            return []
+        self._tail = data[end + 1 :] + held
+        return data[:end].decode("utf-8", "replace").split("\n")
 
     def finish(self) -> list[str]:
         tail, self._tail = self._tail, b""
         return [tail.removesuffix(b"\r").decode("utf-8", "replace")] if tail else []
 
 
-def aiohttp_body(response: AsyncAPIResponse[Any]) -> aiohttp.StreamReader | None:
-    """The aiohttp body under the SDK's response when aiohttp carries it (the SDK's
-    `DefaultAioHttpClient`), else None. Reading it directly skips four layers of httpx2
+def aiohttp_response(response: AsyncAPIResponse[Any]) -> aiohttp.ClientResponse | None:
+    """The aiohttp response under the SDK's when aiohttp carries it (the SDK's
+    `DefaultAioHttpClient`), else None. Reading its body directly skips four layers of httpx2
     wrappers (raw bytes, decoded bytes, text, lines) for every network read."""
     if map_aiohttp_exceptions is None:
         return None
     stream = response.http_response.stream
     raw = getattr(getattr(stream, "_stream", stream), "_aiohttp_response", None)
-    return raw.content if isinstance(raw, aiohttp.ClientResponse) else None
+    return raw if isinstance(raw, aiohttp.ClientResponse) else None
 
 
 def _really_timed_out(exc: BaseException) -> bool:
@@ -555,6 +591,8 @@ class WholeAnswer:
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    async def stream(
+        self, request: ChatRequest, *, pace: ReadPace | None = None
+    ) -> AsyncGenerator[Delta, None]:
         text, finish_reason, usage = await self.provider.complete(request)
         yield Delta(text=text, index=0, finish_reason=finish_reason or "stop", usage=usage)

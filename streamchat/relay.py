@@ -29,6 +29,7 @@ from streamchat.metrics import (
     StreamStats,
 )
 from streamchat.overlap import OverlapRemover
+from streamchat.pacing import ReadPace
 from streamchat.sinks import Sink
 from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason
 
@@ -37,9 +38,13 @@ log = logging.getLogger("streamchat.relay")
 
 class DeltaSource(Protocol):
     """Anything that streams Deltas for a request: the Provider, or a scripted fake in tests.
-    `stream` is an async generator, so it can be closed early (that closes the HTTP response)."""
+    `stream` is an async generator, so it can be closed early (that closes the HTTP response).
+    `pace` says when the consumer next shows text; a source may read the network only then
+    (the Provider does), or ignore it."""
 
-    def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]: ...
+    def stream(
+        self, request: ChatRequest, *, pace: ReadPace | None = None
+    ) -> AsyncGenerator[Delta, None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +245,8 @@ class StreamRun:
     ) -> None:
         self.source = source
         self.sink = sink
+        # When the sink next shows text (the CoalescingSink says): the source may read then.
+        self._pace: ReadPace | None = getattr(sink, "next_write_at", None)
         self.guard = guard  # checks the text between the upstream and the sink; kept across resumes
         # The moderation policy: judges what the guard releases, sentence by sentence.
         self.moderator = moderator
@@ -366,12 +373,15 @@ class StreamRun:
         """One request. Raises StreamBroken(cause="stalled") when the provider goes quiet."""
         policy = self.resilience
         got_text = False
+        # The text of Deltas that came in one network read, passed on together after the last.
+        batch: list[str] = []
         try:
             async with asyncio.timeout(None) as scope:
                 with StallWatch(scope) as watch:
                     # aclosing: if we stop consuming early (Stop, a stall), the provider's
                     # generator is closed here, and with it the HTTP response.
-                    async with contextlib.aclosing(self.source.stream(request)) as deltas:
+                    stream = self.source.stream(request, pace=self._pace)
+                    async with contextlib.aclosing(stream) as deltas:
                         iterator = aiter(deltas)
                         while True:
                             # Only the wait for the provider counts; a slow screen does not.
@@ -383,6 +393,10 @@ class StreamRun:
                                     delta = await self._next_unless_flagged(iterator)
                             except StopAsyncIteration:
                                 break
+                            except ProviderError:
+                                if batch:  # what came before the failure is still shown
+                                    await self._check("".join(batch))
+                                raise
                             finally:
                                 watch.disarm()
                             stats.observe(delta)
@@ -390,9 +404,13 @@ class StreamRun:
                                 self._on_delta(delta)
                             if delta.text:
                                 got_text = True
-                                await self._check(
-                                    remover.feed(delta.text) if remover else delta.text
-                                )
+                                batch.append(remover.feed(delta.text) if remover else delta.text)
+                            if batch and not delta.more:
+                                text = "".join(batch)
+                                batch.clear()
+                                await self._check(text)
+                        if batch:  # a source that ended on a Delta saying more
+                            await self._check("".join(batch))
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -446,8 +464,14 @@ class StreamRun:
         """Pass text through the guard (if any) to the sink."""
         if not text:
             return
-        if self.gate is not None and self.gate.violation is not None:
-            raise _GuardrailStop(self.gate.violation)
+        gate = self.gate
+        if gate is None and self.guard is None:  # nothing to check: straight to the sink
+            self._received.append(text)
+            self._shown.append(text)
+            await self.sink.write(text)
+            return
+        if gate is not None and gate.violation is not None:
+            raise _GuardrailStop(gate.violation)
         self._received.append(text)
         if self.guard is None:
             await self._release(text)

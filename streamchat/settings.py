@@ -67,6 +67,7 @@ class Settings:
     connect_timeout_s: float = 5.0
     retries: int = 2
     stream_flush_ms: float = 40.0
+    read_pacing: bool = True  # leave chunks in the kernel until the next UI update (pacing.py)
     stream_resumes: int = 1
     stream_stall_s: float = 30.0
     first_token_timeout_s: float = 60.0
@@ -143,6 +144,7 @@ class Settings:
             connect_timeout_s=reader.number("OPENAI_CONNECT_TIMEOUT_S", 5.0, low=0.1, high=600.0),
             retries=int(reader.number("STREAM_RETRIES", 2, low=0, high=10, integer=True)),
             stream_flush_ms=reader.number("STREAM_FLUSH_MS", 40.0, low=0.0, high=5000.0),
+            read_pacing=reader.flag("STREAM_READ_PACING", True),
             stream_resumes=int(reader.number("STREAM_RESUMES", 1, low=0, high=10, integer=True)),
             stream_stall_s=reader.number("STREAM_STALL_S", 30.0, low=0.05, high=3600.0),
             first_token_timeout_s=reader.number(

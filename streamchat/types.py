@@ -24,7 +24,9 @@ class Delta:
     """One piece of the upstream stream.
 
     `text` may be empty (role-only chunks, the final chunk); `usage` arrives on the usage-only
-    chunk when the request asked for it; `raw` is the chunk's JSON text as received.
+    chunk when the request asked for it; `raw` is the chunk's JSON text as received. `more`
+    says that the next Delta came in the same network read and follows at once, so a consumer
+    can show their text together (the last Delta of a read says False).
     """
 
     text: str
@@ -32,6 +34,7 @@ class Delta:
     finish_reason: str | None = None
     usage: Usage | None = None
     raw: str = ""
+    more: bool = False
 
 
 class EndReason(StrEnum):

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 from streamchat.errors import ProviderError
+from streamchat.pacing import ReadPace
 from streamchat.types import ChatRequest, Delta, Usage
 
 
@@ -28,7 +29,9 @@ class ScriptedSource:
         self.requests: list[ChatRequest] = []
         self.reached_hang = asyncio.Event()
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    async def stream(
+        self, request: ChatRequest, *, pace: ReadPace | None = None
+    ) -> AsyncGenerator[Delta, None]:
         self.requests.append(request)
         try:
             for index, piece in enumerate(self.pieces):
@@ -52,10 +55,12 @@ class SequenceSource:
         self.sources = list(sources)
         self.requests: list[ChatRequest] = []
 
-    async def stream(self, request: ChatRequest) -> AsyncGenerator[Delta, None]:
+    async def stream(
+        self, request: ChatRequest, *, pace: ReadPace | None = None
+    ) -> AsyncGenerator[Delta, None]:
         source = self.sources[len(self.requests)]
         self.requests.append(request)
-        async for delta in source.stream(request):
+        async for delta in source.stream(request, pace=pace):
             yield delta
 
 

@@ -21,7 +21,7 @@ from streamchat.errors import (
     RateLimited,
     StreamBroken,
 )
-from streamchat.providers import ChunkParser, LineSplitter, Provider, aiohttp_body
+from streamchat.providers import ChunkParser, LineSplitter, Provider, aiohttp_response
 from streamchat.settings import Settings
 from streamchat.types import ChatMessage, ChatRequest
 
@@ -144,7 +144,10 @@ def test_parser_fed_bytes_in_any_split_gives_the_same_deltas_as_line_by_line():
     def check(sizes: list[int]) -> None:
         parser, got, at = ChunkParser(), [], 0
         for size in [*sizes, len(body)]:
-            got += parser.feed(body[at : at + size])
+            read = parser.feed(body[at : at + size])
+            # What one read brought says so: every Delta but its last has more to follow.
+            assert [d.more for d in read] == [True] * (len(read) - 1) + [False] * bool(read)
+            got += read
             at += size
         got += parser.finish()
         assert [(d.text, d.index, d.finish_reason) for d in got] == expected
@@ -153,10 +156,18 @@ def test_parser_fed_bytes_in_any_split_gives_the_same_deltas_as_line_by_line():
     check()
 
 
+def test_the_deltas_of_one_read_say_more_but_the_last():
+    parser = ChunkParser()
+    read = parser.feed(sse(chunk("a"), ": ping\n\n", chunk("b"), chunk(finish="stop")))
+    assert [(d.text, d.more) for d in read] == [("a", True), ("b", True), ("", False)]
+    assert [d.more for d in parser.feed(sse(chunk("c"), "data: [DONE]\n\n"))] == [False]
+
+
 def test_text_before_an_unreadable_chunk_in_the_same_read_is_kept():
     parser = ChunkParser()
     deltas = parser.feed(sse(chunk("a"), chunk("b"), "data: {not json\n\n", chunk("c")))
     assert [d.text for d in deltas] == ["a", "b"] and parser.ended
+    assert [d.more for d in deltas] == [True, False], "the last one handed over says so"
     with pytest.raises(StreamBroken, match="could not be read"):
         parser.finish()
 
@@ -571,8 +582,8 @@ async def test_an_aiohttp_stream_is_read_from_aiohttps_body_directly(stack):
         try:
             async with contextlib.AsyncExitStack() as exits:
                 response = await provider._open(exits, request(model=""))
-                body = aiohttp_body(response)
-                assert (body is not None) == (stack == "aiohttp")
+                raw = aiohttp_response(response)
+                assert (raw is not None) == (stack == "aiohttp")
         finally:
             await provider.aclose()
 
@@ -626,3 +637,53 @@ async def test_closing_a_real_stream_early_closes_the_upstream_request(stack):
             assert record.client_disconnected and not record.completed
         finally:
             await provider.aclose()
+
+
+async def test_a_paced_stream_is_read_in_a_few_large_reads_and_its_connection_reused():
+    import time
+
+    from streamchat.offline import OfflineServer
+    from streamchat.offline.lessons import choose_answer
+    from streamchat.pacing import supported
+    from tests.conftest import require_component
+
+    require_component(supported(), "a Linux kernel 4.18+ with SO_RCVLOWAT")
+    asked: list[float] = []
+
+    def pace() -> float:
+        asked.append(time.monotonic())
+        return time.monotonic() + 0.05  # the screen is next updated 50 ms from now
+
+    with OfflineServer(tokens_per_second=400, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, "aiohttp")
+        try:
+            deltas = [d async for d in provider.stream(request(model=""), pace=pace)]
+            # The connection went back to the pool unheld: the next answer streams as usual.
+            again = [d async for d in provider.stream(request(model=""))]
+        finally:
+            await provider.aclose()
+    text = "".join(d.text for d in deltas)
+    assert text == choose_answer(server.records.last().messages)
+    assert "".join(d.text for d in again) == text
+    content = sum(1 for d in deltas if d.text)
+    reads = sum(1 for d in deltas if not d.more)
+    assert content > 100 and reads <= content / 4, "chunks that came while held: read together"
+    assert asked, "the provider asked when to read next"
+
+
+async def test_read_pacing_switched_off_reads_every_chunk_as_it_comes():
+    from streamchat.offline import OfflineServer
+
+    asked: list[float] = []
+
+    def pace() -> float | None:
+        asked.append(1.0)
+        return None
+
+    with OfflineServer(tokens_per_second=2000, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, "aiohttp", STREAM_READ_PACING="false")
+        try:
+            deltas = [d async for d in provider.stream(request(model=""), pace=pace)]
+        finally:
+            await provider.aclose()
+    assert deltas and asked == [], "never asked when to read: reads as data arrives"

@@ -8,10 +8,11 @@ import asyncio
 import pytest
 
 from streamchat.chat import ChatOptions, ChatSession
+from streamchat.coalesce import CoalescingSink
 from streamchat.errors import RateLimited, StreamBroken
 from streamchat.relay import Resilience, StreamRun
 from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest, EndReason, Usage
+from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason, Usage
 from tests.scripted import ScriptedSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
@@ -188,3 +189,53 @@ async def test_a_request_beside_the_chat_has_its_history_and_records_nothing():
     whole = chat.request_for("compare this")
     assert [m.role for m in whole.messages] == ["system", "user", "assistant", "user"]
     assert whole.model == "m" and whole.dropped_messages == 0
+
+
+class ReadsSource:
+    """Plays network reads: each inner list is the text of the Deltas one read brought, all
+    but the last saying `more`. Records the pace it was given."""
+
+    def __init__(self, reads: list[list[str]], *, fail_with: StreamBroken | None = None) -> None:
+        self.reads = reads
+        self.fail_with = fail_with
+        self.paces: list[object] = []
+
+    async def stream(self, request: ChatRequest, *, pace=None):  # type: ignore[no-untyped-def]
+        self.paces.append(pace)
+        index = 0
+        for read in self.reads:
+            for i, text in enumerate(read):
+                more = i < len(read) - 1 or self.fail_with is not None
+                yield Delta(text=text, index=index, more=more)
+                index += 1
+        if self.fail_with is not None:
+            raise self.fail_with
+        yield Delta(text="", index=index, finish_reason="stop")
+
+
+async def test_text_that_came_in_one_network_read_reaches_the_sink_in_one_write():
+    source = ReadsSource([["a", "b", "c"], ["d"], ["", "e", "f"]])
+    sink = MemorySink()
+    result = await StreamRun(source, sink).run(REQUEST)
+    assert sink.writes == ["abc", "d", "ef"]
+    assert result.text == "abcdef"
+    assert result.stats.completion_tokens == 6, "every chunk still counts"
+
+
+async def test_text_before_a_failure_that_came_with_more_to_follow_is_still_shown():
+    broken = StreamBroken("The connection to the provider was lost.", cause="connection lost")
+    source = ReadsSource([["a", "b"]], fail_with=broken)
+    sink = MemorySink()
+    result = await StreamRun(source, sink, resilience=ONE_TRY).run(REQUEST)
+    assert sink.text == "ab" == result.text
+    assert result.reason is EndReason.ERROR and result.error is broken
+
+
+async def test_the_source_is_told_when_the_coalescing_sink_next_shows_text():
+    source = ReadsSource([["a"]])
+    sink = CoalescingSink(MemorySink(), interval_s=0.04)
+    await StreamRun(source, sink).run(REQUEST)
+    assert source.paces == [sink.next_write_at]
+    plain = ReadsSource([["a"]])
+    await StreamRun(plain, MemorySink()).run(REQUEST)
+    assert plain.paces == [None], "a sink that does not say: the source reads as it likes"

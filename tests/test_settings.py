@@ -126,3 +126,10 @@ def test_http_client_choice():
     assert Settings.from_env({"OPENAI_HTTP_CLIENT": "HTTPX"}).http_client == "httpx"
     with pytest.raises(ConfigError, match="OPENAI_HTTP_CLIENT must be one of aiohttp, httpx"):
         Settings.from_env({"OPENAI_HTTP_CLIENT": "requests"})
+
+
+def test_read_pacing_is_on_unless_switched_off():
+    assert Settings.from_env({}).read_pacing
+    assert not Settings.from_env({"STREAM_READ_PACING": "false"}).read_pacing
+    with pytest.raises(ConfigError, match="STREAM_READ_PACING must be true or false"):
+        Settings.from_env({"STREAM_READ_PACING": "sometimes"})

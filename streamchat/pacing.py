@@ -1,0 +1,141 @@
+"""Reading a provider's stream at the pace of the screen: what arrives between two updates is
+read in one go.
+
+A provider sends a chunk per token, and every chunk that arrives wakes the server to read it.
+On a server that is not busy otherwise, that wake-up is most of what a token costs (caches are
+cold each time). The screen gets at most one update per STREAM_FLUSH_MS, so a chunk read
+sooner only waits in the coalescer. `SocketHold` lets it wait in the kernel instead: after an
+update it raises the socket's receive low-water mark (SO_RCVLOWAT), so the kernel does not
+report the socket readable for the few chunks that arrive before the next update is due, and
+lowers it again on time. The kernel then reports everything that came meanwhile, and one
+wake-up reads it all.
+
+Nothing is held back for long or for good: an update's text is never later than its due time
+(plus RELEASE_LATE_S), the end of a stream and a connection error are reported at once whatever
+the mark, and so is more than HOLD_BYTES of data.
+
+Linux 4.18 and newer only: there lowering the mark wakes a reader that is waiting for the
+socket (the kernel checks at once whether enough has arrived). Elsewhere `SocketHold.attach`
+returns None and streams are read chunk by chunk, as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ReadPace = Callable[[], float | None]
+"""When the consumer next shows text, as a `time.monotonic()` value, or None for as soon as it
+arrives. A source may leave the network unread until then and read what came meanwhile at once
+(the CoalescingSink's `next_write_at`)."""
+
+# More than this waiting is reported at once (a provider that sends a lot between two updates).
+HOLD_BYTES = 16 * 1024
+# uvloop's timers fire up to about a millisecond early: released this much after the update is
+# due, the read that follows finds it due.
+RELEASE_LATE_S = 0.002
+# A hold shorter than this saves no wake-up: the next chunk would come after it anyway.
+MIN_HOLD_S = 0.005
+
+_MIN_KERNEL = (4, 18)
+
+
+@functools.cache
+def supported() -> bool:
+    """Whether this system can hold a TCP socket's readiness and wake the reader on release."""
+    if sys.platform != "linux" or not hasattr(socket, "SO_RCVLOWAT"):
+        return False
+    return _kernel_version(os.uname().release) >= _MIN_KERNEL
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a Linux release string such as "6.1.0-18-amd64"; (0, 0) if unreadable."""
+    found = re.match(r"(\d+)\.(\d+)", release)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
+class SocketHold:
+    """Holds back one TCP connection's readiness until a given time, then lets it go.
+
+    `hold_until(when)` after a read; the hold ends by itself at `when`. `close()` when the
+    stream ends (before the connection goes back to a pool): the socket is left as it was found.
+    It works on a duplicate of the connection's descriptor, so it never closes the transport's
+    own, whatever happens to this object.
+    """
+
+    __slots__ = ("_held", "_loop", "_sock", "_timer", "holds")
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._held = False
+        self.holds = 0  # how many times readiness was held back (for tests and benchmarks)
+
+    @classmethod
+    def attach(cls, transport: asyncio.BaseTransport | None) -> SocketHold | None:
+        """A hold for the TCP socket under `transport` (TLS included), or None where holding is
+        not possible (another system, no socket, not TCP)."""
+        if transport is None or not supported():
+            return None
+        raw: Any = transport.get_extra_info("socket")
+        if raw is None:
+            return None
+        try:
+            tcp = raw.type == socket.SOCK_STREAM and raw.family in (socket.AF_INET, socket.AF_INET6)
+            if not tcp:
+                return None
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except (OSError, ValueError):  # closed meanwhile
+            return None
+        return cls(sock, asyncio.get_running_loop())
+
+    def hold_until(self, when: float) -> None:
+        """Do not report the socket readable before `when` (a `time.monotonic()` value), unless
+        the stream ends, fails or more than HOLD_BYTES arrive. Already held: kept as it is."""
+        if self._timer is not None or self._sock.fileno() < 0:
+            return
+        delay = when - time.monotonic()
+        if delay < MIN_HOLD_S or not self._set(HOLD_BYTES):
+            return
+        self._held = True
+        self.holds += 1
+        self._timer = self._loop.call_later(delay + RELEASE_LATE_S, self._release_now)
+
+    def release(self) -> None:
+        """Report the socket readable again as soon as anything is there."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._held:
+            self._held = False
+            self._set(1)
+
+    def close(self) -> None:
+        """Release, and close the duplicate descriptor (the connection itself stays open)."""
+        self.release()
+        self._sock.close()
+
+    def _release_now(self) -> None:
+        self._timer = None
+        if self._held:
+            self._held = False
+            self._set(1)
+
+    def _set(self, low_water: int) -> bool:
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
+        except OSError as exc:  # the connection is gone, or this socket refuses the option
+            log.debug("cannot set SO_RCVLOWAT: %s", exc)
+            return False
+        return True
