@@ -18,8 +18,12 @@ The benchmark reports per app and N:
 - Socket.IO stream events per answer;
 - answers whose final text differs from the upstream's (must be 0).
 
+`--also "NAME:VAR=VALUE,..."` adds a streamchat app with GUARDRAILS=off and those settings to
+the turns (repeatable), to measure one setting's effect side by side, e.g.
+`--also "read pacing off:STREAM_READ_PACING=false"`.
+
 Run: python benchmarks/load.py [--quick] [--sessions 1,10,25,50,100] [--tps 50] [--tokens 200]
-     [--repeat 3]
+     [--repeat 3] [--also NAME:VAR=VALUE,...]
 """
 
 from __future__ import annotations
@@ -200,6 +204,13 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="rounds per N (median CPU)")
     parser.add_argument("--quick", action="store_true", help="N in 1, 10 only, one round")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="NAME:VAR=VALUE,...",
+        help="another streamchat app (GUARDRAILS=off) with these settings",
+    )
     args = parser.parse_args()
     counts = [1, 10] if args.quick else [int(n) for n in args.sessions.split(",")]
     rounds = 1 if args.quick else max(1, args.repeat)
@@ -209,6 +220,12 @@ async def main() -> None:
         "streamchat, GUARDRAILS=off": (REPO / "app.py", {"GUARDRAILS": "off"}),
         "streamchat, default guardrails": (REPO / "app.py", {}),
     }
+    for spec in args.also:
+        name, _, settings = spec.partition(":")
+        pairs = [pair.split("=", 1) for pair in settings.split(",") if pair]
+        if not name or any(len(pair) != 2 for pair in pairs):
+            parser.error(f"--also wants NAME:VAR=VALUE,... (got {spec!r})")
+        apps[f"streamchat, {name}"] = (REPO / "app.py", {"GUARDRAILS": "off", **dict(pairs)})
     results: list[Figures] = []
     with contextlib.ExitStack() as running:
         try:
