@@ -14,6 +14,9 @@ Nothing is held back for long or for good: an update's text is never later than 
 (plus RELEASE_LATE_S), the end of a stream and a connection error are reported at once whatever
 the mark, and so is more than HOLD_BYTES of data.
 
+Runs that watch every chunk as it arrives (the classroom's chunk log and timeline, the CLI's
+--raw) are not paced: when chunks arrive is what they show.
+
 Linux 4.18 and newer only: there lowering the mark wakes a reader that is waiting for the
 socket (the kernel checks at once whether enough has arrived). Elsewhere `SocketHold.attach`
 returns None and streams are read chunk by chunk, as they arrive.
@@ -69,41 +72,52 @@ class SocketHold:
 
     `hold_until(when)` after a read; the hold ends by itself at `when`. `close()` when the
     stream ends (before the connection goes back to a pool): the socket is left as it was found.
-    It works on a duplicate of the connection's descriptor, so it never closes the transport's
-    own, whatever happens to this object.
+    The descriptor stays the transport's: it is used only while the transport is open, through
+    a socket object made for the one call and detached from it, so nothing here can close it
+    or hold it open.
     """
 
-    __slots__ = ("_held", "_loop", "_sock", "_timer", "holds")
+    __slots__ = ("_closed", "_family", "_fd", "_held", "_loop", "_timer", "_transport", "holds")
 
-    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
-        self._sock = sock
+    def __init__(
+        self,
+        transport: asyncio.BaseTransport,
+        fd: int,
+        family: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._transport = transport
+        self._fd = fd
+        self._family = family
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._held = False
+        self._closed = False
         self.holds = 0  # how many times readiness was held back (for tests and benchmarks)
 
     @classmethod
     def attach(cls, transport: asyncio.BaseTransport | None) -> SocketHold | None:
         """A hold for the TCP socket under `transport` (TLS included), or None where holding is
-        not possible (another system, no socket, not TCP)."""
-        if transport is None or not supported():
+        not possible (another system, no socket, not TCP, closed)."""
+        if transport is None or transport.is_closing() or not supported():
             return None
         raw: Any = transport.get_extra_info("socket")
         if raw is None:
             return None
         try:
-            tcp = raw.type == socket.SOCK_STREAM and raw.family in (socket.AF_INET, socket.AF_INET6)
-            if not tcp:
+            family, fd = raw.family, raw.fileno()
+            if raw.type != socket.SOCK_STREAM or family not in (socket.AF_INET, socket.AF_INET6):
                 return None
-            sock = socket.socket(fileno=os.dup(raw.fileno()))
         except (OSError, ValueError):  # closed meanwhile
             return None
-        return cls(sock, asyncio.get_running_loop())
+        if fd < 0:
+            return None
+        return cls(transport, fd, family, asyncio.get_running_loop())
 
     def hold_until(self, when: float) -> None:
         """Do not report the socket readable before `when` (a `time.monotonic()` value), unless
         the stream ends, fails or more than HOLD_BYTES arrive. Already held: kept as it is."""
-        if self._timer is not None or self._sock.fileno() < 0:
+        if self._timer is not None or self._closed:
             return
         delay = when - time.monotonic()
         if delay < MIN_HOLD_S or not self._set(HOLD_BYTES):
@@ -122,9 +136,9 @@ class SocketHold:
             self._set(1)
 
     def close(self) -> None:
-        """Release, and close the duplicate descriptor (the connection itself stays open)."""
+        """Release for good: later holds do nothing (the connection itself stays open)."""
         self.release()
-        self._sock.close()
+        self._closed = True
 
     def _release_now(self) -> None:
         self._timer = None
@@ -133,9 +147,15 @@ class SocketHold:
             self._set(1)
 
     def _set(self, low_water: int) -> bool:
+        # While the transport is open its descriptor is this connection's, whatever its number.
+        if self._transport.is_closing():
+            return False
+        sock = socket.socket(self._family, socket.SOCK_STREAM, 0, self._fd)
         try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
-        except OSError as exc:  # the connection is gone, or this socket refuses the option
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
+        except OSError as exc:  # this socket refuses the option
             log.debug("cannot set SO_RCVLOWAT: %s", exc)
             return False
+        finally:
+            sock.detach()  # the transport's descriptor: never closed here
         return True

@@ -246,7 +246,11 @@ class StreamRun:
         self.source = source
         self.sink = sink
         # When the sink next shows text (the CoalescingSink says): the source may read then.
-        self._pace: ReadPace | None = getattr(sink, "next_write_at", None)
+        # Not when every chunk is watched as it arrives (the classroom's chunk log and
+        # timeline, the CLI's --raw): their arrival times are what those views show.
+        self._pace: ReadPace | None = (
+            getattr(sink, "next_write_at", None) if on_delta is None else None
+        )
         self.guard = guard  # checks the text between the upstream and the sink; kept across resumes
         # The moderation policy: judges what the guard releases, sentence by sentence.
         self.moderator = moderator
@@ -552,7 +556,8 @@ class StreamRun:
         if result.dropped_messages:
             fields["history_dropped_messages"] = result.dropped_messages
         # One structured line per answer; never the text itself.
-        log.info("stream_end %s", json.dumps(fields, sort_keys=True))
+        if log.isEnabledFor(logging.INFO):
+            log.info("stream_end %s", json.dumps(fields, sort_keys=True))
         self.metrics.record(
             result.stats, result.reason.value, result.error.kind if result.error else None
         )

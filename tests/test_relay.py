@@ -239,3 +239,12 @@ async def test_the_source_is_told_when_the_coalescing_sink_next_shows_text():
     plain = ReadsSource([["a"]])
     await StreamRun(plain, MemorySink()).run(REQUEST)
     assert plain.paces == [None], "a sink that does not say: the source reads as it likes"
+
+
+async def test_a_run_that_watches_every_chunk_reads_them_as_they_arrive():
+    # The classroom's chunk log and timeline show when each chunk arrived: no read pacing.
+    source = ReadsSource([["a"], ["b"]])
+    seen: list[str] = []
+    sink = CoalescingSink(MemorySink(), interval_s=0.04)
+    await StreamRun(source, sink, on_delta=lambda d: seen.append(d.text)).run(REQUEST)
+    assert source.paces == [None] and seen == ["a", "b", ""]
