@@ -80,16 +80,20 @@ class Peer:
 
 
 @contextlib.asynccontextmanager
-async def connection() -> AsyncIterator[tuple[Peer, Reads]]:
+async def connection() -> AsyncIterator[tuple[Peer, Reads, SocketHold]]:
+    """A loopback TCP connection, its far end, and a hold attached to it (closed at the end)."""
     peer = Peer()
     server = await asyncio.start_server(peer.accept, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     loop = asyncio.get_running_loop()
     transport, reads = await loop.create_connection(Reads, "127.0.0.1", port)
     await asyncio.wait_for(peer.connected.wait(), 5)
+    hold = SocketHold.attach(transport)
+    assert hold is not None
     try:
-        yield peer, reads
+        yield peer, reads, hold
     finally:
+        hold.close()
         transport.close()
         assert peer.writer is not None
         peer.writer.close()
@@ -108,9 +112,7 @@ def test_chunks_that_arrive_while_held_are_read_in_one_go_when_the_hold_ends(run
 
 
 async def _chunks_that_arrive_while_held_are_read_in_one_go_when_the_hold_ends():
-    async with connection() as (peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (peer, reads, hold):
         until = time.monotonic() + 0.3
         hold.hold_until(until)
         for i in range(5):  # a provider's chunks, each in a segment of its own
@@ -119,7 +121,6 @@ async def _chunks_that_arrive_while_held_are_read_in_one_go_when_the_hold_ends()
         assert len(reads.reads) == 1, "one read for everything that came during the hold"
         assert reads.reads[0][0] >= until - 0.002, "not before the hold ended"
         assert hold.holds == 1
-        hold.close()
 
 
 def test_without_a_hold_every_chunk_is_read_as_it_arrives(run):
@@ -127,14 +128,11 @@ def test_without_a_hold_every_chunk_is_read_as_it_arrives(run):
 
 
 async def _without_a_hold_every_chunk_is_read_as_it_arrives():
-    async with connection() as (peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (peer, reads, _hold):
         for i in range(3):
             await peer.send(f"chunk {i};".encode())
             await reads.until(lambda i=i: reads.data.count(b";") == i + 1)
         assert len(reads.reads) == 3
-        hold.close()
 
 
 def test_release_makes_what_is_waiting_readable_at_once(run):
@@ -142,16 +140,13 @@ def test_release_makes_what_is_waiting_readable_at_once(run):
 
 
 async def _release_makes_what_is_waiting_readable_at_once():
-    async with connection() as (peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (peer, reads, hold):
         hold.hold_until(time.monotonic() + 60)
         await peer.send(b"held")
         await asyncio.sleep(0.05)
         assert reads.reads == [], "held back"
         hold.release()
         await reads.until(lambda: reads.data == b"held", within=2)
-        hold.close()
 
 
 def test_the_end_of_the_stream_is_never_held_back(run):
@@ -159,9 +154,7 @@ def test_the_end_of_the_stream_is_never_held_back(run):
 
 
 async def _the_end_of_the_stream_is_never_held_back():
-    async with connection() as (peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (peer, reads, hold):
         hold.hold_until(time.monotonic() + 60)
         await peer.send(b"last words")
         assert peer.writer is not None
@@ -169,7 +162,6 @@ async def _the_end_of_the_stream_is_never_held_back():
         async with asyncio.timeout(2):
             await reads.eof.wait()
         assert reads.data == b"last words"
-        hold.close()
 
 
 def test_more_than_hold_bytes_is_read_at_once(run):
@@ -177,13 +169,10 @@ def test_more_than_hold_bytes_is_read_at_once(run):
 
 
 async def _more_than_hold_bytes_is_read_at_once():
-    async with connection() as (peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (peer, reads, hold):
         hold.hold_until(time.monotonic() + 60)
         await peer.send(b"x" * (HOLD_BYTES + 1))
         await reads.until(lambda: len(reads.data) > HOLD_BYTES, within=2)
-        hold.close()
 
 
 def test_close_leaves_the_connection_open_and_unheld(run):
@@ -191,9 +180,7 @@ def test_close_leaves_the_connection_open_and_unheld(run):
 
 
 async def _close_leaves_the_connection_open_and_unheld():
-    async with connection() as (peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (peer, reads, hold):
         hold.hold_until(time.monotonic() + 60)
         assert low_water(reads) == HOLD_BYTES
         hold.close()
@@ -209,15 +196,12 @@ def test_a_hold_already_running_is_kept_and_a_short_one_is_not_worth_it(run):
 
 
 async def _a_hold_already_running_is_kept_and_a_short_one_is_not_worth_it():
-    async with connection() as (_peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (_peer, reads, hold):
         hold.hold_until(time.monotonic() + 0.001)
         assert hold.holds == 0 and low_water(reads) == 1, "shorter than a wake-up saves"
         hold.hold_until(time.monotonic() + 60)
         hold.hold_until(time.monotonic() + 120)
         assert hold.holds == 1
-        hold.close()
 
 
 def test_a_connection_closed_under_the_hold_is_harmless(run):
@@ -225,14 +209,11 @@ def test_a_connection_closed_under_the_hold_is_harmless(run):
 
 
 async def _a_connection_closed_under_the_hold_is_harmless():
-    async with connection() as (_peer, reads):
-        hold = SocketHold.attach(reads.transport)
-        assert hold is not None
+    async with connection() as (_peer, reads, hold):
         hold.hold_until(time.monotonic() + 0.02)
         assert reads.transport is not None
         reads.transport.abort()
         await asyncio.sleep(0.05)  # the hold ends on a socket that is gone
-        hold.close()
 
 
 def test_no_hold_where_there_is_no_tcp_socket(run, tmp_path, monkeypatch):
@@ -248,7 +229,7 @@ async def _no_hold_where_there_is_no_tcp_socket(tmp_path, monkeypatch):
         writer.close()
     finally:
         server.close()
-    async with connection() as (_peer, reads):
+    async with connection() as (_peer, reads, _hold):
         monkeypatch.setattr(pacing, "supported", lambda: False)
         assert SocketHold.attach(reads.transport) is None
 
