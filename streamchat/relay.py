@@ -248,9 +248,10 @@ class StreamRun:
         # When the sink next shows text (the CoalescingSink says): the source may read then.
         # Not when every chunk is watched as it arrives (the classroom's chunk log and
         # timeline, the CLI's --raw): their arrival times are what those views show.
-        self._pace: ReadPace | None = (
+        self._next_write_at: ReadPace | None = (
             getattr(sink, "next_write_at", None) if on_delta is None else None
         )
+        self._pace = self._read_pace if self._next_write_at is not None else None
         self.guard = guard  # checks the text between the upstream and the sink; kept across resumes
         # The moderation policy: judges what the guard releases, sentence by sentence.
         self.moderator = moderator
@@ -267,6 +268,15 @@ class StreamRun:
         # Text that came from upstream (after seam overlap removal), shown or still held by
         # the guard: retries happen only before any, resumes continue from all of it.
         self._received: list[str] = []
+
+    def _read_pace(self) -> float | None:
+        """When the source may read next: when the sink next shows text, but never so late
+        that the wait could pass for a stall (a long STREAM_FLUSH_MS, a short STREAM_STALL_S)."""
+        assert self._next_write_at is not None
+        when = self._next_write_at()
+        if when is None:
+            return None
+        return min(when, time.monotonic() + self.resilience.stall_s / 2)
 
     @property
     def last_text(self) -> str:

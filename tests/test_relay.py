@@ -4,6 +4,7 @@ honest outcome; Stop (cancellation) keeps the partial answer and closes the upst
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -235,7 +236,19 @@ async def test_the_source_is_told_when_the_coalescing_sink_next_shows_text():
     source = ReadsSource([["a"]])
     sink = CoalescingSink(MemorySink(), interval_s=0.04)
     await StreamRun(source, sink).run(REQUEST)
-    assert source.paces == [sink.next_write_at]
+    [pace] = source.paces
+    assert callable(pace) and sink.next_write_at() is not None
+    assert pace() == sink.next_write_at(), "read when the next update is due"
+
+
+async def test_reads_are_never_held_so_long_that_the_wait_could_pass_for_a_stall():
+    source = ReadsSource([["a"]])
+    sink = CoalescingSink(MemorySink(), interval_s=5)  # a long STREAM_FLUSH_MS
+    run = StreamRun(source, sink, resilience=Resilience(stall_s=0.2))
+    await run.run(REQUEST)
+    [pace] = source.paces
+    assert callable(pace)
+    assert pace() <= time.monotonic() + 0.1, "at most half the stall limit"
     plain = ReadsSource([["a"]])
     await StreamRun(plain, MemorySink()).run(REQUEST)
     assert plain.paces == [None], "a sink that does not say: the source reads as it likes"
