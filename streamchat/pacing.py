@@ -131,17 +131,18 @@ class SocketHold:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._held:
-            self._held = False
-            self._set(1)
+        self._unhold()
 
     def close(self) -> None:
         """Release for good: later holds do nothing (the connection itself stays open)."""
         self.release()
         self._closed = True
 
-    def _release_now(self) -> None:
+    def _release_now(self) -> None:  # the hold's timer
         self._timer = None
+        self._unhold()
+
+    def _unhold(self) -> None:
         if self._held:
             self._held = False
             self._set(1)

@@ -481,8 +481,7 @@ class StreamRun:
         gate = self.gate
         if gate is None and self.guard is None:  # nothing to check: straight to the sink
             self._received.append(text)
-            self._shown.append(text)
-            await self.sink.write(text)
+            await self._show(text)
             return
         if gate is not None and gate.violation is not None:
             raise _GuardrailStop(gate.violation)
