@@ -393,7 +393,7 @@ class Provider:
             body["stream_options"] = {"include_usage": True}
         try:
             try:
-                return await stack.enter_async_context(self._post_streaming(body, extra_headers))
+                return await self._post_on_live_connection(stack, body, extra_headers)
             except openai.BadRequestError as exc:
                 if "stream_options" not in body or "stream_options" not in str(exc.message):
                     raise
@@ -403,6 +403,26 @@ class Provider:
                 return await stack.enter_async_context(self._post_streaming(body, extra_headers))
         except openai.APIError as exc:
             raise self._map_error(exc, model=body["model"]) from exc
+
+    async def _post_on_live_connection(
+        self, stack: contextlib.AsyncExitStack, body: dict[str, Any], extra_headers: dict[str, str]
+    ) -> AsyncAPIResponse[Any]:
+        """Post the request; once more at once if the pooled connection it was given turned
+        out closed before anything was written to it.
+
+        A server closes an idle keep-alive connection when its own idle limit passes (5 s for
+        uvicorn, under vLLM and many other servers), and a request that picks the connection
+        from the pool in that instant finds it closing. The provider has seen nothing of such
+        a request, so sending it again on a new connection is safe, and it is not the
+        provider's failure: no retry of STREAM_RETRIES is spent on it, and no backoff.
+        """
+        try:
+            return await stack.enter_async_context(self._post_streaming(body, extra_headers))
+        except openai.APIConnectionError as exc:
+            if not _never_sent(exc):
+                raise
+            log.info("the pooled connection to the provider had closed; sending again")
+        return await stack.enter_async_context(self._post_streaming(body, extra_headers))
 
     def _post_streaming(
         self, body: dict[str, Any], extra_headers: dict[str, str]
@@ -440,7 +460,11 @@ class Provider:
 
     def _map_error(self, exc: openai.APIError, *, model: str | None) -> ProviderError:
         """Translate an SDK error into a short message a person can act on."""
-        detail = redact_secrets(f"{type(exc).__name__}: {exc.message}")
+        detail = f"{type(exc).__name__}: {exc.message}"
+        if (cause := _root_cause(exc)) is not exc:
+            # What the transport reported: the SDK calls every aiohttp failure a timeout.
+            detail += f" ({type(cause).__name__}{f': {cause}' if str(cause) else ''})"
+        detail = redact_secrets(detail)
         where = self.label
         if isinstance(exc, openai.APITimeoutError) and _really_timed_out(exc):
             return ProviderUnreachable(
@@ -568,6 +592,24 @@ def _really_timed_out(exc: BaseException) -> bool:
             return False
         current = current.__cause__ or current.__context__
     return True
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """Whether a request failed because its connection was closing before any of it was
+    written (aiohttp refuses to write to a closing transport): the server saw nothing."""
+    cause = _root_cause(exc)
+    return isinstance(cause, aiohttp.ClientConnectionResetError) and "closing transport" in str(
+        cause
+    )
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The first exception in `exc`'s chain of causes (itself if it has none)."""
+    seen = {id(exc)}
+    while (cause := exc.__cause__ or exc.__context__) is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        exc = cause
+    return exc
 
 
 def _retry_after(response: httpx2.Response) -> float | None:

@@ -687,3 +687,62 @@ async def test_read_pacing_switched_off_reads_every_chunk_as_it_comes():
         finally:
             await provider.aclose()
     assert deltas and asked == [], "never asked when to read: reads as data arrives"
+
+
+def close_before_writing(monkeypatch, times: int) -> list[object]:
+    """Close the connection of the next `times` requests just before aiohttp writes them, as
+    when a server's close of an idle keep-alive connection is read in that instant."""
+    from aiohttp.client_reqrep import ClientRequest
+
+    real_write = ClientRequest.write_bytes
+    closed: list[object] = []
+
+    async def write_after_close(self, writer, conn, *args):  # type: ignore[no-untyped-def]
+        if len(closed) < times:
+            closed.append(conn)
+            conn.transport.close()
+        return await real_write(self, writer, conn, *args)
+
+    monkeypatch.setattr(ClientRequest, "write_bytes", write_after_close)
+    return closed
+
+
+async def test_a_pooled_connection_found_closing_is_replaced_without_spending_a_retry(
+    monkeypatch,
+):
+    """A server closes an idle keep-alive connection (uvicorn after 5 s) just as the next
+    request is written to it: nothing was sent, so the request goes again at once on a new
+    connection, with STREAM_RETRIES=0, and the provider sees it once."""
+    from streamchat.offline import OfflineServer
+    from streamchat.offline.lessons import choose_answer
+
+    with OfflineServer(tokens_per_second=500, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, "aiohttp", STREAM_RETRIES="0")
+        try:
+            first = "".join([d.text async for d in provider.stream(request(model=""))])
+            closed = close_before_writing(monkeypatch, times=1)
+            again = "".join([d.text async for d in provider.stream(request(model=""))])
+        finally:
+            await provider.aclose()
+        assert closed, "the second request found its connection closing"
+        assert again == first == choose_answer(server.records.last().messages)
+        assert len(server.records.all()) == 2, "the provider saw each request once"
+
+
+async def test_a_connection_that_keeps_closing_is_reported_with_what_the_transport_said(
+    monkeypatch,
+):
+    from streamchat.offline import OfflineServer
+
+    with OfflineServer(tokens_per_second=500, first_token_delay_ms=5) as server:
+        provider = real_provider(server.base_url, "aiohttp", STREAM_RETRIES="0")
+        closed = close_before_writing(monkeypatch, times=10)
+        try:
+            with pytest.raises(ProviderUnreachable) as info:
+                await collect(provider, request(model=""))
+        finally:
+            await provider.aclose()
+        assert len(closed) == 2, "sent once more at once, then given up"
+        assert server.records.all() == []
+    assert "Could not reach the model provider" in info.value.user_message
+    assert "Cannot write to closing transport" in info.value.detail
