@@ -400,7 +400,7 @@ class Provider:
                 log.info("provider rejects stream_options; retrying without usage reporting")
                 self._send_stream_options = False
                 del body["stream_options"]
-                return await stack.enter_async_context(self._post_streaming(body, extra_headers))
+                return await self._post_on_live_connection(stack, body, extra_headers)
         except openai.APIError as exc:
             raise self._map_error(exc, model=body["model"]) from exc
 
