@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -582,15 +582,11 @@ def _really_timed_out(exc: BaseException) -> bool:
     """Whether a timeout error really comes from a timeout. The aiohttp transport reports any
     aiohttp connection error (a refused connection, a server that hung up) as a timeout; its
     original exception, kept as the cause, tells the truth."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, TimeoutError | aiohttp.ServerTimeoutError):
             return True
         if isinstance(current, aiohttp.ClientConnectionError | ConnectionError):
             return False
-        current = current.__cause__ or current.__context__
     return True
 
 
@@ -598,18 +594,24 @@ def _never_sent(exc: BaseException) -> bool:
     """Whether a request failed because its connection was closing before any of it was
     written (aiohttp refuses to write to a closing transport): the server saw nothing."""
     cause = _root_cause(exc)
-    return isinstance(cause, aiohttp.ClientConnectionResetError) and "closing transport" in str(
-        cause
-    )
+    refused = isinstance(cause, aiohttp.ClientConnectionResetError)
+    return refused and "closing transport" in str(cause)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
     """The first exception in `exc`'s chain of causes (itself if it has none)."""
-    seen = {id(exc)}
-    while (cause := exc.__cause__ or exc.__context__) is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        exc = cause
-    return exc
+    *_, first = _chain(exc)
+    return first
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it, then what caused that, ... (each once)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 def _retry_after(response: httpx2.Response) -> float | None:
