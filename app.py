@@ -38,7 +38,7 @@ from streamchat.runtime import Runtime, settings_or_error
 from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
-from streamchat.socket_updates import SocketUpdates
+from streamchat.socket_updates import SocketUpdates, route_session_emits
 from streamchat.web import mount
 
 log = logging.getLogger("streamchat.app")
@@ -167,10 +167,11 @@ def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
 
 
 def _socket_updates() -> SocketUpdates | None:
+    """The browser's update channel; Chainlit's own events for the chat go through it too."""
     session = context.session
     if not isinstance(session, WebsocketSession):
         return None
-    return SocketUpdates(sio, lambda: session.socket_id)
+    return route_session_emits(sio, session)
 
 
 def _settings_widgets(
@@ -257,6 +258,7 @@ async def _open_chat(thread: ThreadDict | None) -> None:
     # list can take seconds) waits for it instead of finding no chat.
     ready = asyncio.Event()
     cl.user_session.set("chat_ready", ready)
+    _socket_updates()
     try:
         if _runtime is None:
             await _show_error(f"streamchat is not configured correctly: {_config_error}")

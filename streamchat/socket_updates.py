@@ -10,6 +10,11 @@ digit (and namespace), which is what the class would build after looking through
 payload for binary parts; a payload with binary parts (JSON cannot hold them) or another packet
 class gets the class's own encoding.
 
+Chainlit's own events for a chat (the question echoed back, the answer's step and message,
+task start and end: about ten per answer) go the same way once `route_session_emits` has set the
+session's `emit`. Through `emit`, each of them also has its whole payload (a step is a dict of
+some twenty fields) walked for binary parts before it is encoded.
+
 It also gives a slow browser backpressure. engine.io's per-client queue has no bound: a client
 that reads slower than we write (a weak connection, a sleeping laptop tab) would collect every
 update in server memory, and engine.io's pings would wait behind them. While `max_backlog`
@@ -23,8 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 import socketio
 from engineio import packet as eio_packet
@@ -101,6 +106,20 @@ class SocketUpdates:
             if socket.closed:  # gone, or moved to a new socket: ask again where it is
                 await self.emit(event, data)
                 return
+        self._put(socket, event, data)
+
+    async def emit_now(self, event: str, data: Any) -> None:
+        """Send at once, however many packets the client has waiting, as python-socketio's
+        `emit` does: for Chainlit's own events (see `route_session_emits`), a handful per
+        answer, which must not wait behind a slow client's stream."""
+        sid = self._socket_id()
+        socket = self._socket(sid)
+        if socket is None:
+            await self._server.emit(event, data, to=sid, namespace=self._namespace)
+            return
+        self._put(socket, event, data)
+
+    def _put(self, socket: Any, event: str, data: Any) -> None:
         # What the socket's own `send` does for a connected client: queue the packet for its
         # writer. (`send` also checks the client's last ping, which engine.io's reader does
         # anyway; the socket is open, as looked up just now with nothing awaited since.)
@@ -108,12 +127,51 @@ class SocketUpdates:
             socket.queue.put_nowait(eio_packet.Packet(eio_packet.MESSAGE, data=part))
 
     def encode(self, event: str, data: Any) -> list[str | bytes]:
-        """The Socket.IO EVENT packet (and binary attachments) for `event` with `data`."""
+        """The Socket.IO EVENT packet (and binary attachments) `emit(event, data)` sends: a
+        tuple is several arguments, None none, anything else one."""
+        if isinstance(data, tuple):
+            args = [event, *data]
+        else:
+            args = [event] if data is None else [event, data]
         packet_class = self._server.packet_class
         if packet_class is packet.Packet and packet_class.json.dumps is json.dumps:
             try:
-                return [self._event_prefix + _compact_json([event, data])]
+                return [self._event_prefix + _compact_json(args)]
             except TypeError:  # bytes somewhere in it: a binary event, which the class builds
                 pass
-        encoded = packet_class(packet.EVENT, namespace=self._namespace, data=[event, data]).encode()
+        encoded = packet_class(packet.EVENT, namespace=self._namespace, data=args).encode()
         return encoded if isinstance(encoded, list) else [encoded]
+
+
+class SessionEmit:
+    """A Chainlit session's `emit` (how Chainlit sends a chat its steps, messages, task start
+    and end) through `SocketUpdates.emit_now`: the same packets to the same queue, in the same
+    order, without python-socketio's task per packet and its walk of every payload for binary
+    parts. Chainlit's own `emit` for a session is `sio.emit(event, data, to=sid)`."""
+
+    __slots__ = ("updates",)
+
+    def __init__(self, updates: SocketUpdates) -> None:
+        self.updates = updates
+
+    def __call__(self, event: str, data: Any) -> Coroutine[Any, Any, None]:
+        return self.updates.emit_now(event, data)
+
+
+class ChainlitSession(Protocol):
+    """The part of Chainlit's WebsocketSession that `route_session_emits` uses."""
+
+    socket_id: str
+    emit: Callable[[str, Any], Any]
+
+
+def route_session_emits(server: socketio.AsyncServer, session: ChainlitSession) -> SocketUpdates:
+    """Send the session's Chainlit events through a `SocketUpdates` (see `SessionEmit`), and
+    return it for the session's streams too. Call it whenever the session is at hand: Chainlit
+    puts its own `emit` back when a browser reconnects to the session."""
+    current = session.emit
+    if isinstance(current, SessionEmit):
+        return current.updates
+    updates = SocketUpdates(server, lambda: session.socket_id)
+    session.emit = SessionEmit(updates)
+    return updates

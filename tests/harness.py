@@ -247,7 +247,9 @@ class ChainlitClient:
         self.events.append(Event(name, data, time.monotonic()))
         self._new_event.set()
 
-    async def connect(self) -> ChainlitClient:
+    async def connect(self, *, restored: bool = False) -> ChainlitClient:
+        """Connect and start the chat; `restored`: a browser back on a session that has
+        already been used (same `session_id`), which Chainlit picks up where it was."""
         headers = {"Cookie": f"access_token={self.access_token}"} if self.access_token else {}
         await self.sio.connect(
             self.app_url,
@@ -264,7 +266,10 @@ class ChainlitClient:
             wait_timeout=10,
         )
         await self.sio.emit("connection_successful")
-        if self.thread_id:
+        if restored:
+            # Chainlit clears what it was asking the old socket, and starts nothing new.
+            await self.wait_for(lambda e: e.name == "clear_call_fn", within=30)
+        elif self.thread_id:
             # A resumed chat ends with the stored thread sent back to the UI.
             await self.wait_for(
                 lambda e: e.name in ("resume_thread", "resume_thread_error"), within=30

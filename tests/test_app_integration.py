@@ -87,6 +87,31 @@ async def test_offline_answer_arrives_as_many_stream_events_spread_over_time(cli
     assert answer.errors() == []
 
 
+async def test_a_browser_back_on_its_session_gets_the_next_answer_whole(offline_app):
+    """Chainlit moves a session to the browser's new socket and puts its own event sender
+    back; the next answer, with every Chainlit event around it, reaches the new socket."""
+    first = await ChainlitClient(offline_app.url).connect()
+    try:
+        earlier = await first.ask("What is a token?")
+    finally:
+        await first.close()
+    back = ChainlitClient(offline_app.url)
+    back.session_id = first.session_id
+    await back.connect(restored=True)
+    try:
+        answer = await back.ask("What is streaming?")
+    finally:
+        await back.close()
+    for one in (earlier, answer):
+        assert one.errors() == []
+        assert one.stream_events and strip_footer(one.final_assistant_text()) == one.streamed_text
+    names = [e.name for e in answer.events]
+    assert names[-1] == "task_end" and "task_start" in names
+    assert names.index("new_message") < names.index("stream_start") < names.index("stream_token")
+    last_token = len(names) - 1 - names[::-1].index("stream_token")
+    assert "update_message" in names[last_token:], "the finished answer comes after its tokens"
+
+
 async def test_the_app_runs_on_uvloop_by_default(offline_app, client):
     assert (await client.ask("hello")).final_assistant_text()
     assert "event loop: uvloop" in offline_app.log()

@@ -1,7 +1,8 @@
 """SocketUpdates against a real python-socketio server on loopback: updates arrive as `emit`
 sends them and in order with everything else; a reconnected browser gets the rest; a gone one is
 left to Socket.IO; a browser that stops reading holds the sender at the backlog bound; packets
-are encoded exactly as python-socketio's packet class encodes them."""
+are encoded exactly as python-socketio's packet class encodes them; a Chainlit session's own
+events take the same way, in order, and never wait for the backlog."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
@@ -19,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from socketio import packet
 
-from streamchat.socket_updates import SocketUpdates
+from streamchat.socket_updates import SessionEmit, SocketUpdates, route_session_emits
 from tests.harness import free_port
 
 
@@ -192,11 +194,17 @@ json_values = st.recursive(
 
 
 def class_encoding(packet_class: type[packet.Packet], namespace: str, event: str, data: object):
-    encoded = packet_class(packet.EVENT, namespace=namespace, data=[event, data]).encode()
+    """What python-socketio's `emit(event, data)` encodes: a tuple is several arguments."""
+    args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+    encoded = packet_class(packet.EVENT, namespace=namespace, data=[event, *args]).encode()
     return encoded if isinstance(encoded, list) else [encoded]
 
 
-@given(event=st.text(min_size=1), data=json_values, namespace=st.sampled_from(["/", "/chat"]))
+@given(
+    event=st.text(min_size=1),
+    data=json_values | st.tuples(json_values, json_values),
+    namespace=st.sampled_from(["/", "/chat"]),
+)
 @settings(max_examples=300, deadline=None)
 def test_updates_are_encoded_as_the_packet_class_encodes_them(event, data, namespace):
     sio = socketio.AsyncServer(async_mode="asgi")
@@ -230,3 +238,83 @@ async def test_a_socket_that_closes_as_an_update_is_sent_drops_it_as_socketio_wo
 
         socket.send = closed_meanwhile
         await updates.emit("stream_token", {"token": "a"})  # no error: the update is dropped
+
+
+async def test_a_chainlit_sessions_events_go_straight_to_its_queue_in_order(server, monkeypatch):
+    async with RawClient.connect(server.url) as client:
+        session = SimpleNamespace(
+            socket_id=client.sid,
+            emit=lambda event, data: server.sio.emit(event, data, to=session.socket_id),
+        )
+        updates = route_session_emits(server.sio, session)
+        assert isinstance(session.emit, SessionEmit)
+        assert route_session_emits(server.sio, session) is updates, "routed once"
+
+        async def not_used(*args: object, **kwargs: object) -> None:
+            raise AssertionError("sent through python-socketio's emit")
+
+        monkeypatch.setattr(server.sio, "emit", not_used)
+        await session.emit("task_start", {})
+        await session.emit("new_message", {"id": "m1", "output": ""})
+        await updates.emit("stream_token", {"id": "m1", "token": "a"})
+        await session.emit("update_message", {"id": "m1", "output": "a"})
+        await session.emit("task_end", {})
+        received = [await asyncio.wait_for(client.event(), 5) for _ in range(5)]
+    assert received == [
+        ("task_start", {}),
+        ("new_message", {"id": "m1", "output": ""}),
+        ("stream_token", {"id": "m1", "token": "a"}),
+        ("update_message", {"id": "m1", "output": "a"}),
+        ("task_end", {}),
+    ]
+
+
+async def test_chainlit_events_do_not_wait_behind_a_stuck_browsers_stream(server):
+    async with RawClient.connect(server.url) as client:
+        session = SimpleNamespace(socket_id=client.sid, emit=None)
+        updates = route_session_emits(server.sio, session)
+        updates.max_backlog = 2
+        socket = server.sio.eio.sockets[server.sio.manager.eio_sid_from_sid(client.sid, "/")]
+        writers_queue = socket.queue
+        socket.queue = stuck = asyncio.Queue()  # one the writer never takes from: a stuck browser
+        try:
+            await updates.emit("stream_token", {"token": "a"})
+            await updates.emit("stream_token", {"token": "b"})
+            assert updates.backlogged()
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(updates.emit("stream_token", {"token": "c"}), 0.3)
+            await asyncio.wait_for(session.emit("task_end", {}), 1)
+        finally:
+            socket.queue = writers_queue  # so the connection can close
+        assert stuck.qsize() == 3, "queued at once, behind the stream's updates"
+
+
+async def test_a_session_routed_again_after_a_reconnect_reaches_the_new_socket(server):
+    async with RawClient.connect(server.url) as first, RawClient.connect(server.url) as second:
+        session = SimpleNamespace(socket_id=first.sid, emit=None)
+        routed = route_session_emits(server.sio, session)
+        await session.emit("task_end", {"n": 1})
+        # Chainlit restores the session on the new socket and puts its own emit back.
+        session.socket_id = second.sid
+        session.emit = lambda event, data: server.sio.emit(event, data, to=second.sid)
+        again = route_session_emits(server.sio, session)
+        assert again is not routed and isinstance(session.emit, SessionEmit)
+        await session.emit("task_end", {"n": 2})
+        assert await asyncio.wait_for(first.event(), 5) == ("task_end", {"n": 1})
+        assert await asyncio.wait_for(second.event(), 5) == ("task_end", {"n": 2})
+
+
+async def test_a_chainlit_event_for_a_browser_that_is_gone_is_left_to_socketio(server):
+    async with RawClient.connect(server.url) as client:
+        sid = client.sid
+    await asyncio.wait_for(server.disconnected[sid].wait(), 5)
+    sent: list[tuple[str, object, str]] = []
+
+    async def emit(event: str, data: object, to: str, namespace: str) -> None:
+        sent.append((event, data, to))
+
+    server.sio.emit = emit  # type: ignore[method-assign]
+    session = SimpleNamespace(socket_id=sid, emit=None)
+    route_session_emits(server.sio, session)
+    await session.emit("task_end", {})
+    assert sent == [("task_end", {}, sid)]
