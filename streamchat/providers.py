@@ -52,6 +52,12 @@ _PLACEHOLDER_KEY = "not-needed"
 # How long a server's model list is reused: every new chat shows it in its settings, and a
 # model loaded into a local server meanwhile appears within this time.
 MODEL_LIST_TTL_S = 60.0
+# A pooled connection to the provider unused for this long is not used again. Servers close
+# idle keep-alive connections after a limit of their own, most often 5 s (uvicorn, under vLLM
+# and the offline model; Node.js; llama.cpp's server), and a pool that keeps them for as long
+# hands out, to a request that comes in that instant, connections the server is closing. The
+# SDK's pool keeps them 5 s.
+POOL_IDLE_S = 4.0
 # json.loads without its two Python layers (type checks, trailing-whitespace handling) around
 # the C scanner: one call per chunk. The payload comes stripped; what follows the value is
 # refused as json.loads refuses it.
@@ -251,8 +257,14 @@ class Provider:
         reading a stream token by token costs about half the CPU of the httpx2 stack (see
         docs/benchmarks.md). Proxies from the environment are honoured either way."""
         if self._settings.http_client != "aiohttp":
-            return None  # the SDK's own httpx2 client
-        return openai.DefaultAioHttpClient(timeout=self._timeout())
+            return None  # the SDK's own httpx2 client (it checks a pooled connection first)
+        return openai.DefaultAioHttpClient(
+            timeout=self._timeout(),
+            # The SDK's limits, with connections let go before the server lets them go.
+            limits=httpx2.Limits(
+                max_connections=1000, max_keepalive_connections=100, keepalive_expiry=POOL_IDLE_S
+            ),
+        )
 
     def _timeout(self) -> httpx2.Timeout:
         return httpx2.Timeout(

@@ -746,3 +746,46 @@ async def test_a_connection_that_keeps_closing_is_reported_with_what_the_transpo
         assert server.records.all() == []
     assert "Could not reach the model provider" in info.value.user_message
     assert "Cannot write to closing transport" in info.value.detail
+
+
+async def test_a_connection_idle_for_longer_than_the_pool_keeps_one_is_not_used_again(
+    monkeypatch,
+):
+    """The pool lets an idle connection go before the provider's server would close it, so a
+    request never picks one the server is closing in that instant; one in use again at once
+    is reused."""
+    import aiohttp
+
+    from streamchat import providers
+    from streamchat.offline import OfflineServer
+
+    opened: list[object] = []
+    real_create = aiohttp.TCPConnector._create_connection
+
+    async def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(self)
+        return await real_create(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.TCPConnector, "_create_connection", counted)
+    monkeypatch.setattr(providers, "POOL_IDLE_S", 0.3)
+    with OfflineServer(tokens_per_second=1000, first_token_delay_ms=1) as server:
+        provider = real_provider(server.base_url, "aiohttp")
+        try:
+            answers = [await collect(provider, request(model="")) for _ in range(2)]
+            assert len(opened) == 1, "back to back: the same connection"
+            await asyncio.sleep(0.5)  # idle for longer than the pool keeps a connection
+            answers.append(await collect(provider, request(model="")))
+        finally:
+            await provider.aclose()
+    assert len(opened) == 2, "after the pause: a new connection"
+    assert len(server.records.all()) == 3 and all(answers)
+
+
+def test_the_pool_lets_connections_go_before_uvicorn_closes_them():
+    """uvicorn (under vLLM, the offline model and many others) closes a keep-alive connection
+    after `timeout_keep_alive` idle seconds; the pool must not keep it as long."""
+    import uvicorn
+
+    from streamchat.providers import POOL_IDLE_S
+
+    assert 0 < POOL_IDLE_S < uvicorn.Config(app=None).timeout_keep_alive
