@@ -34,7 +34,7 @@ from streamchat.persistence import (
     conversation_from_steps,
     last_answer_id,
 )
-from streamchat.runtime import Runtime, freeze_startup_heap, settings_or_error
+from streamchat.runtime import Runtime, settings_or_error
 from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
@@ -116,7 +116,6 @@ async def startup() -> None:
     if _runtime is not None:
         await _runtime.start()
     await _prepare_database()
-    log.info("start-up done; %d objects frozen out of garbage collection", freeze_startup_heap())
 
 
 async def _prepare_database() -> None:

@@ -8,7 +8,6 @@ UI can show it to whoever opens the page.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import Mapping
 
@@ -27,22 +26,6 @@ log = logging.getLogger("streamchat.runtime")
 
 # How long chat start may wait for the model list before showing the settings without it.
 MODEL_LIST_TIMEOUT_S = 5.0
-
-
-def freeze_startup_heap() -> int:
-    """Move every object alive at the end of start-up out of the garbage collector's way;
-    returns how many there are now.
-
-    A Chainlit server holds some 250,000 objects from start-up (modules, classes, the web
-    app) that live as long as the process, and each full collection walks all of them and
-    everything since, while no stream moves: 0.23–0.32 s each in the load benchmark at N=100
-    (docs/benchmarks.md), more as sessions accumulate. Frozen, they are left out of every
-    collection, and a full one took 0.05–0.09 s there. Garbage from start-up is collected
-    first, so nothing that could be freed stays. (A hot reload in development, `chainlit run
-    -w`, keeps the old modules' frozen objects.)"""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
 
 
 class Runtime:
