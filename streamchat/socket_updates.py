@@ -10,9 +10,9 @@ digit (and namespace), which is what the class would build after looking through
 payload for binary parts; a payload with binary parts (JSON cannot hold them) or another packet
 class gets the class's own encoding.
 
-Chainlit's own events for a chat (the question echoed back, the answer's step and message,
-task start and end: about ten per answer) go the same way once `route_session_emits` has set the
-session's `emit`. Through `emit`, each of them also has its whole payload (a step is a dict of
+Chainlit's own events for a chat (task start and end, the answer's step, its message's start
+and finished form: six to eight per answer) go the same way once `route_session_emits` has set
+the session's `emit`. Through `emit`, each of them also has its whole payload (a step is a dict of
 some twenty fields) walked for binary parts before it is encoded.
 
 It also gives a slow browser backpressure. engine.io's per-client queue has no bound: a client
