@@ -258,7 +258,7 @@ async def _open_chat(thread: ThreadDict | None) -> None:
     # list can take seconds) waits for it instead of finding no chat.
     ready = asyncio.Event()
     cl.user_session.set("chat_ready", ready)
-    _socket_updates()
+    _socket_updates()  # Chainlit's own events for this chat take the fast way from the start
     try:
         if _runtime is None:
             await _show_error(f"streamchat is not configured correctly: {_config_error}")

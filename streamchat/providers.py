@@ -21,7 +21,7 @@ import aiohttp
 import httpx2
 import openai
 from openai._base_client import make_request_options
-from openai._constants import RAW_RESPONSE_HEADER
+from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
@@ -262,7 +262,9 @@ class Provider:
             timeout=self._timeout(),
             # The SDK's limits, with connections let go before the server lets them go.
             limits=httpx2.Limits(
-                max_connections=1000, max_keepalive_connections=100, keepalive_expiry=POOL_IDLE_S
+                max_connections=DEFAULT_CONNECTION_LIMITS.max_connections,
+                max_keepalive_connections=DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
+                keepalive_expiry=POOL_IDLE_S,
             ),
         )
 
