@@ -38,7 +38,7 @@ from streamchat.runtime import Runtime, settings_or_error
 from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
-from streamchat.socket_updates import SocketUpdates, route_session_emits
+from streamchat.socket_updates import SocketUpdates, hand_off_queues, route_session_emits
 from streamchat.web import mount
 
 log = logging.getLogger("streamchat.app")
@@ -76,6 +76,8 @@ except ConfigError as exc:
     _origins, _origin_error = OriginPolicy(), str(exc)  # the strictest: this app's pages only
 apply_origin_policy(_origins, cors_origins=chainlit_config.project.allow_origins, sio=sio)
 server_app.add_middleware(SecurityHeadersMiddleware)
+# Each browser's packets go to its engine.io writer without a task per packet.
+hand_off_queues(sio)
 
 
 # Chat history needs login: with it, a database (a SQLite file unless DATABASE_URL says else).

@@ -21,11 +21,16 @@ update in server memory, and engine.io's pings would wait behind them. While `ma
 packets are waiting, `emit` waits until the client has taken them all; the CoalescingSink in
 front of it writes from a task of its own meanwhile and merges the answer's text, so a slow
 client gets fewer, larger updates and the answer is still read from the provider at its pace.
+
+`hand_off_queues` gives each new client a `HandoffQueue`: the packet goes to engine.io's
+waiting writer directly, without the task `asyncio.wait_for` wraps around every `queue.get()`
+on Python 3.11 (and the two loop iterations it takes to finish), once per packet.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 from collections.abc import Callable, Coroutine
@@ -175,3 +180,44 @@ def route_session_emits(server: socketio.AsyncServer, session: ChainlitSession) 
     updates = SocketUpdates(server, lambda: session.socket_id)
     session.emit = SessionEmit(updates)
     return updates
+
+
+class HandoffQueue(asyncio.Queue[Any]):
+    """An asyncio.Queue whose `get()` is a Future, filled by the next `put` when nothing waits.
+
+    engine.io's writer waits for each packet with `asyncio.wait_for(queue.get(), timeout)`. On
+    Python 3.11 `wait_for` runs a coroutine in a task of its own: for every packet a task is
+    made, stepped, finished, and its end passed on to the writer one loop iteration later. A
+    Future is awaited as it is. Everything else is the Queue's own: order (a waiting `get`
+    takes the first packet put), `qsize`, `task_done` and `join` (a packet handed over counts
+    as unfinished until the writer marks it done, as one taken from the queue does), and a
+    `get` given up (a timeout cancels its Future) takes nothing.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._takers: collections.deque[asyncio.Future[Any]] = collections.deque()
+
+    def get(self) -> asyncio.Future[Any]:  # type: ignore[override]
+        """The next item, as a Future to await (done already when one is waiting)."""
+        taker = asyncio.get_running_loop().create_future()
+        if self.qsize():
+            taker.set_result(self.get_nowait())
+        else:
+            self._takers.append(taker)
+        return taker
+
+    def put_nowait(self, item: Any) -> None:
+        super().put_nowait(item)  # counted unfinished, as any put
+        takers = self._takers
+        while takers:
+            taker = takers.popleft()
+            if not taker.done():  # not given up
+                taker.set_result(self.get_nowait())
+                return
+
+
+def hand_off_queues(server: socketio.AsyncServer) -> None:
+    """Give every engine.io client that connects from now on a `HandoffQueue` (engine.io makes
+    each client's queue with its server's `create_queue`)."""
+    server.eio.create_queue = HandoffQueue  # type: ignore[method-assign]
