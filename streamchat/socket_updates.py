@@ -220,4 +220,4 @@ class HandoffQueue(asyncio.Queue[Any]):
 def hand_off_queues(server: socketio.AsyncServer) -> None:
     """Give every engine.io client that connects from now on a `HandoffQueue` (engine.io makes
     each client's queue with its server's `create_queue`)."""
-    server.eio.create_queue = HandoffQueue  # type: ignore[method-assign]
+    server.eio.create_queue = HandoffQueue
