@@ -191,7 +191,8 @@ class HandoffQueue(asyncio.Queue[Any]):
     Future is awaited as it is. Everything else is the Queue's own: order (a waiting `get`
     takes the first packet put), `qsize`, `task_done` and `join` (a packet handed over counts
     as unfinished until the writer marks it done, as one taken from the queue does), and a
-    `get` given up (a timeout cancels its Future) takes nothing.
+    `get` given up (a timeout cancels its Future) takes nothing. Only `shutdown()` (Python
+    3.13) is refused: it would not wake a waiting `get` (engine.io never shuts a queue).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -215,6 +216,10 @@ class HandoffQueue(asyncio.Queue[Any]):
             if not taker.done():  # not given up
                 taker.set_result(self.get_nowait())
                 return
+
+    def shutdown(self, immediate: bool = False) -> None:
+        """Refused: a `get` waiting on its Future would never learn of it."""
+        raise NotImplementedError("a HandoffQueue cannot be shut down")
 
 
 def hand_off_queues(server: socketio.AsyncServer) -> None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -31,10 +35,13 @@ from streamchat.socket_updates import (
 )
 from tests.harness import free_port
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 class Server:
     def __init__(self, *, handoff: bool = False) -> None:
         self.sio = socketio.AsyncServer(async_mode="asgi")
+        self.handoff = handoff
         if handoff:
             hand_off_queues(self.sio)
         self.port = free_port()
@@ -336,13 +343,36 @@ def client_queue(server: Server, sid: str) -> asyncio.Queue:
 async def test_hand_off_queues_gives_each_new_client_one(server):
     async with RawClient.connect(server.url) as client:
         queue = client_queue(server, client.sid)
-        handoff = isinstance(server.sio.eio.create_queue(), HandoffQueue)
-        assert isinstance(queue, HandoffQueue) is handoff
+        assert isinstance(queue, HandoffQueue) is server.handoff
         await SocketUpdates(server.sio, lambda: client.sid).emit("stream_token", {"token": "a"})
         assert await asyncio.wait_for(client.event(), 5) == ("stream_token", {"token": "a"})
         # engine.io's writer took the packet and marked it done: nothing is left to join.
         await asyncio.wait_for(queue.join(), 5)
         assert queue.qsize() == 0
+
+
+def test_the_app_gives_every_browser_a_handoff_queue():
+    probe = (
+        "import app\n"
+        "from chainlit.server import sio\n"
+        "print(type(sio.eio.create_queue()).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "HandoffQueue"
+
+
+def test_a_handoff_queue_cannot_be_shut_down():
+    with pytest.raises(NotImplementedError, match="cannot be shut down"):
+        HandoffQueue().shutdown()
 
 
 async def test_a_waiting_get_is_handed_the_next_put_and_the_rest_keep_their_order():
