@@ -36,6 +36,7 @@ from streamchat.persistence import (
 )
 from streamchat.runtime import Runtime, settings_or_error
 from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
+from streamchat.serving import install_quiet_server
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
 from streamchat.socket_updates import SocketUpdates, hand_off_queues, route_session_emits
@@ -46,6 +47,8 @@ log = logging.getLogger("streamchat.app")
 # `chainlit run` made every task and future pure Python (nest_asyncio): C ones again, on the
 # uvloop loop Chainlit starts next (EVENT_LOOP).
 _loop_choice = install_loop(load_env_file())
+# The server Chainlit creates next does its housekeeping once a second, not ten times.
+install_quiet_server()
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(load_env_file())

@@ -37,6 +37,7 @@ from streamchat.offline.faults import (
 from streamchat.offline.lessons import choose_answer
 from streamchat.offline.moderation import moderation_inputs, moderation_response
 from streamchat.offline.tokens import count_tokens, tokenize
+from streamchat.serving import new_server
 
 log = logging.getLogger("streamchat.offline")
 
@@ -482,7 +483,7 @@ class OfflineServer:
             timeout_graceful_shutdown=1,
         )
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        self._server = uvicorn.Server(config)
+        self._server = new_server(config)
         self._thread = threading.Thread(
             target=self._run, name=f"offline-model-{self.port}", daemon=True
         )

@@ -1,0 +1,250 @@
+"""QuietServer: uvicorn's server with housekeeping once a second, woken at once to exit."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from streamchat import serving
+from streamchat.serving import QuietServer, install_quiet_server, new_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _hello(scope, receive, send):  # a minimal ASGI app
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+class _Ticks(list):
+    """The counters a server's ticks were called with, and an event for each new one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    async def reach(self, count: int) -> None:
+        while len(self) < count:
+            self.changed.clear()
+            await self.changed.wait()
+
+
+def _server(tick_s: float) -> tuple[QuietServer, _Ticks]:
+    config = uvicorn.Config(_hello, log_config=None, log_level="warning", lifespan="off")
+    config.load()
+    server = QuietServer(config)
+    server.tick_s = tick_s
+    ticks = _Ticks()
+    on_tick = server.on_tick
+
+    async def recording_tick(counter: int) -> bool:
+        ticks.append(counter)
+        ticks.changed.set()
+        return await on_tick(counter)
+
+    server.on_tick = recording_tick  # type: ignore[method-assign]
+    return server, ticks
+
+
+async def test_every_tick_is_uvicorns_tenth_so_the_date_header_is_refreshed_on_each():
+    server, ticks = _server(tick_s=0.01)
+    main = asyncio.create_task(server.main_loop())
+    await ticks.reach(4)
+    server.should_exit = True
+    await asyncio.wait_for(main, 30)
+    assert ticks[:4] == [0, 10, 20, 30]
+    assert all(counter % 10 == 0 for counter in ticks)
+    date = dict(server.server_state.default_headers)[b"date"]
+    assert email.utils.parsedate_to_datetime(date.decode()).year >= 2024
+
+
+async def test_asking_to_exit_from_another_thread_wakes_the_main_loop_at_once():
+    server, ticks = _server(tick_s=3600)  # the timer alone would keep it asleep for an hour
+    main = asyncio.create_task(server.main_loop())
+    await ticks.reach(1)
+    assert server._pending_tick is not None  # asleep in the tick after the first
+    asker = threading.Thread(target=setattr, args=(server, "should_exit", True))
+    asker.start()
+    await asyncio.wait_for(main, 30)
+    asker.join()
+    assert ticks == [0, 10]  # the first tick, then the one the request to exit woke
+
+
+async def test_asking_to_exit_on_the_loop_itself_wakes_the_main_loop():
+    server, ticks = _server(tick_s=3600)
+    main = asyncio.create_task(server.main_loop())
+    await ticks.reach(1)
+    assert server._pending_tick is not None  # asleep in the tick after the first
+    server.should_exit = True
+    await asyncio.wait_for(main, 30)
+    assert ticks == [0, 10]
+
+
+async def test_a_server_told_to_exit_before_its_main_loop_does_not_sleep():
+    server, ticks = _server(tick_s=3600)
+    server.should_exit = True
+    await asyncio.wait_for(server.main_loop(), 30)
+    assert ticks == [0]
+
+
+async def test_setting_should_exit_false_does_not_wake_it():
+    server, ticks = _server(tick_s=3600)
+    main = asyncio.create_task(server.main_loop())
+    await ticks.reach(1)
+    assert server._pending_tick is not None  # asleep in the tick after the first
+    server.should_exit = False
+    await asyncio.sleep(0.05)
+    assert not main.done() and ticks == [0]
+    server.should_exit = True
+    await asyncio.wait_for(main, 30)
+
+
+def test_a_request_to_exit_after_the_loop_closed_is_harmless():
+    server, _ = _server(tick_s=3600)
+    loop = asyncio.new_event_loop()
+    server._pending_tick = (loop, loop.create_future())
+    loop.close()
+    server.should_exit = True
+    assert server.should_exit
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_a_running_server_at_once(loop, signal_name):
+    """The real thing: uvicorn's own signal handling, on a socket, in a process of its own, with
+    an hour between ticks. Without the wake-up it would sleep out the hour (and time out)."""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, os, signal, uvicorn
+        from streamchat.serving import QuietServer
+
+        async def hello(scope, receive, send):
+            await send({{"type": "http.response.start", "status": 200, "headers": []}})
+            await send({{"type": "http.response.body", "body": b"hello"}})
+
+        async def main():
+            # uvicorn raises the signal again once it has stopped: to this handler.
+            signal.signal(signal.{signal_name}, lambda *_: print("signal passed on"))
+            server = QuietServer(uvicorn.Config(hello, port=0, log_level="warning", lifespan="off"))
+            server.tick_s = 3600
+            serving = asyncio.create_task(server.serve())
+            while not server.started:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)  # into the hour-long tick
+            os.kill(os.getpid(), signal.{signal_name})
+            await serving
+            print("stopped")
+
+        if {loop!r} == "uvloop":
+            import uvloop
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["signal", "passed", "on", "stopped"]
+
+
+def test_a_served_date_header_moves_on_with_the_clock():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(_hello, log_config=None, log_level="warning", lifespan="off")
+        server = QuietServer(config)
+        thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.started
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+                first = email.utils.parsedate_to_datetime(client.get("/").headers["date"])
+                time.sleep(2.5)  # two and a half ticks
+                later = email.utils.parsedate_to_datetime(client.get("/").headers["date"])
+            assert 1 <= (later - first).total_seconds() <= 30
+        finally:
+            server.should_exit = True
+            thread.join(30)
+        assert not thread.is_alive()
+
+
+def test_install_makes_uvicorn_server_a_quiet_one(monkeypatch):
+    monkeypatch.setattr(uvicorn, "Server", serving._UVICORN_SERVER)
+    assert install_quiet_server() is True
+    assert uvicorn.Server is QuietServer
+    assert install_quiet_server() is True  # again: nothing more to do
+
+
+def test_an_unknown_uvicorn_tick_is_left_alone(monkeypatch, caplog):
+    class NewerServer(serving._UVICORN_SERVER):
+        async def on_tick(self, counter: int, now: float) -> bool:  # a changed signature
+            return True
+
+    monkeypatch.setattr(serving, "_UVICORN_SERVER", NewerServer)
+    monkeypatch.setattr(uvicorn, "Server", NewerServer)
+    with caplog.at_level("INFO", logger="streamchat.serving"):
+        assert install_quiet_server() is False
+    assert uvicorn.Server is NewerServer
+    assert "keeps its own tick" in caplog.text
+    assert type(new_server(uvicorn.Config(_hello))) is NewerServer
+
+
+def test_someone_elses_server_class_is_left_alone(monkeypatch):
+    class TheirServer(serving._UVICORN_SERVER):
+        pass
+
+    monkeypatch.setattr(uvicorn, "Server", TheirServer)
+    assert install_quiet_server() is False
+    assert uvicorn.Server is TheirServer
+
+
+def test_new_server_makes_a_quiet_one_for_this_uvicorn():
+    assert type(new_server(uvicorn.Config(_hello))) is QuietServer
+
+
+def test_the_app_has_chainlit_start_a_quiet_server():
+    probe = (  # in `chainlit run`'s order: its cli first, then the app
+        "import chainlit.cli\nimport app\nprint(chainlit.cli.uvicorn.Server.__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "QuietServer"
+
+
+def test_the_offline_model_runs_on_a_quiet_server_and_stops():
+    from streamchat.offline.server import OfflineServer
+
+    model = OfflineServer(port=0)
+    model.start()
+    try:
+        assert type(model._server) is QuietServer
+        assert httpx.get(f"{model.base_url}/models", timeout=10).status_code == 200
+    finally:
+        thread = model._thread
+        model.stop()
+    assert thread is not None and not thread.is_alive()
