@@ -11,8 +11,9 @@ an answer that streams alone at 50 tokens a second.
 `QuietServer` calls `on_tick` once a second, always as uvicorn's tenth tick (so the Date header
 is refreshed just as often), and setting `should_exit`, from any thread, wakes its main loop at
 once: a Ctrl-C or SIGTERM stops it as promptly as before, and a server run in a thread stops as
-soon as it is told to. What is checked a tenth of a second late is the request limit
-(`limit_max_requests`, which Chainlit does not set). Everything else is uvicorn's.
+soon as it is told to. What is checked less often is the request limit (`limit_max_requests`,
+which Chainlit does not set): once a second, so a server may take up to a second longer to stop
+at it. Everything else is uvicorn's.
 
 `install_quiet_server()` makes `uvicorn.Server`, the name Chainlit creates its server by, this
 class. Call it while the app module loads: `chainlit run` creates the server afterwards.
