@@ -185,6 +185,30 @@ def test_a_served_date_header_moves_on_with_the_clock():
         assert not thread.is_alive()
 
 
+def test_a_server_still_stops_at_its_request_limit():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            _hello, log_config=None, log_level="warning", lifespan="off", limit_max_requests=2
+        )
+        server = QuietServer(config)
+        thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not server.started and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+                assert client.get("/").text == "hello"
+                assert client.get("/").text == "hello"
+            thread.join(30)  # the next tick finds the limit reached
+            assert not thread.is_alive()
+        finally:
+            server.should_exit = True
+            thread.join(30)
+
+
 def test_install_makes_uvicorn_server_a_quiet_one(monkeypatch):
     monkeypatch.setattr(uvicorn, "Server", serving._UVICORN_SERVER)
     assert install_quiet_server() is True
