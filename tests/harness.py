@@ -58,6 +58,22 @@ def strip_footer(content: str) -> str:
     return _FOOTER.sub("", content, count=1)
 
 
+def probe_app(code: str) -> str:
+    """The last line `code` prints in a fresh interpreter run from the checkout, with no provider
+    configured: for what importing app.py sets up in the process it runs in."""
+    env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_VARS}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
-import os
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +21,7 @@ import uvicorn
 
 from streamchat import serving
 from streamchat.serving import QuietServer, install_quiet_server, new_server
+from tests.harness import probe_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,36 +164,14 @@ def test_a_signal_stops_a_running_server_at_once(loop, signal_name):
     assert done.stdout.split() == ["signal", "passed", "on", "stopped"]
 
 
-def test_a_served_date_header_moves_on_with_the_clock():
+@contextlib.contextmanager
+def _serving(**options: Any) -> Iterator[tuple[httpx.Client, threading.Thread]]:
+    """A QuietServer with these Config options on a loopback socket, run in a thread of its
+    own: a client for it, and the thread (told to exit, and joined, at the end)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(_hello, log_config=None, log_level="warning", lifespan="off")
-        server = QuietServer(config)
-        thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),))
-        thread.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not server.started and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert server.started
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-                first = email.utils.parsedate_to_datetime(client.get("/").headers["date"])
-                time.sleep(2.5)  # two and a half ticks
-                later = email.utils.parsedate_to_datetime(client.get("/").headers["date"])
-            assert 1 <= (later - first).total_seconds() <= 30
-        finally:
-            server.should_exit = True
-            thread.join(30)
-        assert not thread.is_alive()
-
-
-def test_a_server_still_stops_at_its_request_limit():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
         config = uvicorn.Config(
-            _hello, log_config=None, log_level="warning", lifespan="off", limit_max_requests=2
+            _hello, log_config=None, log_level="warning", lifespan="off", **options
         )
         server = QuietServer(config)
         thread = threading.Thread(target=asyncio.run, args=(server.serve(sockets=[sock]),))
@@ -199,14 +180,30 @@ def test_a_server_still_stops_at_its_request_limit():
             deadline = time.monotonic() + 30
             while not server.started and time.monotonic() < deadline:
                 time.sleep(0.01)
+            assert server.started
+            port = sock.getsockname()[1]
             with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-                assert client.get("/").text == "hello"
-                assert client.get("/").text == "hello"
-            thread.join(30)  # the next tick finds the limit reached
-            assert not thread.is_alive()
+                yield client, thread
         finally:
             server.should_exit = True
             thread.join(30)
+        assert not thread.is_alive()
+
+
+def test_a_served_date_header_moves_on_with_the_clock():
+    with _serving() as (client, _):
+        first = email.utils.parsedate_to_datetime(client.get("/").headers["date"])
+        time.sleep(2.5)  # two and a half ticks
+        later = email.utils.parsedate_to_datetime(client.get("/").headers["date"])
+    assert 1 <= (later - first).total_seconds() <= 30
+
+
+def test_a_server_still_stops_at_its_request_limit():
+    with _serving(limit_max_requests=2) as (client, thread):
+        assert client.get("/").text == "hello"
+        assert client.get("/").text == "hello"
+        thread.join(30)  # the next tick finds the limit reached
+        assert not thread.is_alive()
 
 
 def test_install_makes_uvicorn_server_a_quiet_one(monkeypatch):
@@ -244,20 +241,9 @@ def test_new_server_makes_a_quiet_one_for_this_uvicorn():
 
 
 def test_the_app_has_chainlit_start_a_quiet_server():
-    probe = (  # in `chainlit run`'s order: its cli first, then the app
-        "import chainlit.cli\nimport app\nprint(chainlit.cli.uvicorn.Server.__name__)\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "QuietServer"
+    # In `chainlit run`'s order: its cli first, then the app.
+    probe = "import chainlit.cli\nimport app\nprint(chainlit.cli.uvicorn.Server.__name__)"
+    assert probe_app(probe) == "QuietServer"
 
 
 def test_the_offline_model_runs_on_a_quiet_server_and_stops():

@@ -10,11 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -33,9 +29,7 @@ from streamchat.socket_updates import (
     hand_off_queues,
     route_session_emits,
 )
-from tests.harness import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import free_port, probe_app
 
 
 class Server:
@@ -353,21 +347,9 @@ async def test_hand_off_queues_gives_each_new_client_one(server):
 
 def test_the_app_gives_every_browser_a_handoff_queue():
     probe = (
-        "import app\n"
-        "from chainlit.server import sio\n"
-        "print(type(sio.eio.create_queue()).__name__)\n"
+        "import app\nfrom chainlit.server import sio\nprint(type(sio.eio.create_queue()).__name__)"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    done = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "HandoffQueue"
+    assert probe_app(probe) == "HandoffQueue"
 
 
 def test_a_handoff_queue_cannot_be_shut_down():
