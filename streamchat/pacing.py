@@ -73,11 +73,11 @@ class SocketHold:
     `hold_until(when)` after a read; the hold ends by itself at `when`. `close()` when the
     stream ends (before the connection goes back to a pool): the socket is left as it was found.
     The descriptor stays the transport's: it is used only while the transport is open, through
-    a socket object made for the one call and detached from it, so nothing here can close it
-    or hold it open.
+    a `_BorrowedSocket`, which never closes it or holds it open (not even when a hold is
+    dropped without `close()`).
     """
 
-    __slots__ = ("_closed", "_family", "_fd", "_held", "_loop", "_timer", "_transport", "holds")
+    __slots__ = ("_closed", "_held", "_loop", "_sock", "_timer", "_transport", "holds")
 
     def __init__(
         self,
@@ -87,8 +87,9 @@ class SocketHold:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._transport = transport
-        self._fd = fd
-        self._family = family
+        # One socket object for the hold's life, instead of one per change of the mark: making
+        # one costs a system call (getsockname) and an object, twice per UI update.
+        self._sock = _BorrowedSocket(family, socket.SOCK_STREAM, 0, fd)
         self._loop = loop
         self._timer: asyncio.TimerHandle | None = None
         self._held = False
@@ -137,6 +138,7 @@ class SocketHold:
         """Release for good: later holds do nothing (the connection itself stays open)."""
         self.release()
         self._closed = True
+        self._sock.detach()
 
     def _release_now(self) -> None:  # the hold's timer
         self._timer = None
@@ -148,15 +150,27 @@ class SocketHold:
             self._set(1)
 
     def _set(self, low_water: int) -> bool:
-        # While the transport is open its descriptor is this connection's, whatever its number.
-        if self._transport.is_closing():
+        # While the transport is open its descriptor is this connection's, whatever its number
+        # (a transport marks itself closing before its descriptor is closed and reused).
+        if self._closed or self._transport.is_closing():
             return False
-        sock = socket.socket(self._family, socket.SOCK_STREAM, 0, self._fd)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, low_water)
         except OSError as exc:  # this socket refuses the option
             log.debug("cannot set SO_RCVLOWAT: %s", exc)
             return False
-        finally:
-            sock.detach()  # the transport's descriptor: never closed here
         return True
+
+
+class _BorrowedSocket(socket.socket):
+    """A socket object over a descriptor that belongs to someone else (a transport).
+
+    It is never closed through this object: `detach()` lets go of the descriptor, and so does
+    the object's finalizer, which replaces the one that would close it. A hold dropped without
+    `close()` (a stream abandoned, an exception) leaves the connection as it was.
+    """
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        self.detach()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -214,6 +216,41 @@ async def _a_connection_closed_under_the_hold_is_harmless():
         assert reads.transport is not None
         reads.transport.abort()
         await asyncio.sleep(0.05)  # the hold ends on a socket that is gone
+
+
+def test_a_hold_takes_no_descriptor_and_never_closes_the_connections(run):
+    run(_a_hold_takes_no_descriptor_and_never_closes_the_connections())
+
+
+def open_descriptors() -> set[int]:
+    return {int(name) for name in os.listdir("/proc/self/fd")}
+
+
+async def _a_hold_takes_no_descriptor_and_never_closes_the_connections():
+    async with connection() as (peer, reads, hold):
+        assert reads.transport is not None
+        fd = reads.transport.get_extra_info("socket").fileno()
+        before = open_descriptors()
+        # Holds dropped without close(), also inside a reference cycle, as an abandoned
+        # stream's would be: the connection's descriptor stays open and the transport's.
+        for _ in range(3):
+            dropped = SocketHold.attach(reads.transport)
+            assert dropped is not None
+            dropped.hold_until(time.monotonic() + 60)
+            dropped.release()
+            cycle: list[Any] = [dropped]
+            cycle.append(cycle)
+            del dropped, cycle
+            gc.collect()
+        assert open_descriptors() == before, "no descriptor of its own, none closed"
+        os.fstat(fd)
+        hold.hold_until(time.monotonic() + 60)
+        assert low_water(reads) == HOLD_BYTES
+        hold.close()
+        assert low_water(reads) == 1
+        await peer.send(b"still connected")
+        await reads.until(lambda: reads.data == b"still connected", within=2)
+        assert not reads.transport.is_closing()
 
 
 def test_no_hold_where_there_is_no_tcp_socket(run, tmp_path, monkeypatch):
