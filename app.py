@@ -36,7 +36,11 @@ from streamchat.persistence import (
 )
 from streamchat.runtime import Runtime, settings_or_error
 from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
-from streamchat.serving import install_quiet_server
+from streamchat.serving import (
+    install_quiet_server,
+    install_websocket_compression,
+    websocket_compression,
+)
 from streamchat.settings import load_env_file
 from streamchat.sinks import ChainlitSink
 from streamchat.socket_updates import SocketUpdates, hand_off_queues, route_session_emits
@@ -47,8 +51,11 @@ log = logging.getLogger("streamchat.app")
 # `chainlit run` made every task and future pure Python (nest_asyncio): C ones again, on the
 # uvloop loop Chainlit starts next (EVENT_LOOP).
 _loop_choice = install_loop(load_env_file())
-# The server Chainlit creates next does its housekeeping once a second, not ten times.
+# The server Chainlit creates next does its housekeeping once a second, not ten times, and
+# does not compress every frame it sends unless UVICORN_WS_PER_MESSAGE_DEFLATE asks for it.
 install_quiet_server()
+_compression = websocket_compression(load_env_file())
+install_websocket_compression(_compression.per_message_deflate)
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(load_env_file())
@@ -112,8 +119,9 @@ async def startup() -> None:
     global _runtime, _config_error
     _runtime, _config_error = settings_or_error()
     configure_logging(_runtime.settings.log_level if _runtime else "INFO")
-    if _loop_choice.problem is not None:
-        log.error("%s", _loop_choice.problem)
+    for setup_problem in (_loop_choice.problem, _compression.problem):
+        if setup_problem is not None:
+            log.error("%s", setup_problem)
     log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _origin_error is not None:
@@ -294,8 +302,9 @@ async def _open_chat(thread: ThreadDict | None) -> None:
             await _show_error(
                 f"{_origin_error} Until it is fixed, only this app's own pages may connect."
             )
-        if _loop_choice.problem is not None:
-            await _show_error(_loop_choice.problem)
+        for setup_problem in (_loop_choice.problem, _compression.problem):
+            if setup_problem is not None:
+                await _show_error(setup_problem)
     finally:
         ready.set()
 

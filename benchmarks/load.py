@@ -4,9 +4,11 @@ Starts a fixed-rate OpenAI-compatible upstream (benchmarks/upstream.py, its own 
 three apps (`chainlit run`, each its own process) against it: the baseline
 (benchmarks/baseline_app.py, `stream_token` per SDK chunk), streamchat with GUARDRAILS=off (the
 streaming path alone) and streamchat with its default guardrails. For N concurrent chat
-sessions over real Socket.IO (the browser's protocol) each asks one question whose answer is
-`--tokens` tokens at `--tps` tokens/s. The apps take turns: for each N, each app runs once, and
-that round is repeated `--repeat` times, so a slow spell of the machine falls on all of them.
+sessions over real Socket.IO (the browser's protocol; each client offers websocket compression,
+permessage-deflate, as browsers do, and each app takes it or not as it is configured) each
+asks one question whose answer is `--tokens` tokens at `--tps` tokens/s. The apps take turns:
+for each N, each app runs once, and that round is repeated `--repeat` times, so a slow spell of
+the machine falls on all of them.
 The benchmark reports per app and N:
 
 - server CPU seconds per 1000 delivered tokens (the app process's run time, /proc: the
@@ -16,14 +18,17 @@ The benchmark reports per app and N:
   token it contains (over all rounds);
 - time to first token p50/p99: question sent -> first UI event with text (over all rounds);
 - Socket.IO stream events per answer;
-- answers whose final text differs from the upstream's (must be 0).
+- answers whose final text differs from the upstream's (must be 0);
+- whether its websockets were compressed (a line under the table).
+
+`--no-deflate-offer`: clients that do not offer compression, as in runs before 2026-12-02.
 
 `--also "NAME:VAR=VALUE,..."` adds a streamchat app with GUARDRAILS=off and those settings to
 the turns (repeatable), to measure one setting's effect side by side, e.g.
 `--also "read pacing off:STREAM_READ_PACING=false"`.
 
 Run: python benchmarks/load.py [--quick] [--sessions 1,10,25,50,100] [--tps 50] [--tokens 200]
-     [--repeat 3] [--also NAME:VAR=VALUE,...]
+     [--repeat 3] [--also NAME:VAR=VALUE,...] [--no-deflate-offer]
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class Figures:
     ttft_p99_ms: float
     events_per_answer: float
     mismatches: int
+    compressed: float = 0.0  # the share of sessions whose websocket negotiated compression
     notes: list[str] = field(default_factory=list)
     lags_ms: list[float] = field(default_factory=list, repr=False)
     ttfts_ms: list[float] = field(default_factory=list, repr=False)
@@ -123,13 +129,17 @@ def combine(rounds: list[Figures]) -> Figures:
         ttft_p99_ms=percentile(ttfts, 99),
         events_per_answer=statistics.mean(f.events_per_answer for f in rounds),
         mismatches=sum(f.mismatches for f in rounds),
+        compressed=statistics.mean(f.compressed for f in rounds),
         notes=[f"cpu/1k per round: {', '.join(f'{f.cpu_per_1k_tokens:.3f}' for f in rounds)}"],
     )
 
 
-async def run_load(app: AppProcess, upstream_url: str, sessions: int, tokens: int) -> Figures:
-    clients = [ChainlitClient(app.url) for _ in range(sessions)]
+async def run_load(
+    app: AppProcess, upstream_url: str, sessions: int, tokens: int, *, offer_deflate: bool = True
+) -> Figures:
+    clients = [ChainlitClient(app.url, offer_deflate=offer_deflate) for _ in range(sessions)]
     await asyncio.gather(*(client.connect() for client in clients))
+    compressed = sum(client.compressed for client in clients) / sessions
     # Unique per run (the upstream keys its send times by question), and free of long digit
     # runs, which the input guardrails would rightly take for phone or card numbers.
     global _RUNS
@@ -172,6 +182,7 @@ async def run_load(app: AppProcess, upstream_url: str, sessions: int, tokens: in
         ttft_p99_ms=percentile(ttfts, 99),
         events_per_answer=statistics.mean(events) if events else 0.0,
         mismatches=mismatches,
+        compressed=compressed,
         lags_ms=lags,
         ttfts_ms=ttfts,
     )
@@ -211,6 +222,12 @@ async def main() -> None:
         metavar="NAME:VAR=VALUE,...",
         help="another streamchat app (GUARDRAILS=off) with these settings",
     )
+    parser.add_argument(
+        "--no-deflate-offer",
+        dest="offer_deflate",
+        action="store_false",
+        help="clients do not offer websocket compression (browsers do)",
+    )
     args = parser.parse_args()
     counts = [1, 10] if args.quick else [int(n) for n in args.sessions.split(",")]
     rounds = 1 if args.quick else max(1, args.repeat)
@@ -240,12 +257,15 @@ async def main() -> None:
                     **extra,
                 }
                 started[name] = running.enter_context(AppProcess(env, app_path=path))
-                await run_load(started[name], url, 1, 10)  # warm up imports and first requests
+                # Warm up imports and first requests.
+                await run_load(started[name], url, 1, 10, offer_deflate=args.offer_deflate)
             for sessions in counts:
                 by_app: dict[str, list[Figures]] = {name: [] for name in started}
                 for _ in range(rounds):
                     for name, app in started.items():
-                        figures = await run_load(app, url, sessions, args.tokens)
+                        figures = await run_load(
+                            app, url, sessions, args.tokens, offer_deflate=args.offer_deflate
+                        )
                         figures.app = name
                         by_app[name].append(figures)
                 for name in started:
@@ -279,6 +299,11 @@ def report(
         print(f"| {f.app} | {f.sessions} | {f.cpu_per_1k_tokens:.3f} | {f.lag_p50_ms:.0f} | "
               f"{f.lag_p99_ms:.0f} | {f.ttft_p50_ms:.0f} | {f.ttft_p99_ms:.0f} | "
               f"{f.events_per_answer:.0f} | {f.mismatches} |")  # fmt: skip
+    offered = "offered by every client, as browsers do" if args.offer_deflate else "not offered"
+    taken = {f.app: f.compressed for f in results}
+    print(f"\nWebsocket compression (permessage-deflate, {offered}): "
+          + "; ".join(f"{app}: {'on' if share == 1 else 'off' if share == 0 else f'{share:.0%}'}"
+                      for app, share in taken.items()))  # fmt: skip
     by = {(f.app, f.sessions): f for f in results}
     base, ours = "baseline (stream_token per chunk)", "streamchat, GUARDRAILS=off"
     print("\nTargets (streaming path, GUARDRAILS=off, against the baseline in the same run):")

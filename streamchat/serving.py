@@ -17,6 +17,15 @@ at it. Everything else is uvicorn's.
 
 `install_quiet_server()` makes `uvicorn.Server`, the name Chainlit creates its server by, this
 class. Call it while the app module loads: `chainlit run` creates the server afterwards.
+
+Websocket compression (`UVICORN_WS_PER_MESSAGE_DEFLATE`, Chainlit's variable): off unless
+asked for, where uvicorn (and so Chainlit) has it on. Every browser offers permessage-deflate,
+and with it on the server compresses every frame it sends, a stream's updates included, and
+keeps a compressor for every connection. A stream's update is a short JSON event (about 120
+bytes) sent 25 times a second; compressing it saves a few kilobytes a second per answer, and
+costs about an eighth more CPU per streamed token and some 120 KiB of memory per connected
+browser (docs/benchmarks.md). `websocket_compression(environ)` reads the choice;
+`install_websocket_compression(on)` has the uvicorn configuration Chainlit makes next follow it.
 """
 
 from __future__ import annotations
@@ -25,14 +34,18 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+import uvicorn.config
 import uvicorn.server
 
 log = logging.getLogger(__name__)
 
 _UVICORN_SERVER = uvicorn.server.Server
+_UVICORN_CONFIG = uvicorn.config.Config
 # uvicorn refreshes the Date header on every tick whose counter is a multiple of this.
 _TICKS_PER_REFRESH = 10
 _COUNTER_WRAP = 864000  # uvicorn's: the counter wraps after 24 hours of 0.1 s ticks
@@ -113,4 +126,60 @@ def install_quiet_server() -> bool:
         log.info("uvicorn's main loop keeps its own tick: this uvicorn's is not the one known")
         return False
     uvicorn.Server = QuietServer  # type: ignore[misc]
+    return True
+
+
+DEFLATE_VARIABLE = "UVICORN_WS_PER_MESSAGE_DEFLATE"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class CompressionChoice:
+    """Whether websockets negotiate permessage-deflate, and what was wrong with the setting."""
+
+    per_message_deflate: bool = False
+    problem: str | None = None
+
+
+def websocket_compression(environ: Mapping[str, str]) -> CompressionChoice:
+    """The choice `UVICORN_WS_PER_MESSAGE_DEFLATE` makes: off when unset or empty; a value
+    that is neither true nor false is reported as `problem`, and compression stays off."""
+    raw = (environ.get(DEFLATE_VARIABLE) or "").strip()
+    lowered = raw.lower()
+    if lowered in _TRUE:
+        return CompressionChoice(True)
+    if not raw or lowered in _FALSE:
+        return CompressionChoice(False)
+    return CompressionChoice(
+        False,
+        f"{DEFLATE_VARIABLE} must be true or false, not {raw!r}: websocket compression "
+        "stays off (the default).",
+    )
+
+
+def install_websocket_compression(per_message_deflate: bool) -> bool:
+    """Have every uvicorn configuration made from now on by `uvicorn.Config(...)` (how
+    `chainlit run` configures its server) negotiate permessage-deflate as given, whatever it
+    was passed. False, with uvicorn left as it is, when this uvicorn's Config has no such
+    option or `uvicorn.Config` is someone else's class."""
+    current = uvicorn.Config
+    if current is not _UVICORN_CONFIG and not getattr(current, "_chosen_compression", False):
+        log.info("websocket compression left to uvicorn: uvicorn.Config is not uvicorn's own")
+        return False
+    if "ws_per_message_deflate" not in inspect.signature(_UVICORN_CONFIG).parameters:
+        log.info("websocket compression left to uvicorn: this uvicorn has no such option")
+        return False
+
+    class ChosenCompressionConfig(_UVICORN_CONFIG):
+        """uvicorn's configuration, websocket compression as streamchat's setting says."""
+
+        _chosen_compression = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # Read by uvicorn's websocket protocols as each connection is accepted.
+            self.ws_per_message_deflate = per_message_deflate
+
+    uvicorn.Config = ChosenCompressionConfig  # type: ignore[misc]
     return True

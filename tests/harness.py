@@ -248,13 +248,18 @@ class ChainlitClient:
         chat_profile: str = "",
         access_token: str | None = None,
         thread_id: str = "",
+        offer_deflate: bool = True,
     ) -> None:
         self.app_url = app_url
         self.session_id = str(uuid.uuid4())
         self.chat_profile = chat_profile
         self.access_token = access_token  # the login cookie's value, when login is on
         self.thread_id = thread_id  # a stored thread to resume instead of a new chat
-        self.sio = socketio.AsyncClient(reconnection=False)
+        # Websocket compression offered as every browser offers it; the server decides.
+        self.sio = socketio.AsyncClient(
+            reconnection=False,
+            websocket_extra_options={"compress": 15} if offer_deflate else {},
+        )
         self.events: list[Event] = []
         self._new_event = asyncio.Event()
         self.sio.on("*", self._on_any)
@@ -262,6 +267,12 @@ class ChainlitClient:
     async def _on_any(self, name: str, data: Any = None) -> None:
         self.events.append(Event(name, data, time.monotonic()))
         self._new_event.set()
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the websocket negotiated permessage-deflate (once connected)."""
+        ws = getattr(self.sio.eio, "ws", None)
+        return bool(ws is not None and ws.compress)
 
     async def connect(self, *, restored: bool = False) -> ChainlitClient:
         """Connect and start the chat; `restored`: a browser back on a session that has

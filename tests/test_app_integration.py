@@ -330,6 +330,36 @@ async def test_event_loop_setting_is_followed_and_a_bad_value_is_shown(setting, 
             await chat.close()
 
 
+@pytest.mark.parametrize(
+    ("setting", "compressed", "problem"),
+    [
+        (None, False, None),
+        ("true", True, None),
+        ("sometimes", False, "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false, not "),
+    ],
+)
+async def test_websocket_compression_is_declined_unless_asked_for(setting, compressed, problem):
+    env = {"OFFLINE_TPS": "400", "LOG_LEVEL": "INFO"}
+    if setting is not None:
+        env["UVICORN_WS_PER_MESSAGE_DEFLATE"] = setting
+    with AppProcess(env) as app:
+        # The client offers permessage-deflate, as every browser does.
+        chat = await ChainlitClient(app.url, offer_deflate=True).connect()
+        try:
+            assert chat.compressed is compressed
+            shown = [e.data["output"] for e in chat.events if e.name == "new_message"]
+            if problem:
+                assert any(problem in text for text in shown)
+                assert problem in app.log()
+            else:
+                assert not any("UVICORN_WS" in text for text in shown)
+            answer = await chat.ask("What is a token?")
+            assert strip_footer(answer.final_assistant_text()), "streamed either way"
+            assert "Traceback" not in app.log()
+        finally:
+            await chat.close()
+
+
 async def test_model_default_comes_from_the_servers_model_list(upstream, upstream_client):
     upstream.records.clear()
     await upstream_client.ask("hello")

@@ -1,10 +1,12 @@
-"""QuietServer: uvicorn's server with housekeeping once a second, woken at once to exit."""
+"""QuietServer: uvicorn's server with housekeeping once a second, woken at once to exit; and
+websocket compression, off unless asked for."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import email.utils
+import logging
 import socket
 import subprocess
 import sys
@@ -20,7 +22,13 @@ import pytest
 import uvicorn
 
 from streamchat import serving
-from streamchat.serving import QuietServer, install_quiet_server, new_server
+from streamchat.serving import (
+    QuietServer,
+    install_quiet_server,
+    install_websocket_compression,
+    new_server,
+    websocket_compression,
+)
 from tests.harness import probe_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,3 +266,71 @@ def test_the_offline_model_runs_on_a_quiet_server_and_stops():
         thread = model._thread
         model.stop()
     assert thread is not None and not thread.is_alive()
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [(None, False), ("", False), ("false", False), ("0", False), ("off", False),
+     ("true", True), (" True ", True), ("1", True), ("yes", True), ("on", True)],
+)  # fmt: skip
+def test_websocket_compression_is_off_unless_asked_for(value, on):
+    environ = {} if value is None else {"UVICORN_WS_PER_MESSAGE_DEFLATE": value}
+    choice = websocket_compression(environ)
+    assert choice.per_message_deflate is on and choice.problem is None
+
+
+def test_a_compression_setting_that_is_neither_true_nor_false_is_reported_and_off():
+    choice = websocket_compression({"UVICORN_WS_PER_MESSAGE_DEFLATE": "sometimes"})
+    assert choice.per_message_deflate is False
+    assert choice.problem == (
+        "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false, not 'sometimes': "
+        "websocket compression stays off (the default)."
+    )
+
+
+def test_uvicorn_configs_made_after_the_install_follow_the_choice(monkeypatch):
+    monkeypatch.setattr(uvicorn, "Config", serving._UVICORN_CONFIG)
+    assert install_websocket_compression(False) is True
+    # As `chainlit run` makes it: with uvicorn's default, or its own variable's value.
+    config = uvicorn.Config(_hello, ws_per_message_deflate=True)
+    assert isinstance(config, serving._UVICORN_CONFIG)
+    assert config.ws_per_message_deflate is False
+    assert uvicorn.Config(_hello).ws_per_message_deflate is False
+    assert install_websocket_compression(True) is True  # chosen again: the new choice holds
+    assert uvicorn.Config(_hello, ws_per_message_deflate=False).ws_per_message_deflate is True
+
+
+def test_someone_elses_config_class_is_left_alone(monkeypatch, caplog):
+    class TheirConfig(serving._UVICORN_CONFIG):
+        pass
+
+    monkeypatch.setattr(uvicorn, "Config", TheirConfig)
+    with caplog.at_level(logging.INFO, logger="streamchat.serving"):
+        assert install_websocket_compression(False) is False
+    assert uvicorn.Config is TheirConfig
+    assert uvicorn.Config(_hello).ws_per_message_deflate is True
+    assert "websocket compression left to uvicorn" in caplog.text
+
+
+def test_a_uvicorn_without_the_option_is_left_alone(monkeypatch, caplog):
+    class OlderConfig:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+
+    monkeypatch.setattr(serving, "_UVICORN_CONFIG", OlderConfig)
+    monkeypatch.setattr(uvicorn, "Config", OlderConfig)
+    with caplog.at_level(logging.INFO, logger="streamchat.serving"):
+        assert install_websocket_compression(False) is False
+    assert uvicorn.Config is OlderConfig
+    assert "has no such option" in caplog.text
+
+
+def test_the_app_has_chainlit_configure_its_server_without_compression():
+    # `chainlit run` passes its own variable's value, true unless set: the app's choice wins.
+    probe = (
+        "import os\nos.environ.pop('UVICORN_WS_PER_MESSAGE_DEFLATE', None)\n"
+        "import chainlit.cli\nimport app\n"
+        "print(chainlit.cli.uvicorn.Config(None, ws_per_message_deflate=True)"
+        ".ws_per_message_deflate)"
+    )
+    assert probe_app(probe) == "False"

@@ -60,3 +60,37 @@ def test_answer_grows_token_by_token_and_ends_complete(browser, app):
         page.screenshot(path=str(ARTIFACTS / "browser-chat.png"), full_page=True)
     finally:
         page.close()
+
+
+def websocket_handshake(browser, url: str) -> dict[str, str]:
+    """The headers of the app's answer to the page's websocket handshake, as Chromium saw
+    them (names in lower case)."""
+    page = browser.new_page()
+    try:
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Network.enable")
+        answers: list[dict[str, str]] = []
+        cdp.on(
+            "Network.webSocketHandshakeResponseReceived",
+            lambda event: answers.append(event["response"]["headers"]),
+        )
+        page.goto(url)
+        page.locator("#chat-input").wait_for(timeout=30_000)
+        deadline = time.monotonic() + 30
+        while not answers and time.monotonic() < deadline:
+            page.wait_for_timeout(50)
+        assert answers, "the page opened a websocket"
+        return {name.lower(): value for name, value in answers[0].items()}
+    finally:
+        page.close()
+
+
+def test_the_browser_gets_no_websocket_compression_by_default(browser, app):
+    # Chromium offers permessage-deflate on every websocket; the app declines it.
+    assert "sec-websocket-extensions" not in websocket_handshake(browser, app.url)
+
+
+def test_websocket_compression_when_asked_for(browser):
+    with AppProcess({"UVICORN_WS_PER_MESSAGE_DEFLATE": "true"}) as compressing:
+        headers = websocket_handshake(browser, compressing.url)
+    assert "permessage-deflate" in headers.get("sec-websocket-extensions", "")
