@@ -21,7 +21,8 @@ The benchmark reports per app and N:
 - answers whose final text differs from the upstream's (must be 0);
 - whether its websockets were compressed (a line under the table).
 
-`--no-deflate-offer`: clients that do not offer compression, as in runs before 2026-12-02.
+`--no-deflate-offer`: clients that do not offer compression, as in the runs recorded before
+streamchat declined it (2026-12-02).
 
 `--also "NAME:VAR=VALUE,..."` adds a streamchat app with GUARDRAILS=off and those settings to
 the turns (repeatable), to measure one setting's effect side by side, e.g.

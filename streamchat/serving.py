@@ -22,10 +22,11 @@ Websocket compression (`UVICORN_WS_PER_MESSAGE_DEFLATE`, Chainlit's variable): o
 asked for, where uvicorn (and so Chainlit) has it on. Every browser offers permessage-deflate,
 and with it on the server compresses every frame it sends, a stream's updates included, and
 keeps a compressor for every connection. A stream's update is a short JSON event (about 120
-bytes) sent 25 times a second; compressing it saves a few kilobytes a second per answer, and
-costs about an eighth more CPU per streamed token and some 120 KiB of memory per connected
-browser (docs/benchmarks.md). `websocket_compression(environ)` reads the choice;
-`install_websocket_compression(on)` has the uvicorn configuration Chainlit makes next follow it.
+bytes) sent 25 times a second; compressing it saves about 2.5 KB a second per answer, and
+costs 8–29% more CPU per streamed token with 25 or more answers at once and some 120 KiB of
+memory per connected browser (docs/benchmarks.md). `websocket_compression(environ)` reads
+the choice; `install_websocket_compression(on)` has the uvicorn configuration Chainlit makes
+next follow it.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from typing import Any
 import uvicorn
 import uvicorn.config
 import uvicorn.server
+
+from streamchat.errors import ConfigError
+from streamchat.settings import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +133,6 @@ def install_quiet_server() -> bool:
     return True
 
 
-DEFLATE_VARIABLE = "UVICORN_WS_PER_MESSAGE_DEFLATE"
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
 @dataclass(frozen=True)
 class CompressionChoice:
     """Whether websockets negotiate permessage-deflate, and what was wrong with the setting."""
@@ -145,17 +144,10 @@ class CompressionChoice:
 def websocket_compression(environ: Mapping[str, str]) -> CompressionChoice:
     """The choice `UVICORN_WS_PER_MESSAGE_DEFLATE` makes: off when unset or empty; a value
     that is neither true nor false is reported as `problem`, and compression stays off."""
-    raw = (environ.get(DEFLATE_VARIABLE) or "").strip()
-    lowered = raw.lower()
-    if lowered in _TRUE:
-        return CompressionChoice(True)
-    if not raw or lowered in _FALSE:
-        return CompressionChoice(False)
-    return CompressionChoice(
-        False,
-        f"{DEFLATE_VARIABLE} must be true or false, not {raw!r}: websocket compression "
-        "stays off (the default).",
-    )
+    try:
+        return CompressionChoice(env_flag(environ, "UVICORN_WS_PER_MESSAGE_DEFLATE", False))
+    except ConfigError as exc:
+        return CompressionChoice(False, f"{exc} Websocket compression stays off (the default).")
 
 
 def install_websocket_compression(per_message_deflate: bool) -> bool:

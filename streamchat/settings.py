@@ -270,6 +270,11 @@ class _Reader:
         raise ConfigError(f"{name} must be true or false (got {raw!r}).")
 
 
+def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """A true-or-false variable read as Settings reads its own; ConfigError for anything else."""
+    return _Reader(environ).flag(name, default)
+
+
 def project_root() -> Path:
     """The folder holding app.py: where `.env`, `public/` and `.chainlit/` live."""
     return Path(__file__).resolve().parent.parent

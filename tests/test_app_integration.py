@@ -335,7 +335,7 @@ async def test_event_loop_setting_is_followed_and_a_bad_value_is_shown(setting, 
     [
         (None, False, None),
         ("true", True, None),
-        ("sometimes", False, "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false, not "),
+        ("sometimes", False, "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false (got "),
     ],
 )
 async def test_websocket_compression_is_declined_unless_asked_for(setting, compressed, problem):

@@ -97,7 +97,7 @@ def test_env_example_is_valid_and_documents_every_variable():
     )
     read = set(
         re.findall(
-            r'(?:reader\.\w+\(|(?:env|environ)\.get\(|_text\(environ,|_choice\(environ,)\s*"([A-Z_]+)"',
+            r'(?:reader\.\w+\(|(?:env|environ)\.get\(|(?:_text|_choice|env_flag)\(environ,)\s*"([A-Z_]+)"',
             sources,
         )
     )
