@@ -56,6 +56,8 @@ _loop_choice = install_loop(load_env_file())
 install_quiet_server()
 _compression = websocket_compression(load_env_file())
 install_websocket_compression(_compression.per_message_deflate)
+# Settings read at import that could not be followed: logged at startup, shown in each chat.
+_setup_problems = [p for p in (_loop_choice.problem, _compression.problem) if p is not None]
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(load_env_file())
@@ -119,9 +121,8 @@ async def startup() -> None:
     global _runtime, _config_error
     _runtime, _config_error = settings_or_error()
     configure_logging(_runtime.settings.log_level if _runtime else "INFO")
-    for setup_problem in (_loop_choice.problem, _compression.problem):
-        if setup_problem is not None:
-            log.error("%s", setup_problem)
+    for setup_problem in _setup_problems:
+        log.error("%s", setup_problem)
     log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _origin_error is not None:
@@ -302,9 +303,8 @@ async def _open_chat(thread: ThreadDict | None) -> None:
             await _show_error(
                 f"{_origin_error} Until it is fixed, only this app's own pages may connect."
             )
-        for setup_problem in (_loop_choice.problem, _compression.problem):
-            if setup_problem is not None:
-                await _show_error(setup_problem)
+        for setup_problem in _setup_problems:
+            await _show_error(setup_problem)
     finally:
         ready.set()
 
