@@ -19,32 +19,32 @@ from chainlit.session import WebsocketSession
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
 
-from streamchat import classroom_ui
-from streamchat.auth import AuthConfig
 from streamchat.chat import ChatOptions, ChatSession
-from streamchat.errors import ConfigError
-from streamchat.eventloop import install_loop, loop_name
+from streamchat.classroom import ui as classroom_ui
+from streamchat.core.errors import ConfigError
+from streamchat.core.sinks import ChainlitSink
+from streamchat.faces.web import mount
 from streamchat.guardrails import GuardrailConfig, guardrail_note
-from streamchat.languages import LANGUAGES
-from streamchat.limits import LimitExceeded, limit_key
-from streamchat.logs import configure_logging
-from streamchat.persistence import (
+from streamchat.hosting.auth import AuthConfig
+from streamchat.hosting.limits import LimitExceeded, limit_key
+from streamchat.hosting.persistence import (
     Database,
     StreamchatDataLayer,
     conversation_from_steps,
     last_answer_id,
 )
+from streamchat.hosting.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
+from streamchat.languages import LANGUAGES
+from streamchat.logs import configure_logging
 from streamchat.runtime import Runtime, settings_or_error
-from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
-from streamchat.serving import (
+from streamchat.settings import load_env_file
+from streamchat.speedups.eventloop import install_loop, loop_name
+from streamchat.speedups.serving import (
     install_quiet_server,
     install_websocket_compression,
     websocket_compression,
 )
-from streamchat.settings import load_env_file
-from streamchat.sinks import ChainlitSink
-from streamchat.socket_updates import SocketUpdates, hand_off_queues, route_session_emits
-from streamchat.web import mount
+from streamchat.speedups.socket_updates import SocketUpdates, hand_off_queues, route_session_emits
 
 log = logging.getLogger("streamchat.app")
 

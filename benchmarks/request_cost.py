@@ -22,9 +22,9 @@ import httpx2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streamchat.providers import Provider  # noqa: E402
+from streamchat.core.provider import Provider  # noqa: E402
+from streamchat.core.types import ChatMessage, ChatRequest  # noqa: E402
 from streamchat.settings import Settings  # noqa: E402
-from streamchat.types import ChatMessage, ChatRequest  # noqa: E402
 
 EMPTY_STREAM = (
     b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'

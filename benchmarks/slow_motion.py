@@ -17,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from streamchat.classroom import PacedSink, Speed
-from streamchat.coalesce import CoalescingSink
+from streamchat.classroom.tools import PacedSink, Speed
+from streamchat.core.coalesce import CoalescingSink
+from streamchat.core.provider import Provider
+from streamchat.core.relay import StreamRun
+from streamchat.core.sinks import MemorySink
+from streamchat.core.types import ChatMessage, ChatRequest
 from streamchat.offline import OfflineServer
-from streamchat.providers import Provider
-from streamchat.relay import StreamRun
 from streamchat.settings import Settings
-from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest
 
 SPEEDS = ("1x", "0.5x", "0.25x", "20 words/s", "10 words/s")
 

@@ -20,9 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from streamchat.providers import Provider  # noqa: E402
+from streamchat.core.provider import Provider  # noqa: E402
+from streamchat.core.types import ChatMessage, ChatRequest  # noqa: E402
 from streamchat.settings import Settings  # noqa: E402
-from streamchat.types import ChatMessage, ChatRequest  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """`python -m streamchat`: the console front end."""
 
-from streamchat.cli import main
+from streamchat.faces.cli import main
 
 raise SystemExit(main())

@@ -11,21 +11,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from streamchat.coalesce import CoalescingSink
-from streamchat.errors import ConfigError, InputRejected
-from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
-from streamchat.guardrails.moderation import Moderator
-from streamchat.history import Conversation, fit_to_budget
-from streamchat.languages import DEFAULT_LANGUAGE, instruction, parse_language
-from streamchat.relay import (
+from streamchat.core.coalesce import CoalescingSink
+from streamchat.core.errors import ConfigError, InputRejected
+from streamchat.core.history import Conversation, fit_to_budget
+from streamchat.core.relay import (
     DeltaSource,
     Resilience,
     StreamResult,
     StreamRun,
     refused_input_result,
 )
-from streamchat.sinks import Sink
-from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason
+from streamchat.core.sinks import Sink
+from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason
+from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
+from streamchat.guardrails.moderation import Moderator
+from streamchat.languages import DEFAULT_LANGUAGE, instruction, parse_language
 
 MAX_SYSTEM_PROMPT_CHARS = 20_000
 

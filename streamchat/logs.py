@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from streamchat.errors import redact_secrets
+from streamchat.core.errors import redact_secrets
 
 
 class _RedactingFilter(logging.Filter):

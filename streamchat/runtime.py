@@ -12,15 +12,15 @@ import logging
 from collections.abc import Mapping
 
 from streamchat.chat import ChatOptions, ChatSession
-from streamchat.errors import ConfigError, ProviderError
+from streamchat.core.errors import ConfigError, ProviderError
+from streamchat.core.metrics import PROCESS_METRICS
+from streamchat.core.provider import Provider
+from streamchat.faces.sse import MemoryStreamStore, StreamHub
+from streamchat.faces.sse_redis import RedisMirror
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
-from streamchat.limits import RateLimiter
-from streamchat.metrics import PROCESS_METRICS
+from streamchat.hosting.limits import RateLimiter
 from streamchat.offline import OfflineServer
-from streamchat.providers import Provider
 from streamchat.settings import Settings, public_url
-from streamchat.sse import MemoryStreamStore, StreamHub
-from streamchat.sse_redis import RedisMirror
 
 log = logging.getLogger("streamchat.runtime")
 

@@ -15,11 +15,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
 
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
+from streamchat.core.relay import Resilience
 from streamchat.guardrails import GuardrailConfig
+from streamchat.hosting.limits import RateLimits
 from streamchat.languages import DEFAULT_LANGUAGE, parse_language
-from streamchat.limits import RateLimits
-from streamchat.relay import Resilience
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant. Answer clearly and concisely, and say so when you are not sure."

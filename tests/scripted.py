@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
-from streamchat.errors import ProviderError
-from streamchat.pacing import ReadPace
-from streamchat.types import ChatRequest, Delta, Usage
+from streamchat.core.errors import ProviderError
+from streamchat.core.types import ChatRequest, Delta, Usage
+from streamchat.speedups.read_pacing import ReadPace
 
 
 class ScriptedSource:

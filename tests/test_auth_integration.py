@@ -10,7 +10,7 @@ import httpx2
 import pytest
 import socketio
 
-from streamchat.users import UsersFile
+from streamchat.hosting.users import UsersFile
 from tests.harness import AppProcess
 
 pytestmark = pytest.mark.integration

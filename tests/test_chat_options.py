@@ -3,7 +3,7 @@
 import pytest
 
 from streamchat.chat import ChatOptions
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
 
 BASE = ChatOptions(model="m1", temperature=0.7, system_prompt="s")
 

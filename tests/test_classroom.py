@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from streamchat.classroom import (
+from streamchat.classroom.tools import (
     ChunkLog,
     DroppingSource,
     PacedSink,
@@ -19,13 +19,13 @@ from streamchat.classroom import (
     race_table,
     token_view,
 )
+from streamchat.core.provider import Provider, WholeAnswer
+from streamchat.core.relay import Resilience, StreamRun
+from streamchat.core.sinks import MemorySink
+from streamchat.core.types import ChatMessage, ChatRequest, EndReason, Usage
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
-from streamchat.providers import Provider, WholeAnswer
-from streamchat.relay import Resilience, StreamRun
 from streamchat.settings import Settings
-from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest, EndReason, Usage
 from tests.scripted import ScriptedSource
 
 QUESTION = "What is a token?"

@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from streamchat.coalesce import CoalescingSink
-from streamchat.metrics import StreamStats
-from streamchat.relay import StreamResult, StreamRun
-from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest, EndReason
+from streamchat.core.coalesce import CoalescingSink
+from streamchat.core.metrics import StreamStats
+from streamchat.core.relay import StreamResult, StreamRun
+from streamchat.core.sinks import MemorySink
+from streamchat.core.types import ChatMessage, ChatRequest, EndReason
 from tests.scripted import ScriptedSource
 
 STATS = StreamStats(None, 0.0, 0, 0, False, 0)

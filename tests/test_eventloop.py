@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from streamchat.eventloop import install_loop, loop_name
+from streamchat.speedups.eventloop import install_loop, loop_name
 
 SCRIPT = textwrap.dedent(
     """
@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent(
     import chainlit.cli  # applies nest_asyncio, as `chainlit run` does before loading app.py
     assert asyncio.tasks.Task is not _asyncio.Task, "nest_asyncio made tasks pure Python"
 
-    from streamchat.eventloop import use_c_tasks
+    from streamchat.speedups.eventloop import use_c_tasks
     assert use_c_tasks() and use_c_tasks(), "restored, and a second call changes nothing"
 
     async def inner():
@@ -58,7 +58,7 @@ def test_use_c_tasks_is_a_no_op_where_nothing_was_replaced():
     import _asyncio
     import asyncio
 
-    from streamchat.eventloop import use_c_tasks
+    from streamchat.speedups.eventloop import use_c_tasks
 
     assert use_c_tasks()
     assert asyncio.Task is _asyncio.Task
@@ -73,7 +73,7 @@ UVLOOP_SCRIPT = textwrap.dedent(
     from chainlit.types import ChatProfile
     from chainlit.utils import wrap_user_function
 
-    from streamchat.eventloop import LoopChoice, install_loop, loop_name
+    from streamchat.speedups.eventloop import LoopChoice, install_loop, loop_name
 
     assert install_loop({}) == LoopChoice("uvloop")
     import uvloop
@@ -139,7 +139,7 @@ CHOICE_SCRIPT = textwrap.dedent(
     import chainlit.cli
     if os.environ.get("UVLOOP_FIRST"):
         import uvloop  # imported while nest_asyncio's pure-Python tasks are in place
-    from streamchat.eventloop import install_loop, loop_name
+    from streamchat.speedups.eventloop import install_loop, loop_name
 
     choice = install_loop({"EVENT_LOOP": os.environ["CHOICE"]})
 

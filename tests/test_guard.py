@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
 from streamchat.guardrails import (
     BlocklistPolicy,
     Guard,

@@ -3,8 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamchat.history import Conversation, estimate_tokens, fit_to_budget, message_tokens
-from streamchat.types import ChatMessage, EndReason
+from streamchat.core.history import Conversation, estimate_tokens, fit_to_budget, message_tokens
+from streamchat.core.types import ChatMessage, EndReason
 
 
 def roles_and_text(messages):

@@ -13,9 +13,9 @@ import httpx2
 import pytest
 import socketio
 
+from streamchat.hosting.users import UsersFile
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
-from streamchat.users import UsersFile
 from tests.databases import postgres_server
 from tests.harness import (
     AppProcess,

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from streamchat.errors import ConfigError
-from streamchat.limits import (
+from streamchat.core.errors import ConfigError
+from streamchat.core.metrics import USAGE_METER, StreamStats
+from streamchat.hosting.limits import (
     DAY,
     LEASE_S,
     LimitExceeded,
@@ -22,7 +23,6 @@ from streamchat.limits import (
     limit_key,
     wait_text,
 )
-from streamchat.metrics import USAGE_METER, StreamStats
 from streamchat.settings import Settings
 from tests.databases import redis_server
 from tests.harness import free_port
@@ -171,7 +171,7 @@ async def test_two_limiters_on_one_redis_share_the_counts(redis_url):
 def test_another_process_sees_the_same_limits(redis_url):
     script = f"""
 import asyncio
-from streamchat.limits import LimitExceeded, RateLimiter, RateLimits
+from streamchat.hosting.limits import LimitExceeded, RateLimiter, RateLimits
 
 async def main():
     limiter = RateLimiter(RateLimits(requests_per_minute=2, redis_url={redis_url!r}))
@@ -196,7 +196,7 @@ asyncio.run(main())
 async def test_redis_down_fails_open_with_one_warning(caplog):
     url = f"redis://:secret-pw@127.0.0.1:{free_port()}/0"
     limiter = RateLimiter(RateLimits(requests_per_minute=1, concurrent_streams=1, redis_url=url))
-    caplog.set_level(logging.WARNING, logger="streamchat.limits")
+    caplog.set_level(logging.WARNING, logger="streamchat.hosting.limits")
     try:
         for _ in range(3):
             lease = await limiter.admit("user:x")

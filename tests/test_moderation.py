@@ -10,7 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamchat.chat import ChatOptions, ChatSession
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
+from streamchat.core.metrics import ProcessMetrics
+from streamchat.core.relay import StreamRun
+from streamchat.core.sinks import MemorySink
+from streamchat.core.types import ChatMessage, ChatRequest, EndReason
 from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
 from streamchat.guardrails.moderation import (
     Moderator,
@@ -18,12 +22,8 @@ from streamchat.guardrails.moderation import (
     SentenceSplitter,
     moderation_kind,
 )
-from streamchat.metrics import ProcessMetrics
 from streamchat.offline import OfflineServer
 from streamchat.offline.moderation import DEMO_PHRASE, flagged_categories
-from streamchat.relay import StreamRun
-from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest, EndReason
 from tests.scripted import ScriptedSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")

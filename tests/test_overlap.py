@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamchat.overlap import OverlapRemover, overlap_length
+from streamchat.core.overlap import OverlapRemover, overlap_length
 
 
 def run(shown: str, continuation: str, sizes: list[int]) -> str:

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import uvloop
 
-from streamchat import pacing
-from streamchat.pacing import HOLD_BYTES, SocketHold, _kernel_version
+from streamchat.speedups import read_pacing as pacing
+from streamchat.speedups.read_pacing import HOLD_BYTES, SocketHold, _kernel_version
 from tests.conftest import require_component
 
 

@@ -18,9 +18,10 @@ from chainlit.step import StepDict
 from chainlit.types import Feedback, Pagination, ThreadDict, ThreadFilter
 from chainlit.user import User
 
-from streamchat.errors import ConfigError
-from streamchat.history import answer_metadata
-from streamchat.persistence import (
+from streamchat.core.errors import ConfigError
+from streamchat.core.history import answer_metadata
+from streamchat.core.types import ChatMessage, EndReason
+from streamchat.hosting.persistence import (
     ELEMENTS,
     FEEDBACKS,
     SCHEMA,
@@ -32,7 +33,6 @@ from streamchat.persistence import (
     conversation_from_steps,
     last_answer_id,
 )
-from streamchat.types import ChatMessage, EndReason
 from tests.databases import postgres_server
 
 # --- drift: our schema against the installed Chainlit -----------------------------------------

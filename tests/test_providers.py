@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamchat.errors import (
+from streamchat.core.errors import (
     AuthenticationFailed,
     BadRequest,
     ModelNotFound,
@@ -21,9 +21,9 @@ from streamchat.errors import (
     RateLimited,
     StreamBroken,
 )
-from streamchat.providers import ChunkParser, LineSplitter, Provider, aiohttp_response
+from streamchat.core.provider import ChunkParser, LineSplitter, Provider, aiohttp_response
+from streamchat.core.types import ChatMessage, ChatRequest
 from streamchat.settings import Settings
-from streamchat.types import ChatMessage, ChatRequest
 
 SECRET = "sk-proj-THISISNOTAREALKEYbutlookslikeone1234567890"
 
@@ -422,7 +422,7 @@ async def test_the_model_list_is_fetched_once_for_chats_that_start_together_and_
 
 
 async def test_the_model_list_is_asked_again_once_it_is_old(monkeypatch):
-    import streamchat.providers as providers
+    import streamchat.core.provider as providers
 
     calls: list[str] = []
     provider = provider_with(models_handler(calls))
@@ -644,7 +644,7 @@ async def test_a_paced_stream_is_read_in_a_few_large_reads_and_its_connection_re
 
     from streamchat.offline import OfflineServer
     from streamchat.offline.lessons import choose_answer
-    from streamchat.pacing import supported
+    from streamchat.speedups.read_pacing import supported
     from tests.conftest import require_component
 
     require_component(supported(), "a Linux kernel 4.18+ with SO_RCVLOWAT")
@@ -756,7 +756,7 @@ async def test_a_connection_idle_for_longer_than_the_pool_keeps_one_is_not_used_
     is reused."""
     import aiohttp
 
-    from streamchat import providers
+    from streamchat.core import provider as providers
     from streamchat.offline import OfflineServer
 
     opened: list[object] = []
@@ -786,6 +786,6 @@ def test_the_pool_lets_connections_go_before_uvicorn_closes_them():
     after `timeout_keep_alive` idle seconds; the pool must not keep it as long."""
     import uvicorn
 
-    from streamchat.providers import POOL_IDLE_S
+    from streamchat.core.provider import POOL_IDLE_S
 
     assert 0 < POOL_IDLE_S < uvicorn.Config(app=None).timeout_keep_alive

@@ -9,11 +9,11 @@ import time
 import pytest
 
 from streamchat.chat import ChatOptions, ChatSession
-from streamchat.coalesce import CoalescingSink
-from streamchat.errors import RateLimited, StreamBroken
-from streamchat.relay import Resilience, StreamRun
-from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason, Usage
+from streamchat.core.coalesce import CoalescingSink
+from streamchat.core.errors import RateLimited, StreamBroken
+from streamchat.core.relay import Resilience, StreamRun
+from streamchat.core.sinks import MemorySink
+from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason, Usage
 from tests.scripted import ScriptedSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")

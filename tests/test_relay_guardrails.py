@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 
 from streamchat.chat import ChatOptions, ChatSession
-from streamchat.errors import StreamBroken
+from streamchat.core.errors import StreamBroken
+from streamchat.core.relay import Resilience, StreamRun
+from streamchat.core.sinks import MemorySink
+from streamchat.core.types import ChatMessage, ChatRequest, EndReason
 from streamchat.guardrails import GuardrailConfig, build_guard
-from streamchat.relay import Resilience, StreamRun
-from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest, EndReason
 from tests.scripted import RecordingSleep, ScriptedSource, SequenceSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")

@@ -7,10 +7,15 @@ import random
 
 import pytest
 
-from streamchat.errors import AuthenticationFailed, ProviderUnavailable, RateLimited, StreamBroken
-from streamchat.relay import CONTINUE_INSTRUCTION, Resilience, StreamRun
-from streamchat.sinks import MemorySink
-from streamchat.types import ChatMessage, ChatRequest, EndReason, Usage
+from streamchat.core.errors import (
+    AuthenticationFailed,
+    ProviderUnavailable,
+    RateLimited,
+    StreamBroken,
+)
+from streamchat.core.relay import CONTINUE_INSTRUCTION, Resilience, StreamRun
+from streamchat.core.sinks import MemorySink
+from streamchat.core.types import ChatMessage, ChatRequest, EndReason, Usage
 from tests.scripted import RecordingSleep, ScriptedSource, SequenceSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")

@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from streamchat.core.relay import CONTINUE_INSTRUCTION
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
-from streamchat.relay import CONTINUE_INSTRUCTION
 from tests.harness import (
     AppProcess,
     ChainlitClient,

@@ -8,8 +8,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from streamchat.errors import ConfigError
-from streamchat.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
+from streamchat.core.errors import ConfigError
+from streamchat.hosting.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
 
 
 def test_unset_means_any_origin_locally_and_only_the_app_itself_with_login():

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import uvicorn
 
-from streamchat import serving
-from streamchat.serving import (
+from streamchat.speedups import serving
+from streamchat.speedups.serving import (
     QuietServer,
     install_quiet_server,
     install_websocket_compression,
@@ -139,7 +139,7 @@ def test_a_signal_stops_a_running_server_at_once(loop, signal_name):
     script = textwrap.dedent(
         f"""
         import asyncio, os, signal, uvicorn
-        from streamchat.serving import QuietServer
+        from streamchat.speedups.serving import QuietServer
 
         async def hello(scope, receive, send):
             await send({{"type": "http.response.start", "status": 200, "headers": []}})
@@ -228,7 +228,7 @@ def test_an_unknown_uvicorn_tick_is_left_alone(monkeypatch, caplog):
 
     monkeypatch.setattr(serving, "_UVICORN_SERVER", NewerServer)
     monkeypatch.setattr(uvicorn, "Server", NewerServer)
-    with caplog.at_level("INFO", logger="streamchat.serving"):
+    with caplog.at_level("INFO", logger="streamchat.speedups.serving"):
         assert install_quiet_server() is False
     assert uvicorn.Server is NewerServer
     assert "keeps its own tick" in caplog.text
@@ -305,7 +305,7 @@ def test_someone_elses_config_class_is_left_alone(monkeypatch, caplog):
         pass
 
     monkeypatch.setattr(uvicorn, "Config", TheirConfig)
-    with caplog.at_level(logging.INFO, logger="streamchat.serving"):
+    with caplog.at_level(logging.INFO, logger="streamchat.speedups.serving"):
         assert install_websocket_compression(False) is False
     assert uvicorn.Config is TheirConfig
     assert uvicorn.Config(_hello).ws_per_message_deflate is True
@@ -319,7 +319,7 @@ def test_a_uvicorn_without_the_option_is_left_alone(monkeypatch, caplog):
 
     monkeypatch.setattr(serving, "_UVICORN_CONFIG", OlderConfig)
     monkeypatch.setattr(uvicorn, "Config", OlderConfig)
-    with caplog.at_level(logging.INFO, logger="streamchat.serving"):
+    with caplog.at_level(logging.INFO, logger="streamchat.speedups.serving"):
         assert install_websocket_compression(False) is False
     assert uvicorn.Config is OlderConfig
     assert "has no such option" in caplog.text

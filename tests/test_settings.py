@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
 from streamchat.settings import DEFAULT_SYSTEM_PROMPT, Settings, load_env_file, public_url
 
 

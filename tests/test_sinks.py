@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import io
 
-from streamchat.errors import ProviderUnavailable, StreamBroken
-from streamchat.metrics import StreamStats
-from streamchat.relay import StreamResult
-from streamchat.sinks import ChainlitSink, ConsoleSink
-from streamchat.types import EndReason
+from streamchat.core.errors import ProviderUnavailable, StreamBroken
+from streamchat.core.metrics import StreamStats
+from streamchat.core.relay import StreamResult
+from streamchat.core.sinks import ChainlitSink, ConsoleSink
+from streamchat.core.types import EndReason
 
 STATS = StreamStats(
     first_token_s=0.1,

@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from socketio import packet
 
-from streamchat.socket_updates import (
+from streamchat.speedups.socket_updates import (
     HandoffQueue,
     SessionEmit,
     SocketUpdates,

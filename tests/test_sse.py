@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from streamchat.sse import (
+from streamchat.faces.sse import (
     KEEPALIVE,
     EventLog,
     MemoryStreamStore,

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from streamchat.sse import KEEPALIVE, EventLog, MemoryStreamStore, SseEvent, StreamHub
-from streamchat.sse_redis import EventsDropped, RedisMirror, StoreUnavailable, UnknownStream
+from streamchat.faces.sse import KEEPALIVE, EventLog, MemoryStreamStore, SseEvent, StreamHub
+from streamchat.faces.sse_redis import EventsDropped, RedisMirror, StoreUnavailable, UnknownStream
 from tests.databases import redis_server
 from tests.harness import free_port
 
@@ -132,7 +132,7 @@ async def test_a_follower_on_another_replica_keeps_the_answer_from_being_abandon
 async def test_redis_down_keeps_local_streams_and_refuses_remote_resumes(caplog):
     url = f"redis://:pw@127.0.0.1:{free_port()}/0"
     hub = StreamHub(MemoryStreamStore(), mirror=RedisMirror(url))
-    caplog.set_level(logging.WARNING, logger="streamchat.sse")
+    caplog.set_level(logging.WARNING, logger="streamchat.faces.sse")
     try:
         event_log = hub.start(producer(3))
         events = await collect(hub.follow(event_log))

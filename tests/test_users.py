@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from streamchat.errors import ConfigError
-from streamchat.users import UsersFile, hash_password, verify_password
+from streamchat.core.errors import ConfigError
+from streamchat.hosting.users import UsersFile, hash_password, verify_password
 
 
 def test_hash_is_salted_and_verifies_only_the_right_password():
@@ -54,7 +54,7 @@ def test_cli_adds_lists_and_removes_users(tmp_path):
 
     def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "streamchat.users", "--file", str(path), *args],
+            [sys.executable, "-m", "streamchat.hosting.users", "--file", str(path), *args],
             input=stdin,
             capture_output=True,
             text=True,

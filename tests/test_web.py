@@ -6,10 +6,10 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import HTMLResponse
 from starlette.testclient import TestClient
 
-from streamchat.metrics import ProcessMetrics, StreamStats
+from streamchat.core.metrics import ProcessMetrics, StreamStats
+from streamchat.faces.web import mount
 from streamchat.runtime import Runtime
 from streamchat.settings import Settings
-from streamchat.web import mount
 
 
 def app_with_catch_all() -> FastAPI:

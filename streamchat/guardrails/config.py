@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
 from streamchat.guardrails.guard import Guard, Violation, check_text
 from streamchat.guardrails.moderation import Moderator
 from streamchat.guardrails.policies import (

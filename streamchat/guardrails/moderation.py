@@ -29,7 +29,7 @@ from typing import Protocol
 import httpx2
 import openai
 
-from streamchat.errors import redact_secrets
+from streamchat.core.errors import redact_secrets
 from streamchat.guardrails.guard import GuardRecord, Violation
 from streamchat.guardrails.policies import label
 

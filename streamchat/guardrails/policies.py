@@ -27,7 +27,7 @@ from stdnum.in_ import aadhaar, pan
 from stdnum.pk import cnic
 from stdnum.us import ssn
 
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)

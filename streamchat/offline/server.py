@@ -37,7 +37,7 @@ from streamchat.offline.faults import (
 from streamchat.offline.lessons import choose_answer
 from streamchat.offline.moderation import moderation_inputs, moderation_response
 from streamchat.offline.tokens import count_tokens, tokenize
-from streamchat.serving import new_server
+from streamchat.speedups.serving import new_server
 
 log = logging.getLogger("streamchat.offline")
 

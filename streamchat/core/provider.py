@@ -30,7 +30,7 @@ try:
 except ImportError:  # an SDK without it: streams are read through httpx2's line iterator
     map_aiohttp_exceptions = None  # type: ignore[assignment]
 
-from streamchat.errors import (
+from streamchat.core.errors import (
     AuthenticationFailed,
     BadRequest,
     ModelNotFound,
@@ -41,11 +41,11 @@ from streamchat.errors import (
     StreamBroken,
     redact_secrets,
 )
-from streamchat.pacing import ReadPace, SocketHold
+from streamchat.core.types import ChatRequest, Delta, Usage
 from streamchat.settings import DEFAULT_OPENAI_MODEL, Settings, public_url
-from streamchat.types import ChatRequest, Delta, Usage
+from streamchat.speedups.read_pacing import ReadPace, SocketHold
 
-log = logging.getLogger("streamchat.providers")
+log = logging.getLogger("streamchat.core.provider")
 
 # Local servers (Ollama, llama.cpp, LM Studio) ignore the key, but the SDK insists on one.
 _PLACEHOLDER_KEY = "not-needed"

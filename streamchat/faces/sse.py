@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from streamchat.sse_redis import RedisMirror
+    from streamchat.faces.sse_redis import RedisMirror
 
-log = logging.getLogger("streamchat.sse")
+log = logging.getLogger("streamchat.faces.sse")
 
 KEEPALIVE = object()  # yielded by `follow` when it is time for a keep-alive comment
 

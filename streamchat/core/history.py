@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streamchat.types import ChatMessage, EndReason
+from streamchat.core.types import ChatMessage, EndReason
 
 # Stored with each answer (Chainlit step metadata): the text the user saw, without footers or
 # notes, and how it ended, so a resumed chat rebuilds its history exactly (persistence.py).

@@ -40,11 +40,11 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.schema import CreateColumn
 
-from streamchat.errors import ConfigError
-from streamchat.history import METADATA_KEY, Conversation
-from streamchat.types import EndReason
+from streamchat.core.errors import ConfigError
+from streamchat.core.history import METADATA_KEY, Conversation
+from streamchat.core.types import EndReason
 
-log = logging.getLogger("streamchat.persistence")
+log = logging.getLogger("streamchat.hosting.persistence")
 
 DEFAULT_DATABASE_URL = "sqlite:///streamchat.db"
 

@@ -21,13 +21,13 @@ from typing import TextIO
 
 from streamchat import __version__
 from streamchat.chat import ChatSession
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
+from streamchat.core.provider import WholeAnswer
+from streamchat.core.relay import StreamResult
+from streamchat.core.sinks import ConsoleSink
+from streamchat.core.types import Delta, EndReason
 from streamchat.logs import configure_logging
-from streamchat.providers import WholeAnswer
-from streamchat.relay import StreamResult
 from streamchat.runtime import Runtime
-from streamchat.sinks import ConsoleSink
-from streamchat.types import Delta, EndReason
 
 EXIT_OK = 0
 EXIT_PROVIDER_ERROR = 1

@@ -43,7 +43,7 @@ import uvicorn
 import uvicorn.config
 import uvicorn.server
 
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
 from streamchat.settings import env_flag
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from streamchat.sinks import Sink
+from streamchat.core.sinks import Sink
 
 if TYPE_CHECKING:
-    from streamchat.relay import StreamResult
+    from streamchat.core.relay import StreamResult
 
 
 class CoalescingSink:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamchat.users import UsersFile
+from streamchat.hosting.users import UsersFile
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from streamchat.errors import ConfigError
+from streamchat.core.errors import ConfigError
 
 # Sent with every HTTP response. No Content-Security-Policy: Chainlit's UI sets up its own
 # scripts and styles, and a wrong policy would break it silently; output is kept inert by

@@ -22,7 +22,7 @@ from chainlit.context import context
 from chainlit.input_widget import Select, Slider
 
 from streamchat.chat import ChatSession
-from streamchat.classroom import (
+from streamchat.classroom.tools import (
     SPEEDS,
     ChunkLog,
     DroppingSource,
@@ -33,10 +33,10 @@ from streamchat.classroom import (
     race_table,
     token_view,
 )
+from streamchat.core.provider import Provider, WholeAnswer
+from streamchat.core.relay import StreamResult, StreamRun
+from streamchat.core.sinks import ChainlitSink, Sink
 from streamchat.languages import label
-from streamchat.providers import Provider, WholeAnswer
-from streamchat.relay import StreamResult, StreamRun
-from streamchat.sinks import ChainlitSink, Sink
 
 log = logging.getLogger("streamchat.classroom")
 

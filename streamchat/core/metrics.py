@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from streamchat.types import Delta, Usage
+from streamchat.core.types import Delta, Usage
 
 
 @dataclass(frozen=True, slots=True)

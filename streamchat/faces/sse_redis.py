@@ -28,9 +28,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from streamchat.sse import KEEPALIVE, EventLog, SseEvent
+from streamchat.faces.sse import KEEPALIVE, EventLog, SseEvent
 
-log = logging.getLogger("streamchat.sse")
+log = logging.getLogger("streamchat.faces.sse")
 
 PREFIX = "streamchat:sse:"
 CANCEL_CHANNEL = f"{PREFIX}cancel"

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from streamchat.history import answer_metadata
-from streamchat.types import EndReason
+from streamchat.core.history import answer_metadata
+from streamchat.core.types import EndReason
 
 if TYPE_CHECKING:
-    from streamchat.relay import StreamResult
-    from streamchat.sse import EventLog
+    from streamchat.core.relay import StreamResult
+    from streamchat.faces.sse import EventLog
 
 
 class Sink(Protocol):

@@ -24,10 +24,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streamchat.errors import StreamChatError
-from streamchat.metrics import USAGE_METER, UsageMeter
+from streamchat.core.errors import StreamChatError
+from streamchat.core.metrics import USAGE_METER, UsageMeter
 
-log = logging.getLogger("streamchat.limits")
+log = logging.getLogger("streamchat.hosting.limits")
 
 MINUTE = 60.0
 DAY = 86_400.0
@@ -302,7 +302,7 @@ class RateLimiter:
         try:
             return await self._admit(key)
         except LimitExceeded as exc:
-            from streamchat.metrics import PROCESS_METRICS
+            from streamchat.core.metrics import PROCESS_METRICS
 
             PROCESS_METRICS.rate_limited.labels(kind=exc.kind).inc()
             log.info("rate limited key=%s kind=%s", key.split(":", 1)[0], exc.kind)

@@ -18,22 +18,22 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from streamchat.errors import ProviderError, StreamBroken
-from streamchat.guardrails import Guard, GuardStep, Violation
-from streamchat.guardrails.moderation import ModerationGate, Moderator
-from streamchat.metrics import (
+from streamchat.core.errors import ProviderError, StreamBroken
+from streamchat.core.metrics import (
     PROCESS_METRICS,
     USAGE_METER,
     ProcessMetrics,
     StatsRecorder,
     StreamStats,
 )
-from streamchat.overlap import OverlapRemover
-from streamchat.pacing import ReadPace
-from streamchat.sinks import Sink
-from streamchat.types import ChatMessage, ChatRequest, Delta, EndReason
+from streamchat.core.overlap import OverlapRemover
+from streamchat.core.sinks import Sink
+from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason
+from streamchat.guardrails import Guard, GuardStep, Violation
+from streamchat.guardrails.moderation import ModerationGate, Moderator
+from streamchat.speedups.read_pacing import ReadPace
 
-log = logging.getLogger("streamchat.relay")
+log = logging.getLogger("streamchat.core.relay")
 
 
 class DeltaSource(Protocol):

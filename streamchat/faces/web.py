@@ -17,16 +17,13 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
-from streamchat.auth import request_identity
 from streamchat.chat import fitted_request, full_system_prompt
-from streamchat.coalesce import CoalescingSink
-from streamchat.guardrails import build_guard, screen_input
-from streamchat.limits import LimitExceeded, limit_key
-from streamchat.metrics import PROCESS_METRICS, ProcessMetrics
-from streamchat.relay import StreamRun, refused_input_result
-from streamchat.runtime import Runtime
-from streamchat.sinks import SseSink
-from streamchat.sse import (
+from streamchat.core.coalesce import CoalescingSink
+from streamchat.core.metrics import PROCESS_METRICS, ProcessMetrics
+from streamchat.core.relay import StreamRun, refused_input_result
+from streamchat.core.sinks import SseSink
+from streamchat.core.types import ChatMessage
+from streamchat.faces.sse import (
     KEEPALIVE,
     KEEPALIVE_BYTES,
     EventLog,
@@ -35,8 +32,11 @@ from streamchat.sse import (
     encode_retry,
     parse_event_id,
 )
-from streamchat.sse_redis import EventsDropped, StoreUnavailable, UnknownStream
-from streamchat.types import ChatMessage
+from streamchat.faces.sse_redis import EventsDropped, StoreUnavailable, UnknownStream
+from streamchat.guardrails import build_guard, screen_input
+from streamchat.hosting.auth import request_identity
+from streamchat.hosting.limits import LimitExceeded, limit_key
+from streamchat.runtime import Runtime
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _CATCH_ALL = "/{full_path:path}"

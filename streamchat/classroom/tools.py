@@ -23,11 +23,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from streamchat.errors import StreamBroken
-from streamchat.pacing import ReadPace
-from streamchat.relay import DeltaSource, StreamResult, StreamRun
-from streamchat.sinks import Sink
-from streamchat.types import ChatRequest, Delta
+from streamchat.core.errors import StreamBroken
+from streamchat.core.relay import DeltaSource, StreamResult, StreamRun
+from streamchat.core.sinks import Sink
+from streamchat.core.types import ChatRequest, Delta
+from streamchat.speedups.read_pacing import ReadPace
 
 # --- raw chunks and tokens -------------------------------------------------------------------
 
