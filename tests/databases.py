@@ -10,16 +10,16 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import require_component
 from tests.harness import free_port
+from tests.waiting import accepts_connections, wait_until
 
 
 def _pg_bin() -> Path | None:
@@ -38,14 +38,11 @@ def _as_postgres_user(command: list[str]) -> list[str]:
 
 
 def _wait_for_port(port: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            sock.settimeout(0.2)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(0.1)
-    return False
+    try:
+        wait_until(lambda: accepts_connections(port), within=within, what=f"port {port}", every=0.1)
+    except TimeoutError:
+        return False
+    return True
 
 
 @contextmanager
@@ -154,3 +151,43 @@ def redis_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class RedisState:
+    """What a test waits for in a Redis server (subscribers, keys, stream entries), read with a
+    client of its own."""
+
+    def __init__(self, client: Any) -> None:
+        self._redis = client
+
+    async def subscribers(self, channel: str) -> int:
+        counts = await self._redis.pubsub_numsub(channel)
+        return int(counts[0][1]) if counts else 0
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._redis.exists(key))
+
+    async def entries(self, key: str) -> int:
+        return int(await self._redis.xlen(key))
+
+    async def last_entry(self, key: str) -> dict[str, str] | None:
+        """The newest entry's fields in the stream at `key` (None when there is none)."""
+        newest = await self._redis.xrevrange(key, count=1)
+        if not newest:
+            return None
+        return {_text(name): _text(value) for name, value in newest[0][1].items()}
+
+
+@asynccontextmanager
+async def redis_state(url: str) -> AsyncIterator[RedisState]:
+    import redis.asyncio as redis
+
+    client = redis.from_url(url)
+    try:
+        yield RedisState(client)
+    finally:
+        await client.aclose()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -11,9 +11,17 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from streamchat.faces.sse import KEEPALIVE, EventLog, MemoryStreamStore, SseEvent, StreamHub
-from streamchat.faces.sse_redis import EventsDropped, RedisMirror, StoreUnavailable, UnknownStream
-from tests.databases import redis_server
+from streamchat.faces.sse_redis import (
+    CANCEL_CHANNEL,
+    END,
+    EventsDropped,
+    RedisMirror,
+    StoreUnavailable,
+    UnknownStream,
+)
+from tests.databases import RedisState, redis_server, redis_state
 from tests.harness import free_port
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +31,42 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-async def replicas(redis_url) -> AsyncIterator[tuple[StreamHub, StreamHub]]:
+async def in_redis(redis_url) -> AsyncIterator[RedisState]:
+    async with redis_state(redis_url) as state:
+        yield state
+
+
+async def subscribed(in_redis: RedisState, count: int) -> None:
+    async def holds() -> bool:
+        return await in_redis.subscribers(CANCEL_CHANNEL) == count
+
+    await eventually(holds, within=10, what=f"{count} subscribers to the cancel channel")
+
+
+async def mirrored(in_redis: RedisState, stream_id: str, events: int) -> None:
+    """Wait until Redis holds the stream's first `events` events."""
+
+    async def holds() -> bool:
+        return await in_redis.entries(RedisMirror.key(stream_id)) >= events
+
+    await eventually(holds, within=10, what=f"{events} events of {stream_id} in Redis")
+
+
+async def mirror_ended(in_redis: RedisState, stream_id: str) -> None:
+    """Wait until the mirror has written the stream's end and given up owning it."""
+    key = RedisMirror.key(stream_id)
+
+    async def holds() -> bool:
+        last = await in_redis.last_entry(key)
+        ended = last is not None and last.get("event") == END
+        return ended and not await in_redis.exists(f"{key}:owner")
+
+    await eventually(holds, within=10, what=f"the end of {stream_id} in Redis")
+
+
+@pytest.fixture
+async def replicas(redis_url, in_redis) -> AsyncIterator[tuple[StreamHub, StreamHub]]:
+    await subscribed(in_redis, 0)  # the hubs of earlier tests have left the channel
     hubs = [
         StreamHub(
             MemoryStreamStore(),
@@ -35,7 +78,7 @@ async def replicas(redis_url) -> AsyncIterator[tuple[StreamHub, StreamHub]]:
     ]
     for hub in hubs:
         await hub.start_background()
-    await asyncio.sleep(0.1)  # the cancel subscriptions are in place
+    await subscribed(in_redis, 2)  # a cancel published before a hub listens is lost
     yield hubs[0], hubs[1]
     for hub in hubs:
         await hub.aclose()
@@ -45,7 +88,7 @@ def producer(count: int, *, pause: float = 0.01, then_wait: bool = False):
     async def produce(event_log: EventLog) -> None:
         for n in range(count):
             event_log.append("token", {"text": f"t{n} "})
-            await asyncio.sleep(pause)
+            await asyncio.sleep(pause)  # paces the answer: not a wait
         if then_wait:
             await asyncio.Event().wait()
         event_log.append("done", {"reason": "complete"})
@@ -57,10 +100,10 @@ async def collect(events: AsyncIterator[object]) -> list[SseEvent]:
     return [item async for item in events if item is not KEEPALIVE]  # type: ignore[misc]
 
 
-async def test_another_replica_resumes_exactly_after_the_last_event_seen(replicas):
+async def test_another_replica_resumes_exactly_after_the_last_event_seen(replicas, in_redis):
     one, two = replicas
     event_log = one.start(producer(30))
-    await asyncio.sleep(0.1)  # some events are out, the rest are still coming
+    await mirrored(in_redis, event_log.stream_id, 5)  # the rest are still coming
     await two.mirror.check(event_log.stream_id, 5)
     resumed = await collect(two.mirror.follow(event_log.stream_id, 5, keepalive_s=0.2))
     assert [e.seq for e in resumed] == list(range(6, 32)), "no gaps, no duplicates, to the end"
@@ -71,10 +114,10 @@ async def test_another_replica_resumes_exactly_after_the_last_event_seen(replica
     assert [e.seq for e in everything] == list(range(1, 32))
 
 
-async def test_quiet_streams_get_keepalives_across_replicas(replicas):
+async def test_quiet_streams_get_keepalives_across_replicas(replicas, in_redis):
     one, two = replicas
     event_log = one.start(producer(2, then_wait=True))
-    await asyncio.sleep(0.1)
+    await mirrored(in_redis, event_log.stream_id, 2)
     seen: list[object] = []
     async for item in two.mirror.follow(event_log.stream_id, 0, keepalive_s=0.2):
         seen.append(item)
@@ -84,29 +127,27 @@ async def test_quiet_streams_get_keepalives_across_replicas(replicas):
     await one.cancel(event_log.stream_id)
 
 
-async def test_unknown_and_trimmed_streams_are_told_apart(replicas):
+async def test_unknown_and_trimmed_streams_are_told_apart(replicas, in_redis):
     one, two = replicas
     with pytest.raises(UnknownStream):
         await two.mirror.check("nosuchstream", 0)
     event_log = one.start(producer(80, pause=0))
     await collect(one.follow(event_log))  # to the end
-    await asyncio.sleep(0.2)  # the mirror has written the last events
+    await mirror_ended(in_redis, event_log.stream_id)  # the mirror has written the last events
     with pytest.raises(EventsDropped):
         await two.mirror.check(event_log.stream_id, 3)  # only the newest 50 are kept
     await two.mirror.check(event_log.stream_id, 40)
 
 
-async def test_a_cancel_on_either_replica_stops_the_answer(replicas):
+async def test_a_cancel_on_either_replica_stops_the_answer(replicas, in_redis):
     one, two = replicas
     event_log = one.start(producer(5, then_wait=True))
-    await asyncio.sleep(0.1)
+    await mirrored(in_redis, event_log.stream_id, 5)
     assert await two.mirror.request_cancel(event_log.stream_id) is True
-    for _ in range(50):
-        if not one.is_running(event_log.stream_id):
-            break
-        await asyncio.sleep(0.05)
-    assert not one.is_running(event_log.stream_id)
-    await asyncio.sleep(0.2)
+    await eventually(
+        lambda: not one.is_running(event_log.stream_id), within=5, what="the answer stopped"
+    )
+    await mirror_ended(in_redis, event_log.stream_id)
     assert await two.mirror.request_cancel(event_log.stream_id) is False, "it has ended"
     assert await two.mirror.request_cancel("nosuchstream") is None
 
@@ -117,16 +158,16 @@ async def test_a_follower_on_another_replica_keeps_the_answer_from_being_abandon
     follower = asyncio.create_task(
         collect(two.mirror.follow(event_log.stream_id, 0, keepalive_s=0.2))
     )
-    await asyncio.sleep(1.5)  # three grace periods
+    await asyncio.sleep(1.5)  # three grace periods: the time under test, not a wait
     assert one.is_running(event_log.stream_id), "followed elsewhere: not abandoned"
     follower.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follower
-    for _ in range(60):
-        if not one.is_running(event_log.stream_id):
-            break
-        await asyncio.sleep(0.05)
-    assert not one.is_running(event_log.stream_id), "abandoned once nobody follows"
+    await eventually(
+        lambda: not one.is_running(event_log.stream_id),
+        within=10,
+        what="abandoned once nobody follows",
+    )
 
 
 async def test_redis_down_keeps_local_streams_and_refuses_remote_resumes(caplog):
