@@ -72,4 +72,4 @@ class RecordingSleep:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # yields to the loop as a real sleep would, without the time

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
 from tests.harness import REPO, closed_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -124,10 +124,8 @@ def test_ctrl_c_stops_the_answer_and_closes_the_upstream():
         )
         try:
             record = slow.records.wait_for(1, timeout=20)[0]
-            deadline = time.monotonic() + 20
             # Past the guardrails' hold-back window, so some of the answer has been printed.
-            while record.tokens_sent < 50 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: record.tokens_sent >= 50, within=20, what="50 tokens sent")
             proc.send_signal(signal.SIGINT)
             out, err = proc.communicate(timeout=20)
         finally:

@@ -110,7 +110,7 @@ async def test_random_timing_never_reorders_loses_or_duplicates(seed):
     for piece in pieces:
         await sink.write(piece)
         if rng.random() < 0.2:
-            await asyncio.sleep(rng.random() * 0.004)
+            await asyncio.sleep(rng.random() * 0.004)  # the random timing under test
     await sink.finish(RESULT)
     assert "".join(inner.writes) == "".join(pieces)
     assert len(inner.writes) < len(pieces)
@@ -119,14 +119,14 @@ async def test_random_timing_never_reorders_loses_or_duplicates(seed):
 async def test_slow_client_gets_merged_updates_not_one_per_token():
     class SlowSink(SignallingSink):
         async def write(self, text: str) -> None:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # a slow client: not a wait
             await super().write(text)
 
     inner = SlowSink()
     sink = CoalescingSink(inner, interval_s=0.005)
     for i in range(200):
         await sink.write(f"{i},")
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one token per loop turn
     await sink.finish(RESULT)
     assert "".join(inner.writes) == "".join(f"{i}," for i in range(200))
     assert len(inner.writes) < 50
@@ -208,9 +208,12 @@ async def test_the_next_update_comes_a_whole_interval_after_the_last_write_ended
     await sink.finish(RESULT)
 
 
-async def test_a_timer_armed_for_text_a_token_already_sent_does_not_send_early():
+async def test_a_timer_armed_for_text_a_token_already_sent_does_not_send_early(monkeypatch):
     clock, inner = FakeClock(), TaskRecordingSink()
     sink = CoalescingSink(inner, interval_s=0.02, clock=clock)
+    timer_fired = asyncio.Event()
+    due = sink._due
+    monkeypatch.setattr(sink, "_due", lambda: (due(), timer_fired.set()))
     await sink.write("a")
     await sink.write("b")  # pending: the timer is armed (0.02 + 0.005 s)
     clock.now += 0.021
@@ -218,7 +221,7 @@ async def test_a_timer_armed_for_text_a_token_already_sent_does_not_send_early()
     clock.now += 0.001
     await sink.write("d")  # due 0.02 after "bc", not when the old timer fires
     inner.wrote.clear()
-    await asyncio.sleep(0.04)  # the old timer has fired
+    await asyncio.wait_for(timer_fired.wait(), 2)  # the old timer has fired
     assert inner.writes == ["a", "bc"], "no update 0.001 s after the last one"
     clock.now += 0.02
     await asyncio.wait_for(inner.wrote.wait(), 2)  # the timer, re-armed, sends it when due
@@ -237,7 +240,8 @@ async def test_a_write_that_sends_the_waiting_text_stops_the_timer_armed_for_it(
         await sink.write("t")
         clock.now += 0.15
         await asyncio.sleep(0)  # the next token comes long before a timer could fire
-    await asyncio.sleep(0.3)  # after any timer armed for text that was already sent
+    # Past when any timer armed for text already sent would fire: an absence takes its time.
+    await asyncio.sleep(0.3)
     assert "".join(inner.writes) == "ttttt" and len(inner.writes) == 3
     assert fired == [], "while tokens flow, no timer wakes the loop"
     await sink.finish(RESULT)
@@ -273,7 +277,7 @@ async def test_a_sink_that_would_wait_never_holds_up_the_caller_and_text_merges(
     sink = CoalescingSink(inner, interval_s=0.001)
     for i in range(50):
         await sink.write(f"{i},")  # returns at once although the client takes nothing
-        await asyncio.sleep(0.0005)
+        await asyncio.sleep(0.0005)  # tokens paced as a model sends them: not a wait
     await asyncio.wait_for(inner.blocked.wait(), 2)
     assert inner.writes == []
     inner.release.set()

@@ -68,7 +68,7 @@ class FakeModeration:
             if self.release is not None:
                 await self.release.wait()
             if self.delay_s:
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(self.delay_s)  # a slow moderation endpoint: not a wait
         finally:
             self.waiting -= 1
         if self.error is not None:

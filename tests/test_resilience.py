@@ -131,7 +131,7 @@ class SlowSink(MemorySink):
         self.delay = delay
 
     async def write(self, text: str) -> None:
-        await asyncio.sleep(self.delay)
+        await asyncio.sleep(self.delay)  # the slow screen under test: not a wait
         await super().write(text)
 
 

@@ -66,7 +66,7 @@ def producer(count: int, gate: asyncio.Event | None = None, started: asyncio.Eve
                         started.set()
                     await gate.wait()
                 log.append("token", {"text": f"<{n}>"})
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # one token per loop turn: not a wait
             log.append("done", {})
         except asyncio.CancelledError:
             cancelled.set()
@@ -142,9 +142,9 @@ async def test_a_reconnect_within_the_grace_period_keeps_the_answer_running():
     follower = hub.follow(log)
     seen = await collect(follower, limit=2)
     await follower.aclose()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # away for a moment, within the grace period: not a wait
     rejoined = asyncio.create_task(collect(hub.follow(log, after_seq=seen[-1].seq)))
-    await asyncio.sleep(0.3)  # longer than the grace period, while following
+    await asyncio.sleep(0.3)  # longer than the grace period, while following: the time under test
     gate.set()
     rest = await rejoined
     assert not cancelled.is_set()
@@ -153,10 +153,10 @@ async def test_a_reconnect_within_the_grace_period_keeps_the_answer_running():
 
 async def test_cancel_stops_a_running_answer():
     hub = StreamHub(keepalive_s=5)
-    gate = asyncio.Event()
-    produce, cancelled = producer(10, gate)
+    gate, started = asyncio.Event(), asyncio.Event()
+    produce, cancelled = producer(10, gate, started)
     log = hub.start(produce)
-    await asyncio.sleep(0)
+    await asyncio.wait_for(started.wait(), 2)
     assert await hub.cancel(log.stream_id)
     assert cancelled.is_set() and log.closed
     assert not await hub.cancel(log.stream_id)
