@@ -6,28 +6,26 @@ Front ends keep one ChatSession per conversation and hand it a Sink per answer.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from streamchat.core.coalesce import CoalescingSink
-from streamchat.core.errors import ConfigError, InputRejected
+from streamchat.core.errors import ConfigError
 from streamchat.core.history import Conversation, fit_to_budget
-from streamchat.core.relay import (
-    DeltaSource,
-    Resilience,
-    StreamResult,
-    StreamRun,
-    refused_input_result,
-)
+from streamchat.core.relay import DeltaSource, Resilience, StreamResult, StreamRun
 from streamchat.core.sinks import Sink
 from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason
-from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
-from streamchat.guardrails.moderation import Moderator
 from streamchat.languages import DEFAULT_LANGUAGE, instruction, parse_language
-
-MAX_SYSTEM_PROMPT_CHARS = 20_000
+from streamchat.pipeline import (
+    GuardrailConfig,
+    GuardrailPanel,
+    Moderator,
+    Pipeline,
+    check_guardrail_mode,
+    check_model_name,
+    check_system_prompt,
+    check_temperature,
+)
 
 
 def full_system_prompt(system_prompt: str, language: str) -> str:
@@ -77,26 +75,11 @@ class ChatOptions:
         """Apply submitted settings. Raises ConfigError with a message for the user."""
         changes: dict[str, Any] = {}
         if "model" in values:
-            model = str(values["model"] or "").strip()
-            if not model:
-                raise ConfigError("The model name cannot be empty.")
-            changes["model"] = model
+            changes["model"] = check_model_name(values["model"])
         if "temperature" in values:
-            try:
-                temperature = float(values["temperature"])
-            except (TypeError, ValueError):
-                raise ConfigError("Temperature must be a number between 0 and 2.") from None
-            if not math.isfinite(temperature) or not 0 <= temperature <= 2:
-                raise ConfigError("Temperature must be a number between 0 and 2.")
-            changes["temperature"] = temperature
+            changes["temperature"] = check_temperature(values["temperature"])
         if "system_prompt" in values:
-            prompt = str(values["system_prompt"] or "")
-            if len(prompt) > MAX_SYSTEM_PROMPT_CHARS:
-                raise ConfigError(
-                    f"The system prompt is too long ({len(prompt)} characters; "
-                    f"the limit is {MAX_SYSTEM_PROMPT_CHARS})."
-                )
-            changes["system_prompt"] = prompt
+            changes["system_prompt"] = check_system_prompt(values["system_prompt"])
         if "show_metrics" in values:
             changes["show_metrics"] = bool(values["show_metrics"])
         if "guardrails_on" in values:
@@ -107,15 +90,13 @@ class ChatOptions:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if "guardrail_mode" in values:
-            mode = str(values["guardrail_mode"])
-            if mode not in ("hold", "buffered"):
-                raise ConfigError("The guardrail mode must be hold or buffered.")
-            changes["guardrail_mode"] = mode
+            changes["guardrail_mode"] = check_guardrail_mode(values["guardrail_mode"])
         return replace(self, **changes)
 
 
 class ChatSession:
-    """A conversation with one provider. Answers one message at a time."""
+    """A conversation with one provider. Answers one message at a time, with runs from its
+    Pipeline (the same one the other faces use)."""
 
     def __init__(
         self,
@@ -129,16 +110,47 @@ class ChatSession:
         max_history_tokens: int | None = None,
         moderator: Moderator | None = None,
     ) -> None:
-        self.source = source
-        self.moderator = moderator
-        self.max_input_chars = max_input_chars
-        self.max_history_tokens = max_history_tokens
+        pipeline = Pipeline(
+            source,
+            flush_interval_s=flush_interval_s,
+            resilience=resilience or Resilience(),
+            max_input_chars=max_input_chars,
+            moderator=moderator,
+        )
+        if guardrails is not None:
+            pipeline = replace(pipeline, guardrails=guardrails)
+        self.pipeline = pipeline
         self.options = options
-        self.flush_interval_s = flush_interval_s
-        self.resilience = resilience or Resilience()
-        self.guardrails = guardrails or GuardrailConfig(policies=())
+        self.max_history_tokens = max_history_tokens
         self.history = Conversation()
         self._lock = asyncio.Lock()
+
+    @classmethod
+    def on(
+        cls, pipeline: Pipeline, options: ChatOptions, *, max_history_tokens: int | None = None
+    ) -> ChatSession:
+        """A chat whose answers come from `pipeline`."""
+        chat = cls(pipeline.source, options, max_history_tokens=max_history_tokens)
+        chat.pipeline = pipeline
+        return chat
+
+    @property
+    def source(self) -> DeltaSource:
+        return self.pipeline.source
+
+    @source.setter
+    def source(self, source: DeltaSource) -> None:
+        self.pipeline = replace(self.pipeline, source=source)
+
+    @property
+    def guardrails(self) -> GuardrailConfig:
+        """The operator's guardrails."""
+        return self.pipeline.guardrails
+
+    @property
+    def guardrail_panel(self) -> GuardrailPanel:
+        """What the settings panel says about the operator's guardrails."""
+        return GuardrailPanel.of(self.pipeline.guardrails)
 
     @property
     def guardrail_config(self) -> GuardrailConfig:
@@ -157,18 +169,12 @@ class ChatSession:
     ) -> StreamRun:
         """A run with this chat's provider, coalescing, resilience and guardrails (or
         `guardrails` instead), not yet started and not tied to the history."""
-        run = StreamRun(
-            source or self.source,
-            CoalescingSink(sink, interval_s=self.flush_interval_s),
-            resilience=self.resilience,
+        return self.pipeline.run(
+            sink,
+            guardrails=guardrails or self.guardrail_config,
+            source=source,
             on_delta=on_delta,
         )
-        config = guardrails or self.guardrail_config
-        if config.enabled:
-            run.guard = build_guard(config, stream_id=run.stream_id)
-            if config.moderated:
-                run.moderator = self.moderator
-        return run
 
     def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:
         """The next request: the history, without its oldest turns when it is over budget."""
@@ -209,18 +215,10 @@ class ChatSession:
         before CancelledError goes on.
         """
         async with self._lock:
-            if len(text) > self.max_input_chars:
-                return await refused_input_result(
-                    sink,
-                    error=InputRejected(
-                        f"Your message is too long ({len(text)} characters; the limit is "
-                        f"{self.max_input_chars}). Shorten it and send it again."
-                    ),
-                )
-            blocked = await screen_input(self.guardrail_config, text, self.moderator)
-            if blocked is not None:
+            refused = await self.pipeline.screen(text, sink, self.guardrail_config)
+            if refused is not None:
                 # Nothing goes upstream, and the message stays out of the history.
-                return await refused_input_result(sink, violation=blocked)
+                return refused
             self.history.add_user(text)
             run = self.new_run(sink, on_delta, source)
             if on_run is not None:

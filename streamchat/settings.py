@@ -1,7 +1,11 @@
-"""Settings: one frozen object built from the environment (and `.env`), read in one place.
+"""Settings: every variable declared once (`VARIABLES`), read by one reader, from one place.
 
-Every default works offline: with neither `OPENAI_API_KEY` nor `OPENAI_BASE_URL` set, the app
-talks to the built-in offline demo model. Tests hand in their own `environ`.
+The environment is read here and nowhere else: the process environment over `.env`, parsed by
+`ConfigReader` as `VARIABLES` declares it, so a boolean, a number or a list means the same in
+every variable and a bad value is explained the same way. `Settings` is the frozen whole the app
+runs on; the hosting modules read what they need at import through the same reader. Every
+default works offline: with neither `OPENAI_API_KEY` nor `OPENAI_BASE_URL` set, the app talks to
+the built-in offline demo model. Tests hand in their own `environ`.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import dotenv_values
@@ -18,6 +23,12 @@ from dotenv import dotenv_values
 from streamchat.core.errors import ConfigError
 from streamchat.core.relay import Resilience
 from streamchat.guardrails import GuardrailConfig
+from streamchat.guardrails.config import (
+    DEFAULT_MODERATION_MODEL,
+    DEFAULT_POLICIES,
+    POLICY_NAMES,
+    moderation_endpoint,
+)
 from streamchat.hosting.limits import RateLimits
 from streamchat.languages import DEFAULT_LANGUAGE, parse_language
 
@@ -30,8 +41,235 @@ DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 CHAINLIT_CI_PLACEHOLDER_KEY = "sk-FAKE-OPENAI-API-KEY"
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
+# For the variables declared with `off=True`: these words mean "none at all".
+OFF_WORDS = ("off", "none", "false", "0")
+
+Kind = Literal["text", "url", "flag", "number", "whole", "choice", "list"]
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One configuration variable: how it is parsed, its default and what it means.
+
+    `default` is written as in `.env.example` ("" for none). Numbers are checked against `low`
+    and `high` (no `high`: no upper bound). `choices` are the words a choice or a list accepts
+    (case-insensitive), or a URL's schemes. `hint` ends the sentence saying what is accepted.
+    """
+
+    name: str
+    kind: Kind
+    default: str
+    meaning: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    off: bool = False
+    hint: str = ""
+
+    @property
+    def accepts(self) -> str:
+        """What the variable accepts, as the end of "NAME must be ..."."""
+        if self.kind == "flag":
+            accepts = "true or false, or yes/no, on/off, 1/0"
+        elif self.kind in ("number", "whole"):
+            what = "a whole number" if self.kind == "whole" else "a number"
+            if self.high is None:
+                accepts = f"{what} of at least {_figure(self.low)}"
+            else:
+                accepts = f"{what} between {_figure(self.low)} and {_figure(self.high)}"
+        elif self.kind == "choice":
+            accepts = f"one of {', '.join(self.choices)}"
+        elif self.kind == "list":
+            accepts = "a comma-separated list"
+            if self.choices:
+                accepts += f" of {', '.join(self.choices)}"
+        elif self.kind == "url":
+            schemes = " or ".join(f"{scheme}://" for scheme in self.choices)
+            article = "an" if self.choices[0][0] in "aeiouh" else "a"
+            return f"{article} {schemes} URL such as {self.hint}"
+        else:
+            return self.hint or "text"
+        if self.off:
+            accepts += ", or off"
+        return f"{accepts}; {self.hint}" if self.hint else accepts
+
+    def problem(self, raw: str) -> ConfigError:
+        """The error for a value this variable does not accept. A URL is never echoed: it may
+        carry a password."""
+        got = "a value that is not" if self.kind == "url" else repr(raw)
+        return ConfigError(f"{self.name} must be {self.accepts} (got {got}).")
+
+
+def _figure(value: float | None) -> str:
+    """A bound as a person writes it: 10000000, 0.05."""
+    value = 0.0 if value is None else float(value)
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+_HTTP = ("http", "https")
+_LIMIT = "0 means no limit"
+
+VARIABLES: dict[str, Variable] = {
+    v.name: v
+    for v in (
+        # Provider
+        Variable("OPENAI_API_KEY", "text", "", "Key for OpenAI or your provider."),
+        Variable(
+            "OPENAI_BASE_URL",
+            "url",
+            "",
+            "Base URL of an OpenAI-compatible server; works without a key.",
+            choices=_HTTP,
+            hint="http://localhost:11434/v1",
+        ),
+        Variable("OPENAI_MODEL", "text", "", "Model name; changeable per chat."),
+        Variable("OPENAI_TIMEOUT_S", "number", "60", "Seconds to wait for data.", 1, 3600),
+        Variable("OPENAI_CONNECT_TIMEOUT_S", "number", "5", "Seconds to connect.", 0.1, 600),
+        Variable(
+            "OPENAI_HTTP_CLIENT",
+            "choice",
+            "aiohttp",
+            "The HTTP stack under the openai SDK.",
+            choices=("aiohttp", "httpx"),
+        ),
+        Variable("STREAM_RETRIES", "whole", "2", "Retries before the first token.", 0, 10),
+        Variable("STREAM_RESUMES", "whole", "1", "Resumes of a broken stream.", 0, 10),
+        Variable(
+            "STREAM_STALL_S", "number", "30", "Seconds of silence that break a stream.", 0.05, 3600
+        ),
+        Variable(
+            "STREAM_FIRST_TOKEN_TIMEOUT_S",
+            "number",
+            "60",
+            "Seconds to wait for the first token.",
+            0.05,
+            3600,
+        ),
+        # Answers
+        Variable("SYSTEM_PROMPT", "text", DEFAULT_SYSTEM_PROMPT, "System message sent first."),
+        Variable("TEMPERATURE", "number", "0.7", "Sampling temperature.", 0, 2),
+        Variable("MAX_TOKENS", "whole", "", "Upper bound of tokens per answer.", low=1),
+        Variable("STREAM_FLUSH_MS", "number", "40", "Least ms between UI updates.", 0, 5000),
+        Variable("STREAM_READ_PACING", "flag", "true", "Read chunks once per UI update."),
+        Variable(
+            "EVENT_LOOP",
+            "choice",
+            "auto",
+            "The app's event loop.",
+            choices=("auto", "uvloop", "asyncio"),
+        ),
+        Variable("UVICORN_WS_PER_MESSAGE_DEFLATE", "flag", "false", "Websocket compression."),
+        Variable("STREAM_SPEEDUPS", "flag", "true", "Speed-ups on other libraries' internals."),
+        # Guardrails
+        Variable(
+            "GUARDRAILS",
+            "list",
+            ",".join(DEFAULT_POLICIES),
+            "Active guardrail policies.",
+            choices=POLICY_NAMES,
+            off=True,
+        ),
+        Variable(
+            "GUARDRAIL_MODE", "choice", "hold", "Hold or buffered.", choices=("hold", "buffered")
+        ),
+        Variable(
+            "GUARDRAIL_ACTION", "choice", "stop", "Stop or redact.", choices=("stop", "redact")
+        ),
+        Variable(
+            "GUARDRAIL_BUFFER_CHARS", "whole", "200", "Buffered mode check interval.", 1, 100_000
+        ),
+        Variable("GUARDRAIL_BLOCKLIST_FILE", "text", "", "More blocked words, one per line."),
+        Variable("GUARDRAIL_REGEX_FILE", "text", "", "Your own patterns (turns on regex)."),
+        Variable("GUARDRAIL_PHONE_REGIONS", "list", "US,IN,PK", "Phone number regions."),
+        Variable("GUARDRAILS_LOCKED", "flag", "false", "Users cannot change guardrails."),
+        Variable(
+            "GUARDRAIL_ON_ERROR",
+            "choice",
+            "block",
+            "What a failed moderation check means.",
+            choices=("block", "allow"),
+        ),
+        Variable(
+            "GUARDRAIL_MODERATION_MODEL", "text", DEFAULT_MODERATION_MODEL, "Moderation model."
+        ),
+        Variable(
+            "GUARDRAIL_MODERATION_BASE_URL",
+            "url",
+            "",
+            "Where moderation checks go.",
+            choices=_HTTP,
+            hint="https://api.openai.com/v1",
+        ),
+        Variable("GUARDRAIL_MODERATION_API_KEY", "text", "", "Key of the moderation endpoint."),
+        Variable(
+            "GUARDRAIL_MODERATION_TIMEOUT_S",
+            "number",
+            "10",
+            "Seconds before a moderation check fails.",
+            0.1,
+            120,
+        ),
+        # Offline demo model
+        Variable("OFFLINE_TPS", "number", "30", "Offline model: tokens per second.", 0.1, 100_000),
+        Variable(
+            "OFFLINE_TTFT_MS", "number", "300", "Offline model: first-token delay.", 0, 60_000
+        ),
+        Variable("OFFLINE_FAULT", "text", "", "Offline model: a fault in every answer."),
+        # Hosting
+        Variable("CHAINLIT_AUTH_SECRET", "text", "", "Set: login required."),
+        Variable("AUTH_USERS_FILE", "text", "users.txt", "Password users file."),
+        Variable("AUTH_HEADER", "text", "", "User name header set by a trusted proxy."),
+        Variable(
+            "DATABASE_URL", "text", "sqlite:///streamchat.db", "Chat history database.", off=True
+        ),
+        Variable("RATE_LIMIT_RPM", "whole", "", "Messages per minute per user.", 0, hint=_LIMIT),
+        Variable("RATE_LIMIT_CONCURRENT", "whole", "", "Answers at once per user.", 0, hint=_LIMIT),
+        Variable(
+            "RATE_LIMIT_TOKENS_PER_DAY", "whole", "", "Tokens per user per day.", 0, hint=_LIMIT
+        ),
+        Variable(
+            "REDIS_URL",
+            "url",
+            "",
+            "State shared by replicas.",
+            choices=("redis", "rediss", "unix"),
+            hint="redis://localhost:6379/0",
+        ),
+        Variable("ALLOW_ORIGINS", "list", "", "Other sites whose pages may call the app."),
+        # Operations
+        Variable("SHOW_METRICS", "flag", "true", "Stats line under each answer."),
+        Variable("MAX_INPUT_CHARS", "whole", "32000", "Longest question accepted.", 1, 10_000_000),
+        Variable(
+            "ANSWER_LANGUAGE",
+            "text",
+            DEFAULT_LANGUAGE,
+            "The answers' language.",
+            hint="en (or english) or hinglish (or roman-urdu, urdu, hi-latn)",
+        ),
+        Variable(
+            "MAX_HISTORY_TOKENS",
+            "whole",
+            "8000",
+            "History sent upstream, in estimated tokens.",
+            0,
+            10_000_000,
+            hint="0 sends all",
+        ),
+        Variable("SSE_GRACE_S", "number", "30", "SSE: reconnect grace period.", 0, 3600),
+        Variable("SSE_KEEPALIVE_S", "number", "15", "SSE: keep-alive interval.", 0.05, 3600),
+        Variable("SSE_TTL_S", "number", "300", "SSE: finished streams kept.", 1, 86_400),
+        Variable("METRICS_TOKEN", "text", "", "Bearer token for /metrics."),
+        Variable(
+            "LOG_LEVEL",
+            "choice",
+            "INFO",
+            "Log level.",
+            choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        ),
+    )
+}
 
 
 def load_env_file(path: str | os.PathLike[str] = ".env") -> dict[str, str]:
@@ -42,6 +280,107 @@ def load_env_file(path: str | os.PathLike[str] = ".env") -> dict[str, str]:
     """
     file_values = {k: v for k, v in dotenv_values(path).items() if v is not None}
     return {**file_values, **os.environ}
+
+
+class ConfigReader:
+    """Typed access to an environment mapping, as `VARIABLES` declares each variable.
+
+    A blank value counts as unset (the declared default). Every accessor checks that it is
+    asked for a declared variable of its kind, so a variable cannot be read two ways.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._env = load_env_file() if environ is None else environ
+
+    def _raw(self, name: str, kind: Kind) -> tuple[Variable, str]:
+        variable = VARIABLES[name]
+        if variable.kind != kind:
+            raise TypeError(f"{name} is declared as {variable.kind}, not {kind}")
+        value = (self._env.get(name) or "").strip()
+        return variable, value or variable.default
+
+    def text(self, name: str) -> str | None:
+        """The value, stripped; None when unset (and no default), or off where that is allowed."""
+        variable, raw = self._raw(name, "text")
+        if not raw or (variable.off and raw.lower() in OFF_WORDS):
+            return None
+        return raw
+
+    def url(self, name: str) -> str | None:
+        """A URL with one of the declared schemes and a host, without a trailing slash."""
+        variable, raw = self._raw(name, "url")
+        if not raw:
+            return None
+        parts = urlsplit(raw)
+        if parts.scheme not in variable.choices or not (parts.hostname or parts.scheme == "unix"):
+            raise variable.problem(raw)
+        return raw.rstrip("/")
+
+    def flag(self, name: str) -> bool:
+        variable, raw = self._raw(name, "flag")
+        lowered = raw.lower()
+        if lowered in TRUE_WORDS:
+            return True
+        if lowered in FALSE_WORDS:
+            return False
+        raise variable.problem(raw)
+
+    def number(self, name: str) -> float:
+        variable, raw = self._raw(name, "number")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise variable.problem(raw) from None
+        self._check_range(variable, raw, value)
+        return value
+
+    def whole(self, name: str) -> int | None:
+        """A whole number; None when unset and declared without a default."""
+        variable, raw = self._raw(name, "whole")
+        if not raw:
+            return None
+        try:
+            value = int(raw)
+        except ValueError:
+            raise variable.problem(raw) from None
+        self._check_range(variable, raw, value)
+        return value
+
+    def choice(self, name: str) -> str:
+        """One of the declared choices, in their declared spelling, matched case-insensitively."""
+        variable, raw = self._raw(name, "choice")
+        for choice in variable.choices:
+            if raw.lower() == choice.lower():
+                return choice
+        raise variable.problem(raw)
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """Comma-separated items, stripped, blanks and repeats dropped; () when unset or off.
+        With declared choices, each item is one of them (lower-cased)."""
+        variable, raw = self._raw(name, "list")
+        if variable.off and raw.lower() in OFF_WORDS:
+            return ()
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        if variable.choices:
+            items = [item.lower() for item in items]
+            if any(item not in variable.choices for item in items):
+                raise variable.problem(raw)
+        return tuple(dict.fromkeys(items))
+
+    @staticmethod
+    def _check_range(variable: Variable, raw: str, value: float) -> None:
+        low = -math.inf if variable.low is None else variable.low
+        high = math.inf if variable.high is None else variable.high
+        if not math.isfinite(value) or not low <= value <= high:
+            raise variable.problem(raw)
+
+
+def env_flag(environ: Mapping[str, str], name: str, default: bool | None = None) -> bool:
+    """A true-or-false variable, read as every other; ConfigError for anything else.
+    `default`, if given, must be the declared one (a reminder at the call site)."""
+    if default is not None and default != ConfigReader({}).flag(name):
+        raise ValueError(f"{name}'s default is declared in streamchat.settings.VARIABLES")
+    return ConfigReader(environ).flag(name)
 
 
 def public_url(url: str) -> str:
@@ -68,6 +407,7 @@ class Settings:
     retries: int = 2
     stream_flush_ms: float = 40.0
     read_pacing: bool = True  # leave chunks in the kernel until the next UI update (pacing.py)
+    speedups: bool = True  # STREAM_SPEEDUPS: off, only public APIs (streamchat/speedups)
     stream_resumes: int = 1
     stream_stall_s: float = 30.0
     first_token_timeout_s: float = 60.0
@@ -111,168 +451,135 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read and validate settings. Raises ConfigError naming the variable and the fix."""
-        env = load_env_file() if environ is None else environ
-        reader = _Reader(env)
-        base_url = reader.text("OPENAI_BASE_URL")
-        if base_url is not None:
-            parts = urlsplit(base_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(
-                    "OPENAI_BASE_URL must be an http(s) URL such as "
-                    "http://localhost:11434/v1 (got a value that is not)."
-                )
-        raw_level = reader.text("LOG_LEVEL") or "INFO"
-        level = raw_level.upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(
-                "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL "
-                f"(got {raw_level!r})."
-            )
-        api_key = reader.text("OPENAI_API_KEY")
-        if api_key == CHAINLIT_CI_PLACEHOLDER_KEY:
-            # `chainlit run --ci` (also switched on by CI=true) puts this fake key in the
-            # environment; it can never work, so it counts as no key at all.
-            api_key = None
+        read = ConfigReader(environ)
+        api_key, base_url = _provider(read)
         return cls(
             api_key=api_key,
-            base_url=base_url.rstrip("/") if base_url else None,
-            model=reader.text("OPENAI_MODEL"),
-            system_prompt=reader.text("SYSTEM_PROMPT", keep_empty=True) or DEFAULT_SYSTEM_PROMPT,
-            temperature=reader.number("TEMPERATURE", 0.7, low=0.0, high=2.0),
-            max_tokens=reader.optional_int("MAX_TOKENS", low=1),
-            request_timeout_s=reader.number("OPENAI_TIMEOUT_S", 60.0, low=1.0, high=3600.0),
-            connect_timeout_s=reader.number("OPENAI_CONNECT_TIMEOUT_S", 5.0, low=0.1, high=600.0),
-            retries=int(reader.number("STREAM_RETRIES", 2, low=0, high=10, integer=True)),
-            stream_flush_ms=reader.number("STREAM_FLUSH_MS", 40.0, low=0.0, high=5000.0),
-            read_pacing=reader.flag("STREAM_READ_PACING", True),
-            stream_resumes=int(reader.number("STREAM_RESUMES", 1, low=0, high=10, integer=True)),
-            stream_stall_s=reader.number("STREAM_STALL_S", 30.0, low=0.05, high=3600.0),
-            first_token_timeout_s=reader.number(
-                "STREAM_FIRST_TOKEN_TIMEOUT_S", 60.0, low=0.05, high=3600.0
-            ),
-            offline_tps=reader.number("OFFLINE_TPS", 30.0, low=0.1, high=100_000.0),
-            offline_ttft_ms=reader.number("OFFLINE_TTFT_MS", 300.0, low=0.0, high=60_000.0),
-            offline_fault=reader.text("OFFLINE_FAULT"),
-            log_level=level,
-            metrics_token=reader.text("METRICS_TOKEN"),
-            show_metrics=reader.flag("SHOW_METRICS", True),
-            max_input_chars=int(
-                reader.number("MAX_INPUT_CHARS", 32_000, low=1, high=10_000_000, integer=True)
-            ),
-            language=_language(reader.text("ANSWER_LANGUAGE")),
+            base_url=base_url,
+            model=read.text("OPENAI_MODEL"),
+            system_prompt=read.text("SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+            temperature=read.number("TEMPERATURE"),
+            max_tokens=read.whole("MAX_TOKENS"),
+            request_timeout_s=read.number("OPENAI_TIMEOUT_S"),
+            connect_timeout_s=read.number("OPENAI_CONNECT_TIMEOUT_S"),
+            retries=read.whole("STREAM_RETRIES") or 0,
+            stream_flush_ms=read.number("STREAM_FLUSH_MS"),
+            read_pacing=read.flag("STREAM_READ_PACING"),
+            speedups=read.flag("STREAM_SPEEDUPS"),
+            stream_resumes=read.whole("STREAM_RESUMES") or 0,
+            stream_stall_s=read.number("STREAM_STALL_S"),
+            first_token_timeout_s=read.number("STREAM_FIRST_TOKEN_TIMEOUT_S"),
+            offline_tps=read.number("OFFLINE_TPS"),
+            offline_ttft_ms=read.number("OFFLINE_TTFT_MS"),
+            offline_fault=read.text("OFFLINE_FAULT"),
+            log_level=read.choice("LOG_LEVEL"),
+            metrics_token=read.text("METRICS_TOKEN"),
+            show_metrics=read.flag("SHOW_METRICS"),
+            max_input_chars=read.whole("MAX_INPUT_CHARS") or 0,
+            language=_language(read),
             rate_limits=RateLimits(
-                requests_per_minute=reader.limit("RATE_LIMIT_RPM"),
-                concurrent_streams=reader.limit("RATE_LIMIT_CONCURRENT"),
-                tokens_per_day=reader.limit("RATE_LIMIT_TOKENS_PER_DAY"),
-                redis_url=_redis_url(reader.text("REDIS_URL")),
+                requests_per_minute=read.whole("RATE_LIMIT_RPM") or None,
+                concurrent_streams=read.whole("RATE_LIMIT_CONCURRENT") or None,
+                tokens_per_day=read.whole("RATE_LIMIT_TOKENS_PER_DAY") or None,
+                redis_url=read.url("REDIS_URL"),
             ),
-            http_client=reader.choice("OPENAI_HTTP_CLIENT", ("aiohttp", "httpx"), "aiohttp"),
-            max_history_tokens=int(
-                reader.number("MAX_HISTORY_TOKENS", 8_000, low=0, high=10_000_000, integer=True)
-            )
-            or None,
-            sse_grace_s=reader.number("SSE_GRACE_S", 30.0, low=0.0, high=3600.0),
-            sse_keepalive_s=reader.number("SSE_KEEPALIVE_S", 15.0, low=0.05, high=3600.0),
-            sse_ttl_s=reader.number("SSE_TTL_S", 300.0, low=1.0, high=86_400.0),
-            guardrails=GuardrailConfig.from_env(
-                env, provider_key=api_key or "", provider_base_url=base_url or ""
-            ),
+            http_client=read.choice("OPENAI_HTTP_CLIENT"),
+            max_history_tokens=read.whole("MAX_HISTORY_TOKENS") or None,
+            sse_grace_s=read.number("SSE_GRACE_S"),
+            sse_keepalive_s=read.number("SSE_KEEPALIVE_S"),
+            sse_ttl_s=read.number("SSE_TTL_S"),
+            guardrails=_guardrails(read, api_key, base_url),
         )
 
 
-def _redis_url(value: str | None) -> str | None:
-    if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("REDIS_URL must look like redis://host:6379/0 (or rediss:// for TLS).")
-    return value
+@dataclass(frozen=True, slots=True)
+class SpeedupChoices:
+    """The speed-up variables app.py reads while it loads, before Settings: a value that cannot
+    be followed falls back to its default and is reported in `problems`."""
+
+    enabled: bool = True  # STREAM_SPEEDUPS
+    event_loop: str = "auto"  # EVENT_LOOP
+    ws_per_message_deflate: bool = False  # UVICORN_WS_PER_MESSAGE_DEFLATE
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SpeedupChoices:
+        read = ConfigReader(environ)
+        problems: list[str] = []
+
+        def flag(name: str, default: bool) -> bool:
+            try:
+                return read.flag(name)
+            except ConfigError as exc:
+                problems.append(f"{exc} Using the default, {str(default).lower()}.")
+                return default
+
+        try:
+            event_loop = read.choice("EVENT_LOOP")
+        except ConfigError as exc:
+            problems.append(f"{exc} Using the default, auto.")
+            event_loop = "auto"
+        return cls(
+            enabled=flag("STREAM_SPEEDUPS", True),
+            event_loop=event_loop,
+            ws_per_message_deflate=flag("UVICORN_WS_PER_MESSAGE_DEFLATE", False),
+            problems=tuple(problems),
+        )
 
 
-def _language(value: str | None) -> str:
-    if value is None:
-        return DEFAULT_LANGUAGE
+def guardrail_config(environ: Mapping[str, str] | None = None) -> GuardrailConfig:
+    """The guardrail settings alone (moderation follows the provider, as in `Settings`)."""
+    read = ConfigReader(environ)
+    return _guardrails(read, *_provider(read))
+
+
+def _provider(read: ConfigReader) -> tuple[str | None, str | None]:
+    api_key = read.text("OPENAI_API_KEY")
+    if api_key == CHAINLIT_CI_PLACEHOLDER_KEY:
+        # `chainlit run --ci` (also switched on by CI=true) puts this fake key in the
+        # environment; it can never work, so it counts as no key at all.
+        api_key = None
+    return api_key, read.url("OPENAI_BASE_URL")
+
+
+def _guardrails(
+    read: ConfigReader, provider_key: str | None, provider_base_url: str | None
+) -> GuardrailConfig:
+    policies = read.items("GUARDRAILS")
+    regex_file = read.text("GUARDRAIL_REGEX_FILE")
+    if regex_file and policies and "regex" not in policies:
+        policies = (*policies, "regex")  # naming a patterns file turns the regex policy on
     try:
-        return parse_language(value)
-    except ValueError as exc:
-        raise ConfigError(f"ANSWER_LANGUAGE: {exc}") from None
+        return GuardrailConfig(
+            policies=policies,
+            mode=read.choice("GUARDRAIL_MODE"),
+            requested_action=read.choice("GUARDRAIL_ACTION"),
+            buffer_chars=read.whole("GUARDRAIL_BUFFER_CHARS") or 0,
+            blocklist_file=read.text("GUARDRAIL_BLOCKLIST_FILE"),
+            regex_file=regex_file,
+            locked=read.flag("GUARDRAILS_LOCKED"),
+            phone_regions=tuple(r.upper() for r in read.items("GUARDRAIL_PHONE_REGIONS")),
+            on_error=read.choice("GUARDRAIL_ON_ERROR"),
+            moderation_model=read.text("GUARDRAIL_MODERATION_MODEL") or DEFAULT_MODERATION_MODEL,
+            moderation_base_url=moderation_endpoint(
+                read.url("GUARDRAIL_MODERATION_BASE_URL"),
+                policies,
+                provider_key=provider_key,
+                provider_base_url=provider_base_url,
+            ),
+            moderation_api_key=read.text("GUARDRAIL_MODERATION_API_KEY") or provider_key,
+            moderation_timeout_s=read.number("GUARDRAIL_MODERATION_TIMEOUT_S"),
+        )
+    except ValueError as exc:  # the guardrail package's own checks, in its own words
+        raise ConfigError(str(exc)) from None
 
 
-class _Reader:
-    """Typed access to an environment mapping with messages a person can act on."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def text(self, name: str, *, keep_empty: bool = False) -> str | None:
-        value = self._env.get(name)
-        if value is None:
-            return None
-        value = value.strip()
-        if not value and not keep_empty:
-            return None
-        return value
-
-    def number(
-        self,
-        name: str,
-        default: float,
-        *,
-        low: float,
-        high: float,
-        integer: bool = False,
-    ) -> float:
-        raw = self.text(name)
-        if raw is None:
-            return default
-        kind = "a whole number" if integer else "a number"
-        try:
-            value = float(int(raw)) if integer else float(raw)
-        except ValueError:
-            raise ConfigError(
-                f"{name} must be {kind} between {low:g} and {high:g} (got {raw!r})."
-            ) from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise ConfigError(f"{name} must be {kind} between {low:g} and {high:g} (got {raw!r}).")
-        return value
-
-    def optional_int(self, name: str, *, low: int, meaning: str = "") -> int | None:
-        raw = self.text(name)
-        if raw is None:
-            return None
-        problem = f"{name} must be a whole number of at least {low}{meaning} (got {raw!r})."
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(problem) from None
-        if value < low:
-            raise ConfigError(problem)
-        return value
-
-    def limit(self, name: str) -> int | None:
-        """A limit where 0 (or nothing) means none."""
-        return self.optional_int(name, low=0, meaning="; 0 means no limit") or None
-
-    def choice(self, name: str, allowed: tuple[str, ...], default: str) -> str:
-        raw = self.text(name)
-        if raw is None:
-            return default
-        if raw.lower() not in allowed:
-            raise ConfigError(f"{name} must be one of {', '.join(allowed)} (got {raw!r}).")
-        return raw.lower()
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.text(name, keep_empty=True)
-        if raw is None:
-            return default
-        lowered = raw.lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-        raise ConfigError(f"{name} must be true or false (got {raw!r}).")
-
-
-def env_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    """A true-or-false variable read as Settings reads its own; ConfigError for anything else."""
-    return _Reader(environ).flag(name, default)
+def _language(read: ConfigReader) -> str:
+    raw = read.text("ANSWER_LANGUAGE") or DEFAULT_LANGUAGE
+    try:
+        return parse_language(raw)
+    except ValueError:
+        raise VARIABLES["ANSWER_LANGUAGE"].problem(raw) from None
 
 
 def project_root() -> Path:

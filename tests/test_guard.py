@@ -13,7 +13,6 @@ from streamchat.core.errors import ConfigError
 from streamchat.guardrails import (
     BlocklistPolicy,
     Guard,
-    GuardrailConfig,
     Match,
     PiiPolicy,
     SecretsPolicy,
@@ -21,6 +20,7 @@ from streamchat.guardrails import (
     check_input,
 )
 from streamchat.guardrails.normalize import Normalizer
+from streamchat.settings import guardrail_config
 
 POLICIES = (PiiPolicy(), SecretsPolicy(), BlocklistPolicy(["darn", "hate"]))
 
@@ -206,7 +206,7 @@ def test_buffered_mode_shows_text_at_once_and_retracts_to_the_safe_prefix():
 
 
 def test_redact_in_buffered_mode_falls_back_to_stop():
-    config = GuardrailConfig.from_env({"GUARDRAIL_MODE": "buffered", "GUARDRAIL_ACTION": "redact"})
+    config = guardrail_config({"GUARDRAIL_MODE": "buffered", "GUARDRAIL_ACTION": "redact"})
     assert config.action == "stop" and config.redact_fell_back
 
 
@@ -266,7 +266,7 @@ def test_hold_record_reports_delay_and_hold_size():
 
 
 def test_input_check_names_the_kind_never_the_text():
-    config = GuardrailConfig.from_env({})
+    config = guardrail_config({})
     violations = check_input(config, "my card is 4111-1111-1111-1111, thanks")
     assert [v.kind for v in violations] == ["card"]
     message = violations[0].input_message()
@@ -277,7 +277,7 @@ def test_input_check_names_the_kind_never_the_text():
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
-        ({"GUARDRAILS": "pii,magic"}, "unknown policy magic"),
+        ({"GUARDRAILS": "pii,magic"}, "GUARDRAILS must be a comma-separated list of pii"),
         ({"GUARDRAIL_MODE": "later"}, "GUARDRAIL_MODE must be one of hold, buffered"),
         ({"GUARDRAIL_ACTION": "shout"}, "GUARDRAIL_ACTION must be one of stop, redact"),
         ({"GUARDRAIL_BUFFER_CHARS": "0"}, "GUARDRAIL_BUFFER_CHARS"),
@@ -287,11 +287,11 @@ def test_input_check_names_the_kind_never_the_text():
 )
 def test_bad_guardrail_settings_are_explained(env, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
-        GuardrailConfig.from_env(env)
+        guardrail_config(env)
 
 
 def test_off_disables_every_policy_and_text_passes_at_once():
-    config = GuardrailConfig.from_env({"GUARDRAILS": "off"})
+    config = guardrail_config({"GUARDRAILS": "off"})
     guard = build_guard(config)
     assert guard.feed("jane.doe@example.com").release == "jane.doe@example.com"
 
@@ -299,14 +299,14 @@ def test_off_disables_every_policy_and_text_passes_at_once():
 def test_user_regex_file_with_named_patterns_and_a_bad_line(tmp_path):
     good = tmp_path / "patterns.txt"
     good.write_text("# max_match: 20\norder_id = ORD-\\d{6}\n")
-    config = GuardrailConfig.from_env({"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(good)})
+    config = guardrail_config({"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(good)})
     guard = build_guard(config)
     step = guard.feed("your order ORD-123456 has shipped, more text follows to end this.")
     step = step if step.stopped else guard.finish()
     assert step.violation is not None and step.violation.kind == "order_id"
     bad = tmp_path / "bad.txt"
     bad.write_text("ok\n(unclosed\n")
-    config = GuardrailConfig.from_env({"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(bad)})
+    config = guardrail_config({"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(bad)})
     with pytest.raises(ConfigError, match="line 2"):
         build_guard(config)
 

@@ -15,7 +15,7 @@ from streamchat.core.metrics import ProcessMetrics
 from streamchat.core.relay import StreamRun
 from streamchat.core.sinks import MemorySink
 from streamchat.core.types import ChatMessage, ChatRequest, EndReason
-from streamchat.guardrails import GuardrailConfig, build_guard, screen_input
+from streamchat.guardrails import build_guard, screen_input
 from streamchat.guardrails.moderation import (
     Moderator,
     OpenAIModerationClient,
@@ -24,6 +24,7 @@ from streamchat.guardrails.moderation import (
 )
 from streamchat.offline import OfflineServer
 from streamchat.offline.moderation import DEMO_PHRASE, flagged_categories
+from streamchat.settings import guardrail_config
 from tests.scripted import ScriptedSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
@@ -87,7 +88,7 @@ def run_with(
     metrics: ProcessMetrics | None = None,
     errors: list[str] | None = None,
 ) -> StreamRun:
-    config = GuardrailConfig.from_env({"GUARDRAIL_MODE": mode})
+    config = guardrail_config({"GUARDRAIL_MODE": mode})
     moderator = Moderator(
         client,
         on_error=on_error,
@@ -263,7 +264,7 @@ async def test_local_policies_still_run_first():
 
 
 async def test_a_flagged_message_is_not_sent_upstream():
-    config = GuardrailConfig.from_env({"GUARDRAILS": "pii,moderation", "OPENAI_API_KEY": "sk-test"})
+    config = guardrail_config({"GUARDRAILS": "pii,moderation", "OPENAI_API_KEY": "sk-test"})
     moderator = Moderator(FakeModeration())
     violation = await screen_input(config, f"hey {DEMO_PHRASE}", moderator)
     assert violation is not None and violation.policy == "moderation"
@@ -281,7 +282,7 @@ async def test_a_flagged_message_is_not_sent_upstream():
 
 def test_moderation_kinds_read_well():
     assert moderation_kind(["self-harm/intent"]) == "moderation:self-harm/intent"
-    config = GuardrailConfig.from_env({"GUARDRAILS": "moderation", "OPENAI_API_KEY": "k"})
+    config = guardrail_config({"GUARDRAILS": "moderation", "OPENAI_API_KEY": "k"})
     assert config.moderated and config.enabled
 
 
@@ -289,7 +290,7 @@ def test_moderation_kinds_read_well():
 
 
 def test_moderation_goes_to_openai_with_an_openai_key():
-    config = GuardrailConfig.from_env({"GUARDRAILS": "moderation", "OPENAI_API_KEY": "sk-x"})
+    config = guardrail_config({"GUARDRAILS": "moderation", "OPENAI_API_KEY": "sk-x"})
     assert config.moderation_base_url == "https://api.openai.com/v1"
     assert config.moderation_api_key == "sk-x"
     assert config.moderation_model == "omni-moderation-latest"
@@ -297,15 +298,15 @@ def test_moderation_goes_to_openai_with_an_openai_key():
 
 
 def test_moderation_offline_uses_the_demo_endpoint():
-    config = GuardrailConfig.from_env({"GUARDRAILS": "moderation"})
+    config = guardrail_config({"GUARDRAILS": "moderation"})
     assert config.moderated and config.moderation_base_url is None
 
 
 def test_moderation_with_another_provider_needs_its_own_endpoint():
     env = {"GUARDRAILS": "moderation", "OPENAI_BASE_URL": "http://localhost:11434/v1"}
     with pytest.raises(ConfigError, match="GUARDRAIL_MODERATION_BASE_URL"):
-        GuardrailConfig.from_env(env)
-    config = GuardrailConfig.from_env(
+        guardrail_config(env)
+    config = guardrail_config(
         {**env, "GUARDRAIL_MODERATION_BASE_URL": "https://api.openai.com/v1/"}
     )
     assert config.moderation_base_url == "https://api.openai.com/v1"
@@ -322,7 +323,7 @@ def test_moderation_with_another_provider_needs_its_own_endpoint():
 )
 def test_bad_moderation_settings_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):
-        GuardrailConfig.from_env({"GUARDRAILS": "moderation", name: value})
+        guardrail_config({"GUARDRAILS": "moderation", name: value})
 
 
 # --- the offline stand-in, through the openai SDK ---------------------------------------------

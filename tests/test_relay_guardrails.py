@@ -11,7 +11,8 @@ from streamchat.core.errors import StreamBroken
 from streamchat.core.relay import Resilience, StreamRun
 from streamchat.core.sinks import MemorySink
 from streamchat.core.types import ChatMessage, ChatRequest, EndReason
-from streamchat.guardrails import GuardrailConfig, build_guard
+from streamchat.guardrails import build_guard
+from streamchat.settings import guardrail_config
 from tests.scripted import RecordingSleep, ScriptedSource, SequenceSource
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
@@ -23,7 +24,7 @@ def tokens(text: str, size: int = 3) -> list[str]:
 
 
 def guard(**env: str):
-    return build_guard(GuardrailConfig.from_env(env))
+    return build_guard(guardrail_config(env))
 
 
 async def test_violation_stops_the_answer_closes_upstream_and_never_reaches_the_sink():
@@ -89,7 +90,7 @@ async def test_a_blocked_user_message_is_never_sent_and_not_kept():
     chat = ChatSession(
         source,
         ChatOptions(model="m", temperature=0, system_prompt=""),
-        guardrails=GuardrailConfig.from_env({}),
+        guardrails=guardrail_config({}),
     )
     sink = MemorySink()
     result = await chat.answer("my card is 4111 1111 1111 1111", sink)
@@ -101,9 +102,9 @@ async def test_a_blocked_user_message_is_never_sent_and_not_kept():
 
 async def test_guardrails_can_be_switched_off_per_chat_unless_locked():
     options = ChatOptions(model="m", temperature=0, system_prompt="", guardrails_on=False)
-    chat = ChatSession(ScriptedSource([EMAIL]), options, guardrails=GuardrailConfig.from_env({}))
+    chat = ChatSession(ScriptedSource([EMAIL]), options, guardrails=guardrail_config({}))
     assert not chat.guardrail_config.enabled
-    locked = GuardrailConfig.from_env({"GUARDRAILS_LOCKED": "true"})
+    locked = guardrail_config({"GUARDRAILS_LOCKED": "true"})
     chat = ChatSession(ScriptedSource([EMAIL]), options, guardrails=locked)
     assert chat.guardrail_config.enabled
 

@@ -68,3 +68,22 @@ def test_cli_adds_lists_and_removes_users(tmp_path):
     assert cli("add", "dave", "--password-stdin", stdin="short\n").returncode == 2
     assert cli("remove", "carol").returncode == 0
     assert cli("remove", "carol").returncode == 1
+
+
+def test_cli_takes_the_users_file_from_dot_env_as_the_app_does(tmp_path):
+    (tmp_path / ".env").write_text("AUTH_USERS_FILE=team/users.txt\n")
+    environ = {k: v for k, v in os.environ.items() if k != "AUTH_USERS_FILE"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [root, environ.get("PYTHONPATH")]))
+    added = subprocess.run(
+        [sys.executable, "-m", "streamchat.hosting.users", "add", "erin", "--password-stdin"],
+        input="s3cret-pass\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=environ,
+    )
+    assert added.returncode == 0, added.stderr
+    assert UsersFile(tmp_path / "team" / "users.txt").check("erin", "s3cret-pass")
+    assert not (tmp_path / "users.txt").exists()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamchat.hosting.users import UsersFile
+from streamchat.settings import ConfigReader
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +23,11 @@ class AuthConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> AuthConfig:
-        header = (environ.get("AUTH_HEADER") or "").strip() or None
+        read = ConfigReader(environ)
+        header = read.text("AUTH_HEADER")
         return cls(
-            enabled=bool((environ.get("CHAINLIT_AUTH_SECRET") or "").strip()),
-            users_file=Path((environ.get("AUTH_USERS_FILE") or "users.txt").strip()),
+            enabled=read.text("CHAINLIT_AUTH_SECRET") is not None,
+            users_file=Path(read.text("AUTH_USERS_FILE") or "users.txt"),
             header=header.lower() if header else None,
         )
 

@@ -43,6 +43,7 @@ from sqlalchemy.schema import CreateColumn
 from streamchat.core.errors import ConfigError
 from streamchat.core.history import METADATA_KEY, Conversation
 from streamchat.core.types import EndReason
+from streamchat.settings import ConfigReader
 
 log = logging.getLogger("streamchat.hosting.persistence")
 
@@ -149,10 +150,8 @@ class Database:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Database | None:
         """None when history is off (DATABASE_URL=off)."""
-        raw = (environ.get("DATABASE_URL") or "").strip() or DEFAULT_DATABASE_URL
-        if raw.lower() in ("off", "none", "false", "0"):
-            return None
-        return cls.parse(raw)
+        raw = ConfigReader(environ).text("DATABASE_URL")
+        return None if raw is None else cls.parse(raw)
 
     @classmethod
     def parse(cls, raw: str) -> Database:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamchat.core.errors import ConfigError
+from streamchat.settings import ConfigReader
 
 # Sent with every HTTP response. No Content-Security-Policy: Chainlit's UI sets up its own
 # scripts and styles, and a wrong policy would break it silently; output is kept inert by
@@ -37,17 +38,12 @@ class OriginPolicy:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], *, login: bool) -> OriginPolicy:
-        raw = (env.get("ALLOW_ORIGINS") or "").strip()
-        if not raw:
+        origins = ConfigReader(env).items("ALLOW_ORIGINS")
+        if not origins:
             return cls(any_origin=not login)
-        if raw == "*":
+        if origins == ("*",):
             return cls(any_origin=True)
-        origins = []
-        for item in raw.split(","):
-            item = item.strip().rstrip("/")
-            if item:
-                origins.append(_checked_origin(item))
-        return cls(origins=tuple(origins))
+        return cls(origins=tuple(_checked_origin(item.rstrip("/")) for item in origins))
 
     def allows(self, origin: str | None, host: str | None, scheme: str) -> bool:
         """Whether a request with this Origin header may go on (no header: not a browser's

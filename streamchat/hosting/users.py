@@ -16,11 +16,12 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamchat.core.errors import ConfigError
+from streamchat.settings import ConfigReader
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _NAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
@@ -119,13 +120,15 @@ class UsersFile:
         os.replace(temporary, self.path)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """`streamchat-users`. The default file is AUTH_USERS_FILE from the environment or `.env`,
+    as the app reads it (`environ`: the process environment over `.env`)."""
     parser = argparse.ArgumentParser(
         prog="streamchat-users", description="Manage password users for streamchat's login."
     )
     parser.add_argument(
         "--file",
-        default=os.environ.get("AUTH_USERS_FILE", "users.txt"),
+        default=ConfigReader(environ).text("AUTH_USERS_FILE") or "users.txt",
         help="users file (default: AUTH_USERS_FILE or users.txt)",
     )
     commands = parser.add_subparsers(dest="command", required=True)
