@@ -24,7 +24,6 @@ from streamchat.classroom import ui as classroom_ui
 from streamchat.core.errors import ConfigError
 from streamchat.core.sinks import ChainlitSink
 from streamchat.faces.web import mount
-from streamchat.guardrails import GuardrailConfig, guardrail_note
 from streamchat.hosting.auth import AuthConfig
 from streamchat.hosting.limits import LimitExceeded, limit_key
 from streamchat.hosting.persistence import (
@@ -36,6 +35,7 @@ from streamchat.hosting.persistence import (
 from streamchat.hosting.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
 from streamchat.languages import LANGUAGES
 from streamchat.logs import configure_logging
+from streamchat.pipeline import GuardrailPanel
 from streamchat.runtime import Runtime, settings_or_error
 from streamchat.settings import load_env_file
 from streamchat.speedups.eventloop import install_loop, loop_name
@@ -48,23 +48,19 @@ from streamchat.speedups.socket_updates import SocketUpdates, hand_off_queues, r
 
 log = logging.getLogger("streamchat.app")
 
-# What is set while the app loads (the environment over `.env`), read once; each setting below
-# is parsed from it by streamchat.settings' reader, as Settings parses its own at startup.
-_environ = load_env_file()
-
 # `chainlit run` made every task and future pure Python (nest_asyncio): C ones again, on the
 # uvloop loop Chainlit starts next (EVENT_LOOP).
-_loop_choice = install_loop(_environ)
+_loop_choice = install_loop(load_env_file())
 # The server Chainlit creates next does its housekeeping once a second, not ten times, and
 # does not compress every frame it sends unless UVICORN_WS_PER_MESSAGE_DEFLATE asks for it.
 install_quiet_server()
-_compression = websocket_compression(_environ)
+_compression = websocket_compression(load_env_file())
 install_websocket_compression(_compression.per_message_deflate)
 # Settings read at import that could not be followed: logged at startup, shown in each chat.
 _setup_problems = [p for p in (_loop_choice.problem, _compression.problem) if p is not None]
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
-_auth = AuthConfig.from_env(_environ)
+_auth = AuthConfig.from_env(load_env_file())
 if _auth.enabled:
 
     @cl.password_auth_callback
@@ -86,7 +82,7 @@ if _auth.enabled:
 
 # Cross-site access and security headers must be in place before Chainlit serves a request.
 try:
-    _origins = OriginPolicy.from_env(_environ, login=_auth.enabled)
+    _origins = OriginPolicy.from_env(load_env_file(), login=_auth.enabled)
     _origin_error: str | None = None
 except ConfigError as exc:
     _origins, _origin_error = OriginPolicy(), str(exc)  # the strictest: this app's pages only
@@ -101,7 +97,7 @@ _database: Database | None = None
 _database_error: str | None = None
 if _auth.enabled:
     try:
-        _database = Database.from_env(_environ)
+        _database = Database.from_env(load_env_file())
     except ConfigError as exc:
         _database_error = str(exc)
 _data_layer: StreamchatDataLayer | None = None
@@ -193,7 +189,7 @@ def _socket_updates() -> SocketUpdates | None:
 
 
 def _settings_widgets(
-    options: ChatOptions, models: list[str], guardrails: GuardrailConfig
+    options: ChatOptions, models: list[str], guardrails: GuardrailPanel
 ) -> list[object]:
     model_widget: object
     if models:
@@ -239,7 +235,7 @@ def _settings_widgets(
             label=f"Guardrails ({', '.join(guardrails.policies) or 'none configured'})",
             initial=options.guardrails_on and guardrails.enabled,
             disabled=guardrails.locked or not guardrails.enabled,
-            description=guardrail_note(guardrails),
+            description=guardrails.note,
         ),
         Select(
             id="guardrail_mode",
@@ -250,7 +246,7 @@ def _settings_widgets(
             },
             initial_value=options.guardrail_mode,
             disabled=guardrails.locked or not guardrails.enabled,
-            description=guardrail_note(guardrails),
+            description=guardrails.note,
         ),
     ]
 
@@ -290,7 +286,7 @@ async def _open_chat(thread: ThreadDict | None) -> None:
                 log.warning("stored chat settings no longer apply; using the defaults")
         cl.user_session.set("chat", chat)
         models = await _runtime.available_models()
-        widgets = _settings_widgets(chat.options, models, chat.guardrails)
+        widgets = _settings_widgets(chat.options, models, chat.guardrail_panel)
         if classroom_ui.is_classroom():
             widgets += classroom_ui.settings_widgets(chat, models)
             await classroom_ui.start()

@@ -10,22 +10,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.core.errors import ConfigError, ProviderError
 from streamchat.core.metrics import PROCESS_METRICS
 from streamchat.core.provider import Provider
-from streamchat.faces.sse import MemoryStreamStore, StreamHub
-from streamchat.faces.sse_redis import RedisMirror
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
 from streamchat.hosting.limits import RateLimiter
 from streamchat.offline import OfflineServer
+from streamchat.pipeline import Pipeline
 from streamchat.settings import Settings, public_url
 
 log = logging.getLogger("streamchat.runtime")
 
 # How long chat start may wait for the model list before showing the settings without it.
 MODEL_LIST_TIMEOUT_S = 5.0
+
+
+class Service(Protocol):
+    """Something a face runs beside the chats (the SSE endpoint's answers): started and closed
+    with the Runtime."""
+
+    async def start_background(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Runtime:
@@ -38,16 +47,13 @@ class Runtime:
         self.moderator: Moderator | None = None  # the moderation policy, when configured
         # Per-user limits, in this process or in Redis; None when no limit is set.
         self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits.enabled else None
-        # Answers streamed over SSE run here, so a reconnecting client can resume them.
-        # With REDIS_URL, their events are also kept in Redis Streams, so the reconnect may
-        # land on another replica.
-        redis_url = settings.rate_limits.redis_url
-        self.hub = StreamHub(
-            MemoryStreamStore(ttl_s=settings.sse_ttl_s),
-            grace_s=settings.sse_grace_s,
-            keepalive_s=settings.sse_keepalive_s,
-            mirror=RedisMirror(redis_url, ttl_s=settings.sse_ttl_s) if redis_url else None,
-        )
+        self._services: list[Service] = []
+
+    def attach(self, service: Service) -> None:
+        """Start `service` with this Runtime and close it at shutdown. Call before start()."""
+        if self._provider is not None:
+            raise RuntimeError("attach() after Runtime.start()")
+        self._services.append(service)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Runtime:
@@ -72,8 +78,20 @@ class Runtime:
             base_url = await asyncio.to_thread(server.start)
             self.offline_server = server
             log.info("offline demo model listening at %s", base_url)
-        self._provider = Provider(self.settings, base_url=base_url)
-        await self.hub.start_background()
+        settings = self.settings
+        self._provider = Provider(
+            api_key=settings.api_key,
+            base_url=base_url,
+            model=settings.model,
+            request_timeout_s=settings.request_timeout_s,
+            connect_timeout_s=settings.connect_timeout_s,
+            http_stack=settings.http_client,
+            read_pacing=settings.read_pacing,
+            speedups=settings.speedups,
+            offline=settings.offline,
+        )
+        for service in self._services:
+            await service.start_background()
         log.info("answers come from %s", self._provider.label)
         guardrails = self.settings.guardrails
         if guardrails.moderated:
@@ -96,7 +114,8 @@ class Runtime:
             log.info("moderation checks go to %s", public_url(moderation_url))
 
     async def aclose(self) -> None:
-        await self.hub.aclose()
+        for service in self._services:
+            await service.aclose()
         if self.limiter is not None:
             await self.limiter.aclose()
         if self._provider is not None:
@@ -134,17 +153,22 @@ class Runtime:
             guardrail_mode=self.settings.guardrails.mode,
             language=self.settings.language,
         )
-        chat = ChatSession(
-            self.provider,
-            options,
-            flush_interval_s=self.settings.stream_flush_ms / 1000,
-            resilience=self.settings.resilience,
-            guardrails=self.settings.guardrails,
-            max_input_chars=self.settings.max_input_chars,
-            max_history_tokens=self.settings.max_history_tokens,
-            moderator=self.moderator,
+        chat = ChatSession.on(
+            self.pipeline(), options, max_history_tokens=self.settings.max_history_tokens
         )
         return chat, problem
+
+    def pipeline(self) -> Pipeline:
+        """What answers requests with the operator's settings: every face's runs come from it."""
+        settings = self.settings
+        return Pipeline(
+            self.provider,
+            guardrails=settings.guardrails,
+            moderator=self.moderator,
+            flush_interval_s=settings.stream_flush_ms / 1000,
+            resilience=settings.resilience,
+            max_input_chars=settings.max_input_chars,
+        )
 
     async def available_models(self) -> list[str]:
         """The provider's models for the settings picker; empty when it cannot say."""

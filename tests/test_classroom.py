@@ -25,7 +25,6 @@ from streamchat.core.sinks import MemorySink
 from streamchat.core.types import ChatMessage, ChatRequest, EndReason, Usage
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
-from streamchat.settings import Settings
 from tests.scripted import ScriptedSource
 
 QUESTION = "What is a token?"
@@ -38,7 +37,7 @@ def request(text: str = QUESTION) -> ChatRequest:
 @pytest.fixture
 async def provider() -> AsyncIterator[Provider]:
     with OfflineServer(tokens_per_second=400, first_token_delay_ms=5) as server:
-        provider = Provider(Settings(base_url=server.base_url))
+        provider = Provider(base_url=server.base_url)
         provider.server = server  # type: ignore[attr-defined]
         yield provider
         await provider.aclose()

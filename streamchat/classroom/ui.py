@@ -33,10 +33,11 @@ from streamchat.classroom.tools import (
     race_table,
     token_view,
 )
-from streamchat.core.provider import Provider, WholeAnswer
+from streamchat.core.errors import ConfigError
 from streamchat.core.relay import StreamResult, StreamRun
 from streamchat.core.sinks import ChainlitSink, Sink
 from streamchat.languages import label
+from streamchat.pipeline import check_temperature
 
 log = logging.getLogger("streamchat.classroom")
 
@@ -127,14 +128,11 @@ class ClassroomState:
             self.second_model = str(values["second_model"] or "").strip()
         if "second_temperature" in values:
             try:
-                temperature = float(values["second_temperature"])
-            except (TypeError, ValueError):
-                problems.append("The second temperature must be a number between 0 and 2.")
-            else:
-                if 0 <= temperature <= 2:
-                    self.second_temperature = temperature
-                else:
-                    problems.append("The second temperature must be a number between 0 and 2.")
+                self.second_temperature = check_temperature(
+                    values["second_temperature"], name="The second temperature"
+                )
+            except ConfigError as exc:
+                problems.append(str(exc))
         return problems
 
 
@@ -297,8 +295,8 @@ class Classroom:
 
     async def compare(self, text: str) -> None:
         """The same question without and with streaming, at the same time."""
-        provider = self.chat.source
-        if not isinstance(provider, Provider):
+        unstreamed = self.chat.pipeline.unstreamed()
+        if unstreamed is None:
             await self.show_error("Normal vs streaming needs a provider that answers both ways.")
             return
         question = text.strip() or "Explain time to first token"
@@ -310,7 +308,7 @@ class Classroom:
             [
                 (
                     normal,
-                    lambda sink: self.chat.new_run(sink, source=WholeAnswer(provider)),
+                    lambda sink: self.chat.new_run(sink, source=unstreamed),
                     self.make_sink(normal_message),
                 ),
                 (streamed, lambda sink: self.chat.new_run(sink), self.make_sink(streamed_message)),

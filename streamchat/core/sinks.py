@@ -10,7 +10,12 @@ from streamchat.core.types import EndReason
 
 if TYPE_CHECKING:
     from streamchat.core.relay import StreamResult
-    from streamchat.faces.sse import EventLog
+
+
+class EventLog(Protocol):
+    """Where an SseSink appends its named events (the SSE face's resumable log)."""
+
+    def append(self, event: str, data: dict[str, Any], /) -> object: ...
 
 
 class Sink(Protocol):

@@ -22,7 +22,6 @@ from typing import TextIO
 from streamchat import __version__
 from streamchat.chat import ChatSession
 from streamchat.core.errors import ConfigError
-from streamchat.core.provider import WholeAnswer
 from streamchat.core.relay import StreamResult
 from streamchat.core.sinks import ConsoleSink
 from streamchat.core.types import Delta, EndReason
@@ -87,7 +86,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             err.write(f"error: {exc}\n")
             return EXIT_USAGE
         if args.no_stream:
-            chat.source = WholeAnswer(runtime.provider)
+            chat.source = chat.pipeline.unstreamed() or chat.source
         if args.interactive:
             return await _interactive(chat, args, out, err)
         question = " ".join(args.question).strip()

@@ -18,25 +18,26 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
 from streamchat.chat import fitted_request, full_system_prompt
-from streamchat.core.coalesce import CoalescingSink
+from streamchat.core.errors import ConfigError
 from streamchat.core.metrics import PROCESS_METRICS, ProcessMetrics
-from streamchat.core.relay import StreamRun, refused_input_result
 from streamchat.core.sinks import SseSink
 from streamchat.core.types import ChatMessage
 from streamchat.faces.sse import (
     KEEPALIVE,
     KEEPALIVE_BYTES,
     EventLog,
+    MemoryStreamStore,
     StreamHub,
     encode_event,
     encode_retry,
     parse_event_id,
 )
-from streamchat.faces.sse_redis import EventsDropped, StoreUnavailable, UnknownStream
-from streamchat.guardrails import build_guard, screen_input
+from streamchat.faces.sse_redis import EventsDropped, RedisMirror, StoreUnavailable, UnknownStream
 from streamchat.hosting.auth import request_identity
 from streamchat.hosting.limits import LimitExceeded, limit_key
+from streamchat.pipeline import check_temperature, length_problem
 from streamchat.runtime import Runtime
+from streamchat.settings import Settings
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _CATCH_ALL = "/{full_path:path}"
@@ -104,6 +105,19 @@ def _holds_catch_all(route: object) -> bool:
     return any(_holds_catch_all(child) for child in inner or ())
 
 
+def _hub(settings: Settings) -> StreamHub:
+    """Where answers streamed over SSE run, so a reconnecting client can resume them. With
+    REDIS_URL, their events are also kept in Redis Streams, so the reconnect may land on
+    another replica."""
+    redis_url = settings.rate_limits.redis_url
+    return StreamHub(
+        MemoryStreamStore(ttl_s=settings.sse_ttl_s),
+        grace_s=settings.sse_grace_s,
+        keepalive_s=settings.sse_keepalive_s,
+        mirror=RedisMirror(redis_url, ttl_s=settings.sse_ttl_s) if redis_url else None,
+    )
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message}}, status_code=status)
 
@@ -130,7 +144,9 @@ class StreamEndpoint:
     ) -> None:
         self.runtime = runtime
         self.require_login = require_login
-        self.hub = runtime.hub if runtime else StreamHub()
+        self.hub = _hub(runtime.settings) if runtime else StreamHub()
+        if runtime is not None:
+            runtime.attach(self.hub)
         self.config_error = config_error
         self.retry_ms = retry_ms
 
@@ -294,7 +310,8 @@ class StreamEndpoint:
                 response.headers.update(headers)
                 return response
 
-        guardrails = settings.guardrails
+        # The chat UI's pipeline: the same input checks, guardrails and coalescing.
+        pipeline = runtime.pipeline()
 
         async def produce(event_log: EventLog) -> None:
             async with lease.metered() if lease is not None else contextlib.nullcontext():
@@ -302,22 +319,9 @@ class StreamEndpoint:
 
         async def answer(event_log: EventLog) -> None:
             sink = SseSink(event_log)
-            # The same guardrails as the chat UI: the question first, then the answer.
-            blocked = await screen_input(guardrails, messages[-1].content, runtime.moderator)
-            if blocked is not None:
-                await refused_input_result(sink, violation=blocked)
-                return
-            run = StreamRun(
-                runtime.provider,
-                CoalescingSink(sink, interval_s=settings.stream_flush_ms / 1000),
-                stream_id=event_log.stream_id,
-                resilience=settings.resilience,
-                guard=build_guard(guardrails, stream_id=event_log.stream_id)
-                if guardrails.enabled
-                else None,
-                moderator=runtime.moderator if guardrails.moderated else None,
-            )
-            await run.run(request)
+            if await pipeline.screen(messages[-1].content, sink) is not None:
+                return  # refused: nothing goes upstream
+            await pipeline.run(sink, stream_id=event_log.stream_id).run(request)
 
         event_log = self.hub.start(produce)
         return self._response(self.hub.follow(event_log), first=encode_retry(self.retry_ms))
@@ -341,12 +345,9 @@ class StreamEndpoint:
     def _check_prompt(self, prompt: str) -> str:
         if not prompt.strip():
             raise BadStreamRequest(400, "The prompt is missing: add ?prompt=your+question.")
-        if len(prompt) > self._max_chars():
-            raise BadStreamRequest(
-                413,
-                f"The prompt is too long ({len(prompt)} characters; "
-                f"the limit is {self._max_chars()}).",
-            )
+        problem = length_problem("The prompt", prompt, self._max_chars())
+        if problem is not None:
+            raise BadStreamRequest(413, problem)
         return prompt
 
     def _check_messages(self, value: object) -> list[ChatMessage]:
@@ -389,9 +390,7 @@ class StreamEndpoint:
         value = runtime.settings.temperature
         if temperature not in (None, ""):
             try:
-                value = float(str(temperature))
-            except ValueError:
-                value = float("nan")
-            if not 0 <= value <= 2:
-                raise BadStreamRequest(400, "temperature must be a number between 0 and 2.")
+                value = check_temperature(temperature, name="temperature")
+            except ConfigError as exc:
+                raise BadStreamRequest(400, str(exc)) from None
         return chosen, value
