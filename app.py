@@ -48,19 +48,23 @@ from streamchat.speedups.socket_updates import SocketUpdates, hand_off_queues, r
 
 log = logging.getLogger("streamchat.app")
 
+# What is set while the app loads (the environment over `.env`), read once; each setting below
+# is parsed from it by streamchat.settings' reader, as Settings parses its own at startup.
+_environ = load_env_file()
+
 # `chainlit run` made every task and future pure Python (nest_asyncio): C ones again, on the
 # uvloop loop Chainlit starts next (EVENT_LOOP).
-_loop_choice = install_loop(load_env_file())
+_loop_choice = install_loop(_environ)
 # The server Chainlit creates next does its housekeeping once a second, not ten times, and
 # does not compress every frame it sends unless UVICORN_WS_PER_MESSAGE_DEFLATE asks for it.
 install_quiet_server()
-_compression = websocket_compression(load_env_file())
+_compression = websocket_compression(_environ)
 install_websocket_compression(_compression.per_message_deflate)
 # Settings read at import that could not be followed: logged at startup, shown in each chat.
 _setup_problems = [p for p in (_loop_choice.problem, _compression.problem) if p is not None]
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
-_auth = AuthConfig.from_env(load_env_file())
+_auth = AuthConfig.from_env(_environ)
 if _auth.enabled:
 
     @cl.password_auth_callback
@@ -82,7 +86,7 @@ if _auth.enabled:
 
 # Cross-site access and security headers must be in place before Chainlit serves a request.
 try:
-    _origins = OriginPolicy.from_env(load_env_file(), login=_auth.enabled)
+    _origins = OriginPolicy.from_env(_environ, login=_auth.enabled)
     _origin_error: str | None = None
 except ConfigError as exc:
     _origins, _origin_error = OriginPolicy(), str(exc)  # the strictest: this app's pages only
@@ -97,7 +101,7 @@ _database: Database | None = None
 _database_error: str | None = None
 if _auth.enabled:
     try:
-        _database = Database.from_env(load_env_file())
+        _database = Database.from_env(_environ)
     except ConfigError as exc:
         _database_error = str(exc)
 _data_layer: StreamchatDataLayer | None = None
