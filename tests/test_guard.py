@@ -307,7 +307,7 @@ def test_user_regex_file_with_named_patterns_and_a_bad_line(tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_text("ok\n(unclosed\n")
     config = guardrail_config({"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(bad)})
-    with pytest.raises(ConfigError, match="line 2"):
+    with pytest.raises(ValueError, match="line 2"):
         build_guard(config)
 
 

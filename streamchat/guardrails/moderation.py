@@ -29,7 +29,6 @@ from typing import Protocol
 import httpx2
 import openai
 
-from streamchat.core.errors import redact_secrets
 from streamchat.guardrails.guard import GuardRecord, Violation
 from streamchat.guardrails.policies import label
 
@@ -40,6 +39,16 @@ DEFAULT_MODEL = "omni-moderation-latest"
 # A sentence ends at . ! ? (and their full-width forms) followed by space, or at a line break.
 _SENTENCE_END = re.compile(r"[.!?\u3002\uff01\uff1f\u2026]+[\"'\u201d\u2019)\]]*\s+|\n\s*")
 _LAST_SPACE = re.compile(r"\s(?=\S*$)")
+# Anything that looks like a credential, scrubbed from a failed check's detail before it is
+# logged (an SDK error may echo the key). The guardrails know nothing of the app, so they
+# keep this pattern themselves; it is the one streamchat.core.errors applies to its errors.
+_SECRET_PATTERN = re.compile(
+    r"(sk-[A-Za-z0-9_\-*.]{3,}|Bearer\s+[A-Za-z0-9_\-.=*]+|[A-Za-z0-9_\-]{32,})"
+)
+
+
+def _redact_secrets(text: str) -> str:
+    return _SECRET_PATTERN.sub("[redacted]", text)
 
 
 class ModerationClient(Protocol):
@@ -133,7 +142,7 @@ class Moderator:
                 "moderation check failed stream=%s reason=%s detail=%s on_error=%s",
                 stream_id,
                 reason,
-                redact_secrets(str(exc))[:200],
+                _redact_secrets(str(exc))[:200],
                 self.on_error,
             )
             if self._on_check_error is not None:

@@ -27,8 +27,6 @@ from stdnum.in_ import aadhaar, pan
 from stdnum.pk import cnic
 from stdnum.us import ssn
 
-from streamchat.core.errors import ConfigError
-
 
 @dataclass(frozen=True, slots=True)
 class Match:
@@ -394,7 +392,7 @@ def load_blocklist(path: str | None) -> tuple[str, ...]:
         try:
             entries += _entries(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise ConfigError(
+            raise ValueError(
                 f"GUARDRAIL_BLOCKLIST_FILE: cannot read {path} ({exc.strerror})."
             ) from None
     return tuple(entries)
@@ -423,7 +421,7 @@ class RegexPolicy:
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise ConfigError(
+            raise ValueError(
                 f"GUARDRAIL_REGEX_FILE: cannot read {path} ({exc.strerror})."
             ) from None
         patterns, max_match = [], 100
@@ -441,7 +439,7 @@ class RegexPolicy:
             try:
                 patterns.append((kind, re.compile(source)))
             except re.error as exc:
-                raise ConfigError(
+                raise ValueError(
                     f"GUARDRAIL_REGEX_FILE {path}, line {number}: invalid pattern ({exc})."
                 ) from None
         return cls(patterns, max_match)
