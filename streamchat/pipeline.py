@@ -24,7 +24,13 @@ from streamchat.core.relay import (
 )
 from streamchat.core.sinks import Sink
 from streamchat.core.types import Delta
-from streamchat.guardrails import GuardrailConfig, build_guard, guardrail_note, screen_input
+from streamchat.guardrails import (
+    GuardrailConfig,
+    build_guard,
+    build_policies,
+    guardrail_note,
+    screen_input,
+)
 from streamchat.guardrails.moderation import Moderator
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "GuardrailPanel",
     "Moderator",
     "Pipeline",
+    "check_guardrail_files",
     "check_guardrail_mode",
     "check_model_name",
     "check_system_prompt",
@@ -89,6 +96,17 @@ def check_guardrail_mode(value: object) -> str:
     if mode not in GUARDRAIL_MODES:
         raise ConfigError("The guardrail mode must be hold or buffered.")
     return mode
+
+
+def check_guardrail_files(config: GuardrailConfig) -> GuardrailConfig:
+    """`config`, once its policies are built (the blocklist and pattern files read and
+    compiled); ConfigError naming the file otherwise. The guardrails raise ValueError: this is
+    where the app's error takes over."""
+    try:
+        build_policies(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return config
 
 
 # --- the pipeline -------------------------------------------------------------------------

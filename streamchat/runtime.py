@@ -19,7 +19,7 @@ from streamchat.core.provider import Provider
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
 from streamchat.hosting.limits import RateLimiter
 from streamchat.offline import OfflineServer
-from streamchat.pipeline import Pipeline
+from streamchat.pipeline import Pipeline, check_guardrail_files
 from streamchat.settings import Settings, public_url
 
 log = logging.getLogger("streamchat.runtime")
@@ -41,6 +41,9 @@ class Runtime:
     """Settings + provider (+ the offline server when no provider is configured)."""
 
     def __init__(self, settings: Settings) -> None:
+        # A blocklist or pattern file that cannot be used is a configuration error, shown
+        # when the page opens, not a failure of every answer.
+        check_guardrail_files(settings.guardrails)
         self.settings = settings
         self.offline_server: OfflineServer | None = None
         self._provider: Provider | None = None

@@ -11,11 +11,13 @@ from streamchat.core.sinks import MemorySink
 from streamchat.core.types import ChatMessage, ChatRequest, EndReason
 from streamchat.pipeline import (
     Pipeline,
+    check_guardrail_files,
     check_model_name,
     check_system_prompt,
     check_temperature,
     length_problem,
 )
+from streamchat.runtime import settings_or_error
 from streamchat.settings import guardrail_config
 from tests.scripted import ScriptedSource
 
@@ -91,3 +93,16 @@ async def test_a_chat_answers_through_its_pipeline():
 
 def test_unstreamed_needs_a_provider():
     assert Pipeline(ScriptedSource([])).unstreamed() is None
+
+
+def test_an_unusable_pattern_file_is_a_configuration_error_when_the_runtime_is_built(tmp_path):
+    bad = tmp_path / "patterns.txt"
+    bad.write_text("(unclosed\n")
+    environ = {"GUARDRAILS": "regex", "GUARDRAIL_REGEX_FILE": str(bad)}
+    runtime, problem = settings_or_error(environ)
+    assert runtime is None and isinstance(problem, ConfigError)
+    assert "GUARDRAIL_REGEX_FILE" in str(problem) and "line 1" in str(problem)
+    missing = {"GUARDRAILS": "pii", "GUARDRAIL_BLOCKLIST_FILE": str(tmp_path / "nope.txt")}
+    assert settings_or_error(missing)[0] is not None  # blocklist is not among the policies
+    with pytest.raises(ConfigError, match="GUARDRAIL_BLOCKLIST_FILE: cannot read"):
+        check_guardrail_files(guardrail_config({"GUARDRAIL_BLOCKLIST_FILE": str(bad) + ".gone"}))
