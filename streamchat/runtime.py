@@ -16,6 +16,7 @@ from streamchat.chat import ChatOptions, ChatSession
 from streamchat.core.errors import ConfigError, ProviderError
 from streamchat.core.metrics import PROCESS_METRICS
 from streamchat.core.provider import Provider
+from streamchat.core.relay import Resilience
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
 from streamchat.hosting.limits import RateLimiter
 from streamchat.offline import OfflineServer
@@ -169,7 +170,12 @@ class Runtime:
             guardrails=settings.guardrails,
             moderator=self.moderator,
             flush_interval_s=settings.stream_flush_ms / 1000,
-            resilience=settings.resilience,
+            resilience=Resilience(
+                retries=settings.retries,
+                resumes=settings.stream_resumes,
+                stall_s=settings.stream_stall_s,
+                first_token_timeout_s=settings.first_token_timeout_s,
+            ),
             max_input_chars=settings.max_input_chars,
         )
 
