@@ -335,7 +335,11 @@ async def test_event_loop_setting_is_followed_and_a_bad_value_is_shown(setting, 
     [
         (None, False, None),
         ("true", True, None),
-        ("sometimes", False, "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false (got "),
+        (
+            "sometimes",
+            False,
+            "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false, or yes/no, on/off, 1/0 (got ",
+        ),
     ],
 )
 async def test_websocket_compression_is_declined_unless_asked_for(setting, compressed, problem):

@@ -18,8 +18,6 @@ from streamchat.settings import (
     Settings,
     Variable,
 )
-from streamchat.speedups.eventloop import install_loop
-from streamchat.speedups.serving import websocket_compression
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = {k: v or "" for k, v in dotenv_values(ROOT / ".env.example").items()}
@@ -159,17 +157,12 @@ def test_a_blank_boolean_is_its_default(variable):
     assert ConfigReader({variable.name: "  "}).flag(variable.name) is default
 
 
-# Where each boolean is used: its word must mean the same there as in the reader.
+# Where Settings uses a boolean, its words mean the same as in the reader.
 CONSUMERS = {
     "STREAM_READ_PACING": lambda env: Settings.from_env(env).read_pacing,
     "SHOW_METRICS": lambda env: Settings.from_env(env).show_metrics,
     "GUARDRAILS_LOCKED": lambda env: Settings.from_env(env).guardrails.locked,
-    "UVICORN_WS_PER_MESSAGE_DEFLATE": lambda env: websocket_compression(env).per_message_deflate,
 }
-
-
-def test_every_boolean_has_a_consumer_checked_here():
-    assert set(CONSUMERS) == {v.name for v in of_kind("flag")}
 
 
 @pytest.mark.parametrize("name", sorted(CONSUMERS))
@@ -220,9 +213,3 @@ def test_lists_are_comma_separated_with_blanks_and_repeats_dropped():
         assert ConfigReader({"GUARDRAILS": off}).items("GUARDRAILS") == ()
     with pytest.raises(ConfigError, match=r"^GUARDRAILS must be a comma-separated list of pii"):
         ConfigReader({"GUARDRAILS": "pii,magic"}).items("GUARDRAILS")
-
-
-def test_event_loop_choice_is_read_as_every_other_choice():
-    problem = install_loop({"EVENT_LOOP": "fast"}).problem
-    assert problem is not None
-    assert problem.startswith("EVENT_LOOP must be one of auto, uvloop, asyncio (got 'fast').")

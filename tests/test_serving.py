@@ -283,7 +283,8 @@ def test_a_compression_setting_that_is_neither_true_nor_false_is_reported_and_of
     choice = websocket_compression({"UVICORN_WS_PER_MESSAGE_DEFLATE": "sometimes"})
     assert choice.per_message_deflate is False
     assert choice.problem == (
-        "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false (got 'sometimes'). "
+        "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false, or yes/no, on/off, 1/0 "
+        "(got 'sometimes'). "
         "Websocket compression stays off (the default)."
     )
 
