@@ -32,7 +32,12 @@ from streamchat.hosting.persistence import (
     conversation_from_steps,
     last_answer_id,
 )
-from streamchat.hosting.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
+from streamchat.hosting.security import (
+    ContentSecurityPolicy,
+    OriginPolicy,
+    SecurityHeadersMiddleware,
+    apply_origin_policy,
+)
 from streamchat.languages import LANGUAGES
 from streamchat.logs import configure_logging
 from streamchat.pipeline import GuardrailPanel
@@ -91,7 +96,12 @@ try:
 except ConfigError as exc:
     _origins, _origin_error = OriginPolicy(), str(exc)  # the strictest: this app's pages only
 apply_origin_policy(_origins, cors_origins=chainlit_config.project.allow_origins, sio=sio)
-server_app.add_middleware(SecurityHeadersMiddleware)
+try:
+    _content_policy = ContentSecurityPolicy.from_env(_environ)
+except ConfigError as exc:
+    _content_policy = ContentSecurityPolicy()  # the strictest: images from this app only
+    _setup_problems.append(f"{exc} Answers show images from this app only.")
+server_app.add_middleware(SecurityHeadersMiddleware, policy=_content_policy)
 # Each browser's packets go to its engine.io writer without a task per packet.
 hand_off_queues(sio)
 

@@ -238,6 +238,7 @@ VARIABLES: dict[str, Variable] = {
             hint="redis://localhost:6379/0",
         ),
         Variable("ALLOW_ORIGINS", "list", "", "Other sites whose pages may call the app."),
+        Variable("IMAGE_SOURCES", "list", "", "Other sites answers may show images from."),
         # Operations
         Variable("SHOW_METRICS", "flag", "true", "Stats line under each answer."),
         Variable("MAX_INPUT_CHARS", "whole", "32000", "Longest question accepted.", 1, 10_000_000),

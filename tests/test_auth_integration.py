@@ -127,3 +127,15 @@ def test_allow_origins_opens_the_app_to_the_listed_site_only(tmp_path):
                 timeout=10,
             )
             assert (preflight.headers.get("access-control-allow-origin") == origin) is allowed
+        # Socket.IO's long-polling answers too, with the header once: browsers refuse two.
+        polling = httpx2.get(
+            f"{other.url}/ws/socket.io/",
+            params={"EIO": "4", "transport": "polling"},
+            headers={"Origin": "https://portal.example"},
+            timeout=10,
+        )
+        assert polling.status_code == 200
+        assert polling.headers.get_list("access-control-allow-origin") == [
+            "https://portal.example"
+        ]
+        assert len(polling.headers.get_list("access-control-allow-credentials")) == 1

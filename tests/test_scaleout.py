@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -61,6 +62,37 @@ def upstream() -> Iterator[OfflineServer]:
         yield server
 
 
+@contextmanager
+def nginx_proxy(replicas: list[int], template: str | None = None) -> Iterator[str]:
+    """A real nginx in front of these local ports, configured from deploy/nginx.conf (or from
+    `template`); yields its URL, on a port other than 80 as an operator's often is."""
+    require_component(
+        os.path.exists(NGINX), "nginx not found (install it: apt-get install -y nginx)"
+    )
+    root = Path(tempfile.mkdtemp(prefix="streamchat-nginx-"))
+    port = free_port()
+    template = template or (REPO / "deploy" / "nginx.conf").read_text()
+    (root / "nginx.conf").write_text(nginx_config(template, root, port, replicas))
+    proxy = subprocess.Popen(
+        [NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and proxy.poll() is None:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        assert proxy.poll() is None, proxy.stderr.read().decode() if proxy.stderr else ""
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def cluster(upstream: OfflineServer) -> Iterator[tuple[str, AppProcess, AppProcess]]:
     require_component(
@@ -69,30 +101,8 @@ def cluster(upstream: OfflineServer) -> Iterator[tuple[str, AppProcess, AppProce
     with redis_server() as redis_url:
         env = {"OPENAI_BASE_URL": upstream.base_url, "REDIS_URL": redis_url}
         with AppProcess(env) as one, AppProcess(env) as two:
-            root = Path(tempfile.mkdtemp(prefix="streamchat-nginx-"))
-            port = free_port()
-            template = (REPO / "deploy" / "nginx.conf").read_text()
-            (root / "nginx.conf").write_text(
-                nginx_config(template, root, port, [one.port, two.port])
-            )
-            proxy = subprocess.Popen(
-                [NGINX, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            try:
-                deadline = time.monotonic() + 15
-                while time.monotonic() < deadline and proxy.poll() is None:
-                    with socket.socket() as sock:
-                        if sock.connect_ex(("127.0.0.1", port)) == 0:
-                            break
-                    time.sleep(0.1)
-                assert proxy.poll() is None, proxy.stderr.read().decode() if proxy.stderr else ""
-                yield f"http://127.0.0.1:{port}", one, two
-            finally:
-                proxy.terminate()
-                proxy.wait(timeout=10)
-                shutil.rmtree(root, ignore_errors=True)
+            with nginx_proxy([one.port, two.port]) as proxy_url:
+                yield proxy_url, one, two
 
 
 async def test_socketio_sessions_stick_to_one_replica_through_nginx(cluster):

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+
 import pytest
 from starlette.applications import Starlette
-from starlette.responses import PlainTextResponse
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from streamchat.core.errors import ConfigError
-from streamchat.hosting.security import OriginPolicy, SecurityHeadersMiddleware, apply_origin_policy
+from streamchat.hosting.security import (
+    ContentSecurityPolicy,
+    OriginPolicy,
+    SecurityHeadersMiddleware,
+    apply_origin_policy,
+)
 
 
 def test_unset_means_any_origin_locally_and_only_the_app_itself_with_login():
@@ -76,3 +85,66 @@ def test_security_headers_are_added_without_overriding_the_app():
     assert response.headers["x-content-type-options"] == "nosniff"
     assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
     assert response.headers["x-frame-options"] == "DENY"
+
+
+def inline_page() -> bytes:
+    return b"<html><head><script>window.a = 1;</script><script src='/x.js'></script></head></html>"
+
+
+def served(app_response, *, gzip_page: bool = False) -> TestClient:
+    async def page(request):
+        return app_response()
+
+    app = Starlette(routes=[Route("/", page)])
+    if gzip_page:
+        app.add_middleware(GZipMiddleware, minimum_size=1)
+    app.add_middleware(
+        SecurityHeadersMiddleware, policy=ContentSecurityPolicy(("https://img.example",))
+    )
+    return TestClient(app)
+
+
+@pytest.mark.parametrize("gzip_page", [False, True])
+def test_a_page_is_served_with_a_policy_allowing_only_its_own_inline_scripts(gzip_page):
+    response = served(lambda: HTMLResponse(inline_page()), gzip_page=gzip_page).get("/")
+    policy = response.headers["content-security-policy"]
+    expected = base64.b64encode(hashlib.sha256(b"window.a = 1;").digest()).decode()
+    assert f"'sha256-{expected}'" in policy
+    assert policy.count("'sha256-") == 1, "the script with src= is not hashed"
+    assert "'unsafe-inline'" not in policy.split("script-src")[1].split(";")[0]
+    assert "img-src 'self' data: blob: https://img.example;" in policy
+    assert "frame-ancestors 'self'" in policy
+    assert response.text == inline_page().decode()
+
+
+def test_every_other_response_carries_the_policy_too():
+    policy = served(lambda: JSONResponse({"ok": True})).get("/").headers["content-security-policy"]
+    assert "img-src 'self' data: blob: https://img.example" in policy
+    assert "sha256" not in policy
+
+
+def test_each_cors_header_is_sent_once_whatever_its_case():
+    def both() -> PlainTextResponse:
+        response = PlainTextResponse("ok")
+        response.raw_headers += [
+            (b"Access-Control-Allow-Origin", b"https://a.example"),
+            (b"access-control-allow-origin", b"https://a.example"),
+            (b"Access-Control-Allow-Credentials", b"true"),
+            (b"access-control-allow-credentials", b"true"),
+        ]
+        return response
+
+    headers = served(both).get("/").headers
+    assert headers.get_list("access-control-allow-origin") == ["https://a.example"]
+    assert headers.get_list("access-control-allow-credentials") == ["true"]
+
+
+def test_image_sources_are_read_and_checked():
+    policy = ContentSecurityPolicy.from_env(
+        {"IMAGE_SOURCES": "https://images.example.com, *.cdn.example"}
+    )
+    assert policy.image_sources == ("https://images.example.com", "*.cdn.example")
+    assert ContentSecurityPolicy.from_env({}).image_sources == ()
+    for bad in ("*", "https:", "'unsafe-inline'", "data:", "https://x.example/path"):
+        with pytest.raises(ConfigError, match="IMAGE_SOURCES"):
+            ContentSecurityPolicy.from_env({"IMAGE_SOURCES": bad})

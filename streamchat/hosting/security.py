@@ -1,5 +1,10 @@
 """Who may talk to the app from another web origin, and the security headers on every response.
 
+Every response carries a Content-Security-Policy: images only from the app itself, `data:` and
+the sites in `IMAGE_SOURCES` (so a Markdown image in a model's answer cannot carry chat text to
+another site), scripts only from the app plus the inline scripts of the page being served (their
+hashes are computed from the page itself), and no framing by other sites.
+
 `ALLOW_ORIGINS` lists the origins (scheme://host[:port]) of other sites whose pages may call the
 app: its HTTP API (CORS) and its Socket.IO endpoint (the Origin header of the websocket
 handshake, which browsers do not police themselves). The app's own origin is always allowed.
@@ -9,7 +14,13 @@ app is never open to scripts on other sites by accident.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import base64
+import contextvars
+import gzip
+import hashlib
+import re
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,14 +30,86 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from streamchat.core.errors import ConfigError
 from streamchat.settings import ConfigReader
 
-# Sent with every HTTP response. No Content-Security-Policy: Chainlit's UI sets up its own
-# scripts and styles, and a wrong policy would break it silently; output is kept inert by
-# rendering markdown without HTML instead (see docs/deployment.md).
+# Sent with every HTTP response (the Content-Security-Policy is added beside them).
 SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"strict-origin-when-cross-origin"),
     (b"x-frame-options", b"SAMEORIGIN"),
 )
+
+# The HTTP request being served, for code that Chainlit calls without it (the login callback,
+# the data layer): set by SecurityHeadersMiddleware for the request's own task.
+current_request: contextvars.ContextVar[Scope | None] = contextvars.ContextVar(
+    "streamchat_current_request", default=None
+)
+
+# Pages larger than this are sent with the policy as it is, without hashing their scripts.
+_MAX_HASHED_PAGE = 1 << 20
+_INLINE_SCRIPT = re.compile(
+    rb"<script(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", re.IGNORECASE | re.DOTALL
+)
+# CORS headers that Starlette's CORSMiddleware and engine.io both write on Socket.IO polling
+# answers (engine.io in mixed case, so Starlette does not see its copy): browsers refuse two.
+_SINGLE_HEADERS = frozenset({b"access-control-allow-origin", b"access-control-allow-credentials"})
+
+
+@dataclass(frozen=True, slots=True)
+class ContentSecurityPolicy:
+    """The Content-Security-Policy served with every response.
+
+    `image_sources`: other origins images may come from (IMAGE_SOURCES), beside the app itself
+    and `data:`. Chainlit's frontend needs `'unsafe-eval'` (custom elements such as the
+    classroom's token view are compiled in the browser), inline styles, and the stylesheets and
+    fonts its page links to (Google Fonts, KaTeX on jsDelivr).
+    """
+
+    image_sources: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ContentSecurityPolicy:
+        return cls(
+            image_sources=tuple(
+                _image_source(v) for v in ConfigReader(environ).items("IMAGE_SOURCES")
+            )
+        )
+
+    def header(self, script_hashes: Iterable[str] = ()) -> str:
+        scripts = " ".join(["'self'", "'unsafe-eval'", *(f"'{h}'" for h in script_hashes)])
+        images = " ".join(["'self'", "data:", "blob:", *self.image_sources])
+        directives = (
+            "default-src 'self'",
+            f"script-src {scripts}",
+            "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com https://cdn.jsdelivr.net",
+            "font-src 'self' data: https://fonts.gstatic.com https://cdn.jsdelivr.net",
+            f"img-src {images}",
+            "media-src 'self' data: blob:",
+            "connect-src 'self'",
+            "worker-src 'self' blob:",
+            "object-src 'none'",
+            "base-uri 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'self'",
+        )
+        return "; ".join(directives)
+
+
+def _image_source(value: str) -> str:
+    """An IMAGE_SOURCES entry: an origin (https://images.example.com) or a host pattern CSP
+    accepts (*.example.com); anything else could loosen the policy in ways nobody meant."""
+    if re.fullmatch(r"(https?://)?(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+(:\d{1,5})?", value):
+        return value.rstrip("/")
+    raise ConfigError(
+        "IMAGE_SOURCES must be a comma-separated list of sites images may come from, such as "
+        f"https://images.example.com or *.example.com (got {value!r})."
+    )
+
+
+def inline_script_hashes(page: bytes) -> list[str]:
+    """The CSP hashes (sha256-...) of a page's inline scripts, as the browser computes them."""
+    return [
+        "sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode()
+        for body in _INLINE_SCRIPT.findall(page)
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,22 +175,94 @@ def apply_origin_policy(policy: OriginPolicy, *, cors_origins: list[str], sio: A
 
 
 class SecurityHeadersMiddleware:
-    """Adds SECURITY_HEADERS to every HTTP response that does not set them itself."""
+    """Adds SECURITY_HEADERS and the Content-Security-Policy to every HTTP response that does
+    not set them itself, sends each CORS header once, and makes the request being served known
+    to code running for it (`current_request`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, policy: ContentSecurityPolicy | None = None) -> None:
         self.app = app
+        self.policy = policy or ContentSecurityPolicy()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        current_request.set(scope)
+        held: list[Message] = []  # an HTML page's start and body, until its scripts are hashed
 
         async def send_with_headers(message: Message) -> None:
+            if held:
+                held.append(message)
+                more = message["type"] == "http.response.body" and message.get("more_body")
+                if more and sum(len(m.get("body", b"")) for m in held[1:]) <= _MAX_HASHED_PAGE:
+                    return
+                await _send_page(held, self.policy, send)
+                held.clear()
+                return
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
-                message = {**message, "headers": headers}
+                headers = _single(list(message.get("headers", [])))
+                if _is_html(headers) and not _has(headers, b"content-security-policy"):
+                    held.append({**message, "headers": headers})
+                    return
+                message = {**message, "headers": _with_security(headers, self.policy.header())}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def _send_page(held: list[Message], policy: ContentSecurityPolicy, send: Send) -> None:
+    start, bodies = held[0], held[1:]
+    headers = list(start["headers"])
+    complete = not bodies[-1].get("more_body", False)
+    hashes: list[str] = []
+    if complete:
+        hashes = inline_script_hashes(
+            _decoded(b"".join(m.get("body", b"") for m in bodies), headers)
+        )
+    await send({**start, "headers": _with_security(headers, policy.header(hashes))})
+    for body in bodies:
+        await send(body)
+
+
+def _with_security(headers: list[tuple[bytes, bytes]], policy: str) -> list[tuple[bytes, bytes]]:
+    present = {name.lower() for name, _ in headers}
+    headers.extend(h for h in SECURITY_HEADERS if h[0] not in present)
+    if b"content-security-policy" not in present:
+        headers.append((b"content-security-policy", policy.encode()))
+    return headers
+
+
+def _single(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    seen: set[bytes] = set()
+    kept = []
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in _SINGLE_HEADERS:
+            if lowered in seen:
+                continue
+            seen.add(lowered)
+        kept.append((name, value))
+    return kept
+
+
+def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bool:
+    return any(key.lower() == name for key, _ in headers)
+
+
+def _is_html(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        key.lower() == b"content-type" and value.lower().startswith(b"text/html")
+        for key, value in headers
+    )
+
+
+def _decoded(body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    encoding = next((v.lower() for k, v in headers if k.lower() == b"content-encoding"), b"")
+    try:
+        if encoding == b"gzip":
+            return gzip.decompress(body)
+        if encoding == b"deflate":
+            return zlib.decompress(body)
+    except (OSError, zlib.error, EOFError):
+        return b""
+    return body
