@@ -26,6 +26,7 @@ from streamchat.core.sinks import ChainlitSink
 from streamchat.faces.web import mount
 from streamchat.hosting.auth import AuthConfig
 from streamchat.hosting.limits import LimitExceeded, limit_key
+from streamchat.hosting.login_throttle import LoginLimits, LoginThrottle, LoginThrottleMiddleware
 from streamchat.hosting.persistence import (
     Database,
     StreamchatDataLayer,
@@ -71,6 +72,13 @@ _setup_problems = [p for p in (_loop_choice.problem, _compression.problem) if p 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(_environ)
 if _auth.enabled:
+    try:
+        _login_limits = LoginLimits.from_env(_environ)
+    except ConfigError as exc:
+        _login_limits = LoginLimits()
+        _setup_problems.append(f"{exc} The default login throttle applies.")
+    # Too many wrong passwords for a name or from an address: 429 before the callback runs.
+    server_app.add_middleware(LoginThrottleMiddleware, throttle=LoginThrottle(_login_limits))
 
     @cl.password_auth_callback
     async def password_login(username: str, password: str) -> cl.User | None:

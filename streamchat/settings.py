@@ -239,6 +239,15 @@ VARIABLES: dict[str, Variable] = {
         ),
         Variable("ALLOW_ORIGINS", "list", "", "Other sites whose pages may call the app."),
         Variable("IMAGE_SOURCES", "list", "", "Other sites answers may show images from."),
+        Variable(
+            "LOGIN_MAX_FAILURES",
+            "whole",
+            "10",
+            "Wrong passwords per user name, and per address, in a window.",
+            0,
+            hint="0 means no throttle",
+        ),
+        Variable("LOGIN_WINDOW_S", "number", "300", "Login throttle window (seconds).", 1, 86_400),
         # Operations
         Variable("SHOW_METRICS", "flag", "true", "Stats line under each answer."),
         Variable("MAX_INPUT_CHARS", "whole", "32000", "Longest question accepted.", 1, 10_000_000),

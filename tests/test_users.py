@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from streamchat.core.errors import ConfigError
-from streamchat.hosting.users import UsersFile, hash_password, verify_password
+from streamchat.hosting.users import UsersFile, hash_password, password_problem, verify_password
 
 
 def test_hash_is_salted_and_verifies_only_the_right_password():
@@ -87,3 +87,20 @@ def test_cli_takes_the_users_file_from_dot_env_as_the_app_does(tmp_path):
     assert added.returncode == 0, added.stderr
     assert UsersFile(tmp_path / "team" / "users.txt").check("erin", "s3cret-pass")
     assert not (tmp_path / "users.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("password", "guessing list"),
+        ("PassWord123", "guessing list"),
+        (" " * 8, "not counting spaces"),
+        ("abc    d", "not counting spaces"),
+        ("aaaaaaaaaaaa", "different characters"),
+        ("Erin.Example", "user name"),
+    ],
+)
+def test_weak_passwords_are_refused_with_the_reason(tmp_path, password, why):
+    with pytest.raises(ConfigError, match=why):
+        UsersFile(tmp_path / "u.txt").add("erin.example", password)
+    assert password_problem("erin.example", "a long passphrase") is None

@@ -2,7 +2,8 @@
 
 Password login checks the users file (streamchat-users manages it); header login trusts a
 header set by an identity-aware proxy (AUTH_HEADER). The SSE endpoint accepts the same session:
-Chainlit's cookie, or its token as `Authorization: Bearer <token>`.
+Chainlit's cookie, or its token as `Authorization: Bearer <token>`. Password attempts are
+throttled per user name and per client address in front of the login route (login_throttle.py).
 """
 
 from __future__ import annotations

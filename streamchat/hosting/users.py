@@ -3,7 +3,9 @@
 
 One user per line: `name:scrypt$n$r$p$salt_hex$hash_hex`. Lines starting with `#` and blank
 lines are ignored. scrypt (from the standard library) is memory-hard, so a stolen file is slow
-to attack; every user has a random 16-byte salt; comparisons take constant time.
+to attack; every user has a random 16-byte salt; comparisons take constant time. New passwords
+must pass a minimum policy (`password_problem`): long enough without counting spaces, not one of
+the passwords every guessing list starts with, not the user name.
 """
 
 from __future__ import annotations
@@ -26,6 +28,16 @@ from streamchat.settings import ConfigReader
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 _NAME = re.compile(r"^[A-Za-z0-9._@+-]{1,64}$")
 MIN_PASSWORD_CHARS = 8
+MIN_DISTINCT_CHARS = 4
+# The first entries of every password-guessing list, in lower case: refused whatever their length.
+COMMON_PASSWORDS = frozenset(
+    """password password1 password12 password123 passw0rd p@ssw0rd p@ssword 12345678 123456789
+    1234567890 0123456789 87654321 11111111 00000000 12341234 qwertyuiop qwerty123 qwerty1234
+    1q2w3e4r 1q2w3e4r5t 1qaz2wsx zaq12wsx asdfghjkl azertyuiop iloveyou iloveyou1 sunshine1
+    princess1 football1 baseball1 superman1 letmein1 letmein123 welcome1 welcome123 changeme
+    changeme1 trustno1 starwars1 dragon123 monkey123 master123 admin123 administrator
+    streamchat chainlit secret123 abcd1234 abc12345 abcdefgh""".split()
+)
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -58,6 +70,21 @@ def verify_password(password: str, stored: str) -> bool:
 # A fixed hash to verify against when the user does not exist, so a login attempt for an
 # unknown name costs the same time as one for a known name (no user enumeration by timing).
 _DUMMY_HASH = hash_password("not a real password", salt=b"\0" * 16)
+
+
+def password_problem(name: str, password: str) -> str | None:
+    """Why a new password is refused (a sentence for the person choosing it), or None."""
+    meaningful = "".join(password.split())
+    if len(meaningful) < MIN_PASSWORD_CHARS:
+        return f"Passwords need at least {MIN_PASSWORD_CHARS} characters, not counting spaces."
+    if len(set(meaningful.casefold())) < MIN_DISTINCT_CHARS:
+        return f"Passwords need at least {MIN_DISTINCT_CHARS} different characters."
+    folded = meaningful.casefold()
+    if folded in COMMON_PASSWORDS:
+        return "That password is on every password-guessing list; choose another."
+    if folded == "".join(name.split()).casefold():
+        return "A password must not be the user name."
+    return None
 
 
 @dataclass
@@ -94,8 +121,9 @@ class UsersFile:
     def add(self, name: str, password: str) -> None:
         if not _NAME.match(name):
             raise ConfigError("A user name is 1 to 64 letters, digits or . _ @ + - characters.")
-        if len(password) < MIN_PASSWORD_CHARS:
-            raise ConfigError(f"Passwords need at least {MIN_PASSWORD_CHARS} characters.")
+        problem = password_problem(name, password)
+        if problem is not None:
+            raise ConfigError(problem)
         users = self._load()
         users[name] = hash_password(password)
         self._write(users)
