@@ -28,7 +28,7 @@ VIOLATIONS = {
     "email": "jane.doe@example.com",
     "card": "4111 1111 1111 1111",
     "phone": "+1 415 555 0123",
-    "api_key": "sk-proj-Q7xLm2VbN9cR4tZ8wK1pJ6hD3fG5sA0eY2uI9oP4",
+    "openai_key": "sk-proj-Q7xLm2VbN9cR4tZ8wK1pJ6hD3fG5sA0eY2uI9oP4",
     "blocked_word": "darn",
     "iban": "GB82 WEST 1234 5698 7654 32",
     "private_key": "-----BEGIN RSA PRIVATE KEY-----",
@@ -171,12 +171,12 @@ def test_ordinary_text_passes_untouched(text):
         ("PAN ABCPE1234F is on the card.", "pan"),
         ("call 0300 1234567 in Karachi today", "phone"),
         ("call +91 98765 43210 in Mumbai today", "phone"),
-        ("AWS key AKIAIOSFODNN7EXAMPLE is the docs sample.", "api_key"),
-        ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789AB here", "token"),
-        ("xoxb-123456789012-abcdefghijkl is a Slack token", "token"),
+        ("AWS key AKIAIOSFODNN7EXAMPLE is the docs sample.", "aws_access_key"),
+        ("token ghp_abcdefghijklmnopqrstuvwxyz0123456789AB here", "github_token"),
+        ("xoxb-123456789012-abcdefghijkl is a Slack token", "slack_token"),
         (
             "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N here",
-            "token",
+            "jwt",
         ),
         ("DB_PASSWORD=Zx9!kq2#Lm7v in the env file", "password"),
         ("IBAN DE89370400440532013000 for transfers", "iban"),
@@ -225,10 +225,18 @@ def test_a_throwing_policy_fails_closed():
     assert guard.record.check_errors == 1
 
 
-def test_an_overlong_secret_fails_closed_instead_of_leaking_its_tail():
+def test_an_overlong_secret_is_redacted_whole_however_long():
     key = "sk-proj-" + "A1b2C3d4" * 30
-    released, _, violation, _ = run(f"the key is {key} and more", [7], action="redact")
-    assert violation is not None and violation.kind == "api_key"
+    released, _, violation, guard = run(f"the key is {key} and more", [7], action="redact")
+    assert violation is None
+    assert released == "the key is [secret removed] and more"
+    assert guard.record.check_errors == 0
+
+
+def test_an_overlong_secret_stops_the_answer_in_stop_mode():
+    key = "sk-proj-" + "A1b2C3d4" * 30
+    released, _, violation, _ = run(f"the key is {key} and more", [7])
+    assert violation is not None and violation.kind == "openai_key"
     assert released == "the key is "
 
 
@@ -251,8 +259,10 @@ def test_guard_cost_is_linear_in_the_stream():
         for piece in split(text, [size]):
             guard.feed(piece)
         guard.finish()
-        # Each chunk is scanned with an overlap of max_match - 1, plus one final whole check.
-        assert policy.scanned <= len(text) + (len(text) / size) * 50 + len(text) + 100
+        # Each check scans the new text, the max_match characters that may hold a match in
+        # progress and a fixed context of 64 before them; then one final whole check.
+        checks = len(text) / size
+        assert policy.scanned <= len(text) + checks * (50 + 64) + len(text) + 100
 
 
 def test_hold_record_reports_delay_and_hold_size():
@@ -343,8 +353,30 @@ def test_noisy_text_with_digits_and_capitals_never_leaks_any_violation(before, a
 
 
 def test_ordinary_prose_is_released_after_a_word_not_after_a_hundred_characters():
-    guard = Guard(POLICIES)
+    ticks = iter(range(10_000))
+    # Pieces arriving a UI update apart: each is checked on arrival.
+    guard = Guard(POLICIES, clock=lambda: next(ticks) * 0.05)
     released = ""
     for piece in split("Streaming shows the answer as it is written, word by word. ", [3]):
         released += guard.feed(piece).release
     assert len(released) >= len("Streaming shows the answer as it is written, word by ")
+
+
+def test_pieces_arriving_faster_than_a_ui_update_are_checked_together():
+    class Counting:
+        name = "counting"
+        max_match = 10
+
+        def __init__(self) -> None:
+            self.checks = 0
+
+        def find(self, text: str) -> list[Match]:
+            self.checks += 1
+            return []
+
+    policy = Counting()
+    guard = Guard([policy], check_every_chars=32, check_every_s=0.04, clock=lambda: 1.0)
+    for piece in split("x" * 3200, [1]):
+        guard.feed(piece)
+    assert policy.checks <= 3200 / 32 + 1
+    assert guard.finish().release, "finish releases what is still held"

@@ -1,26 +1,32 @@
 """The incremental Guard: checks a stream as it arrives and decides what may be shown.
 
-Each `feed` normalises only the new text and scans it plus an overlap of `max_match - 1`
-characters, so a violation split across any chunk boundary is found and a whole stream costs
-O(length). A match that touches the end of what has arrived may still grow ("jane@example.co"
-before the "m"), so it is acted on only once text follows it, or at `finish`.
+New text is normalised as it arrives and checked in batches (about once per UI update): each
+check scans the new text plus the text from where a match could still be in progress (at most
+`max_match` back) and a little context before it, so a violation split across any chunk
+boundary is found and a whole stream costs O(length). A match that touches the end of what has
+arrived may still grow ("jane@example.co" before the "m"), so it is acted on only once text
+follows it, or at `finish`.
 
 Modes:
-- hold: text is released only when it is more than `max_match` characters behind the newest
-  text and not part of a possible match, so violating text never reaches the user;
+- hold: text is released only once no violation can still be in progress in it, so violating
+  text never reaches the user;
 - buffered: text is released at once and checked every `buffer_chars`; a violation retracts
   what was shown to the last safe prefix.
 
 Actions: stop (release the safe prefix and refuse the rest) or redact (hold mode only: replace
-each match with a label such as "[email removed]" and go on).
+each match with a label such as "[email removed]" and go on). A redacted value that may go on
+beyond its match (a key longer than max_match, a PEM block after its header) is passed over to
+its end; one that never ends stops the stream instead.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamchat.guardrails.normalize import Normalizer
@@ -29,6 +35,13 @@ from streamchat.guardrails.policies import Match, Policy, describe, label
 log = logging.getLogger("streamchat.guardrails")
 
 _GROWTH_MARGIN = 1
+# Text before a possible match that policies may look at (lookbehinds, an IFSC or the word
+# "CNIC" shortly before a number).
+_CONTEXT = 64
+# A redacted value still going on after this many characters stops the stream.
+_SWALLOW_LIMIT = 20_000
+# How far back the search for a value's end marker starts again (a marker split across pieces).
+_END_MARKER_REACH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,18 @@ class GuardRecord:
     max_hold_s: float = 0.0
 
 
+@dataclass(slots=True)
+class _Swallow:
+    """A redacted value that goes on past what was matched: everything up to `end` (searched
+    from `search_from`) is part of it and is never shown."""
+
+    policy: str
+    kind: str
+    start: int  # normalised position where the value began
+    search_from: int
+    end: re.Pattern[str]
+
+
 class Guard:
     def __init__(
         self,
@@ -85,6 +110,8 @@ class Guard:
         mode: str = "hold",
         action: str = "stop",
         buffer_chars: int = 200,
+        check_every_chars: int = 32,
+        check_every_s: float = 0.04,
         stream_id: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -97,22 +124,38 @@ class Guard:
         # Text that has been shown cannot be un-shown: redaction needs hold mode.
         self.action = action if mode == "hold" else "stop"
         self.buffer_chars = max(1, buffer_chars)
+        # Hold mode checks new text in batches: when this many characters are waiting, or this
+        # long after the previous check (about one UI update), whichever comes first.
+        self.check_every_chars = max(1, check_every_chars)
+        self.check_every_s = check_every_s
         self.stream_id = stream_id
         self._clock = clock
         self.max_match = max((p.max_match for p in self.policies), default=1)
         # Policies whose matches have no natural end (a key of unknown length) cap them at
         # max_match; a capped match may go on beyond what was matched.
         self._caps = {p.name: p.max_match for p in self.policies if getattr(p, "open_ended", False)}
+        # Where a value that goes on ends (policy -> kind -> pattern), and the kinds whose match
+        # is only the start of what must go (a PEM header).
+        self._continuations: dict[str, Mapping[str, re.Pattern[str]]] = {
+            p.name: getattr(p, "continuations", {}) for p in self.policies
+        }
+        self._always_continue: dict[str, frozenset[str]] = {
+            p.name: getattr(p, "always_continues", frozenset()) for p in self.policies
+        }
         self.record = GuardRecord(policies=tuple(p.name for p in self.policies))
         self._norm = Normalizer()
         self._unreleased = ""  # original text after the release point (bounded by the hold)
         self._released = 0  # original characters passed on (shown, redacted or skipped)
         self._scanned = 0  # normalised characters scanned so far
+        self._resume = 0  # normalised position before which no match can be in progress
+        self._last_check = -math.inf
         self._shown: list[str] = []
         self._shown_length = 0
         self._handled: dict[tuple[int, int, str], str] = {}  # decided match -> policy name
         self._open: dict[tuple[int, str], str] = {}  # growing matches: (start, kind) -> policy
         self._capped: set[tuple[int, int, str]] = set()  # decided because they outgrew the window
+        self._swallow: _Swallow | None = None
+        self._redacted: list[tuple[int, int]] = []  # normalised spans replaced by a label
         self._arrivals: deque[tuple[int, float]] = deque()  # (original length, time)
         self.stopped = False
 
@@ -133,7 +176,16 @@ class Guard:
         self._norm.feed(text)
         if self.mode == "buffered":
             return self._feed_buffered()
-        self._arrivals.append((self._norm.original_length, self._clock()))
+        now = self._clock()
+        self._arrivals.append((self._norm.original_length, now))
+        # The checks cost about the same for a character or a sentence: a feed that comes
+        # soon after the last check, with little new text, waits for the next one.
+        if (
+            len(self._norm) - self._scanned < self.check_every_chars
+            and now - self._last_check < self.check_every_s
+        ):
+            return GuardStep()
+        self._last_check = now
         return self._feed_hold(final=False)
 
     def finish(self) -> GuardStep:
@@ -151,24 +203,51 @@ class Guard:
     # --- hold mode ----------------------------------------------------------------------------
 
     def _feed_hold(self, *, final: bool) -> GuardStep:
+        out: list[str] = []
+        while True:
+            if self._swallow is not None and not self._read_swallowed(final=final):
+                if self.stopped:
+                    return GuardStep(
+                        release="".join(out), violation=self.record.violations[-1], stopped=True
+                    )
+                self._note_hold()
+                return GuardStep(release="".join(out))
+            step = self._hold_pass(out, final=final)
+            if step is not None:
+                return step
+            # A redaction started reading on to the end of a value: see how far it goes.
+
+    def _hold_pass(self, out: list[str], *, final: bool) -> GuardStep | None:
+        """Act on the matches found in one scan. None when a redacted value goes on beyond what
+        has been scanned (the caller reads on to its end and scans again)."""
         matches, tentative_start = self._scan(final=final)
         # A match still growing may start before a decided one: nothing from its start on may
         # be released, whatever happens to the decided one.
         limit = None if tentative_start is None else self._norm.to_original(tentative_start)
-        out: list[str] = []
-        for match in matches:
+        for index, match in enumerate(matches):
             start = self._norm.to_original(match.start)
             end = self._norm.to_original(match.end)
             if start < self._released:
                 continue  # inside text already dealt with (an earlier redaction)
-            violation = self._violation(match, start, end)
+            policy = self._handled.get((match.start, match.end, match.kind), "guardrails")
+            violation = self._violation(match, start, end, policy)
             out.append(self._take(start if limit is None else min(start, limit)))
             blocked_by_growing = limit is not None and limit < start
-            if self.action == "redact" and not self._saturated(match) and not blocked_by_growing:
+            goes_on = self._goes_on(match, policy)
+            continuation = self._continuations.get(policy, {}).get(match.kind)
+            if (
+                self.action == "redact"
+                and not blocked_by_growing
+                and (not goes_on or continuation is not None)
+            ):
                 self._skip(end)
                 self._emit(violation.label)
                 out.append(violation.label)
                 self.record.redactions += 1
+                self._redacted.append((match.start, match.end))
+                if goes_on and continuation is not None:
+                    self._begin_swallow(match, policy, continuation, later=matches[index + 1 :])
+                    return None
                 continue
             return self._stop(violation, "".join(out))
         if final:
@@ -179,6 +258,7 @@ class Guard:
             safe_norm = self._hold_start()
             if tentative_start is not None:
                 safe_norm = min(safe_norm, tentative_start)
+            self._resume = safe_norm
             safe = self._norm.to_original(safe_norm) if safe_norm > 0 else 0
         out.append(self._take(safe))
         self._note_hold()
@@ -200,14 +280,52 @@ class Guard:
             start = min(start, tail_start + max(0, offset))
         return start
 
-    def _saturated(self, match: Match) -> bool:
-        # A match as long as its policy's cap may go on beyond it: redacting only the first part
-        # would show the rest, so it stops the stream instead (fail closed).
+    def _goes_on(self, match: Match, policy: str) -> bool:
+        """Whether the value may go on beyond the match: a match as long as its policy's cap
+        (a key cut at max_match), one decided because it outgrew the window, or a kind whose
+        match is only a beginning (a PEM header). Redacting only the match would show the rest:
+        redact reads on to the value's end, or stops the stream (fail closed)."""
         key = (match.start, match.end, match.kind)
-        if key in self._capped:
+        if key in self._capped or match.kind in self._always_continue.get(policy, ()):
             return True
-        cap = self._caps.get(self._handled.get(key, ""), 0)
+        cap = self._caps.get(policy, 0)
         return cap > 0 and match.end - match.start >= cap
+
+    def _begin_swallow(
+        self, match: Match, policy: str, end: re.Pattern[str], *, later: list[Match]
+    ) -> None:
+        self._swallow = _Swallow(policy, match.kind, match.start, match.end, end)
+        # Matches after this one were found in text that may belong to the value: forget them,
+        # they are looked for again once the value has ended.
+        for other in later:
+            self._handled.pop((other.start, other.end, other.kind), None)
+        self._open = {}
+        self._scanned = self._resume = match.end
+
+    def _read_swallowed(self, *, final: bool) -> bool:
+        """Pass over the rest of a redacted value. True once it has ended (scanning goes on
+        after it); False while it may still go on, or when it went on too long (stopped)."""
+        swallow = self._swallow
+        assert swallow is not None
+        length = len(self._norm)
+        found = swallow.end.search(self._norm.window(swallow.search_from, length))
+        if found is not None or final:
+            end = swallow.search_from + found.end() if found is not None else length
+            self._skip(self._norm.to_original(end))
+            self._redacted[-1] = (self._redacted[-1][0], end)
+            self._swallow = None
+            self._scanned = self._resume = end
+            return True
+        if length - swallow.start > _SWALLOW_LIMIT:
+            match = Match(swallow.start, length, swallow.kind)
+            start = self._norm.to_original(swallow.start)
+            self._stop(self._violation(match, start, self._released, swallow.policy), "")
+            return False
+        # All of it belongs to the value; an end marker may be arriving in pieces, so the next
+        # search starts a little before the end.
+        self._skip(self._norm.original_length)
+        swallow.search_from = max(swallow.search_from, length - _END_MARKER_REACH)
+        return False
 
     # --- buffered mode ------------------------------------------------------------------------
 
@@ -220,12 +338,14 @@ class Guard:
 
     def _check_buffered(self, *, final: bool) -> GuardStep:
         # Shown text cannot wait for a match to finish growing: act on any match at once.
+        self._resume = max(0, self._scanned - (self.max_match - 1))
         matches, _ = self._scan(final=True)
         if not matches:
             return GuardStep()
         first = matches[0]
         start = self._norm.to_original(first.start)
-        violation = self._violation(first, start, self._norm.to_original(first.end))
+        policy = self._handled.get((first.start, first.end, first.kind), "guardrails")
+        violation = self._violation(first, start, self._norm.to_original(first.end), policy)
         if start < self._released:
             # Shown already: retract to the last safe prefix (buffered text is shown verbatim).
             self._shown = [self.shown_text[:start]]
@@ -238,9 +358,14 @@ class Guard:
 
     def _scan(self, *, final: bool) -> tuple[list[Match], int | None]:
         """New decided matches (absolute normalised positions, in order, not overlapping) and
-        the start of the earliest match that may still grow."""
+        the start of the earliest match that may still grow.
+
+        The window starts _CONTEXT characters before the earliest place a match could still be
+        in progress (the hold start of the previous scan, at most max_match back), so a match
+        split across any chunk boundary is seen whole, with the text just before it that a
+        policy may look at."""
         end = len(self._norm)
-        start = max(0, self._scanned - (self.max_match - 1))
+        start = max(0, min(self._resume, self._scanned) - _CONTEXT)
         window = self._norm.window(start, end)
         decided: list[Match] = []
         still_open: dict[tuple[int, str], str] = {}
@@ -260,22 +385,18 @@ class Guard:
                     continue
                 # A match ending at, or one character before, the newest text may still grow:
                 # numbers go on after a separator ("4111 1111" + " 1111").
-                growing = absolute.end >= end - _GROWTH_MARGIN
+                growing = absolute.end >= end - _GROWTH_MARGIN or match.pending
                 if growing and not final and absolute.kind != "check_error":
-                    still_open[(absolute.start, absolute.kind)] = policy.name
-                    continue
+                    if absolute.start >= end - self.max_match:
+                        still_open[(absolute.start, absolute.kind)] = policy.name
+                        continue
+                    # It has grown beyond max_match while still going on: decided now as a
+                    # capped match (stop, or redact reading on to its end).
+                    absolute = Match(absolute.start, absolute.start + self.max_match, match.kind)
+                    key = (absolute.start, absolute.end, absolute.kind)
+                    self._capped.add(key)
                 self._handled[key] = policy.name
                 decided.append(absolute)
-        # A growing match that has slid out of the scan window (its start is further back than
-        # the overlap reaches) can no longer be seen: it outgrew max_match, so it is decided now
-        # as a capped match, which stops the stream (fail closed).
-        for (match_start, kind), policy_name in self._open.items():
-            if (match_start, kind) in still_open or match_start >= start:
-                continue
-            capped = Match(match_start, match_start + self.max_match, kind)
-            self._handled[(capped.start, capped.end, capped.kind)] = policy_name
-            self._capped.add((capped.start, capped.end, capped.kind))
-            decided.append(capped)
         self._open = still_open
         self._scanned = end
         decided.sort(key=lambda m: (m.start, -m.end))
@@ -288,8 +409,7 @@ class Guard:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _violation(self, match: Match, start: int, end: int) -> Violation:
-        policy = self._handled.get((match.start, match.end, match.kind), "guardrails")
+    def _violation(self, match: Match, start: int, end: int, policy: str) -> Violation:
         violation = Violation(policy, match.kind, start, end, label(match.kind))
         self.record.violations.append(violation)
         # Never the matched text: policy, kind, position and stream only.
@@ -343,7 +463,7 @@ class Guard:
     def _final_check(self) -> None:
         """One check over the whole answer. Normalisation is per character, so whole-text
         positions equal the stream's; anything found here that the stream check did not decide
-        is a guard bug: logged loudly and counted, never silent."""
+        (outside what was redacted) is a guard bug: logged loudly and counted, never silent."""
         whole = self._norm.window(0)
         for policy in self.policies:
             try:
@@ -353,7 +473,12 @@ class Guard:
                 self.record.check_errors += 1
                 self.record.failed_policies.append(policy.name)
                 continue
-            missed = [m for m in found if (m.start, m.end, m.kind) not in self._handled]
+            missed = [
+                m
+                for m in found
+                if (m.start, m.end, m.kind) not in self._handled
+                and not any(s < m.end and m.start < e for s, e in self._redacted)
+            ]
             if missed:
                 self.record.check_errors += 1
                 log.error(

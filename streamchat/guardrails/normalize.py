@@ -1,10 +1,12 @@
 """One normalisation for every policy, applied incrementally, with a map back to the original.
 
 Each character is NFKC-normalised on its own (fullwidth letters become ASCII, ligatures split),
-invisible characters (zero-width spaces and joiners, soft hyphens, BOM, bidi controls) are
-dropped, and any run of whitespace becomes one space. Working per character makes the result
-independent of where the stream was cut into chunks; `origin[i]` is the index in the original
-text of normalised character `i`, so a violation found in normalised text maps back exactly.
+decimal digits of any script (Devanagari, Arabic-Indic, the Extended Arabic-Indic of Urdu) become
+ASCII digits, invisible characters (zero-width spaces and joiners, soft hyphens, BOM, bidi
+controls) are dropped, and any run of whitespace becomes one space. Working per character makes
+the result independent of where the stream was cut into chunks; `origin[i]` is the index in the
+original text of normalised character `i`, so a violation found in normalised text maps back
+exactly.
 """
 
 from __future__ import annotations
@@ -40,7 +42,12 @@ class Normalizer:
                     self._in_space = True
                 continue
             self._in_space = False
-            folded = unicodedata.normalize("NFKC", char) if ord(char) > 127 else char
+            if ord(char) <= 127:
+                folded = char
+            elif (digit := unicodedata.decimal(char, None)) is not None:
+                folded = str(digit)  # ٣ and ३ are 3 to every policy
+            else:
+                folded = unicodedata.normalize("NFKC", char)
             for piece in folded:
                 if piece.isspace():
                     piece = " "

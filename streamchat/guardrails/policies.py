@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import ahocorasick
 import phonenumbers
@@ -35,6 +35,10 @@ class Match:
     start: int
     end: int
     kind: str
+    # The verdict may still change with text yet to come, though the match does not reach the
+    # end of the text (an account number that an IFSC may follow): the guard waits, as for a
+    # match that may still grow, and at the end of the stream takes the match as it is.
+    pending: bool = False
 
 
 class Policy(Protocol):
@@ -57,14 +61,31 @@ KINDS: dict[str, tuple[str, str]] = {
     "phone": ("a phone number", "[phone number removed]"),
     "card": ("a credit card number", "[card number removed]"),
     "iban": ("a bank account number (IBAN)", "[IBAN removed]"),
+    "bank_account": ("a bank account number", "[account number removed]"),
+    "upi": ("a UPI ID", "[UPI ID removed]"),
     "ssn": ("a US social security number", "[ID number removed]"),
     "cnic": ("a Pakistani CNIC number", "[ID number removed]"),
     "aadhaar": ("an Aadhaar number", "[ID number removed]"),
     "pan": ("an Indian PAN", "[ID number removed]"),
-    "api_key": ("an API key", "[secret removed]"),
+    "uk_nino": ("a UK National Insurance number", "[ID number removed]"),
+    "openai_key": ("an OpenAI API key", "[secret removed]"),
+    "anthropic_key": ("an Anthropic API key", "[secret removed]"),
+    "google_api_key": ("a Google API key", "[secret removed]"),
+    "aws_access_key": ("an AWS access key id", "[secret removed]"),
+    "aws_secret_key": ("an AWS secret access key", "[secret removed]"),
+    "azure_storage_key": ("an Azure storage account key", "[secret removed]"),
+    "github_token": ("a GitHub token", "[secret removed]"),
+    "gitlab_token": ("a GitLab token", "[secret removed]"),
+    "slack_token": ("a Slack token", "[secret removed]"),
+    "slack_webhook": ("a Slack webhook URL", "[secret removed]"),
+    "stripe_key": ("a Stripe secret key", "[secret removed]"),
+    "sendgrid_key": ("a SendGrid API key", "[secret removed]"),
+    "twilio_key": ("a Twilio key", "[secret removed]"),
+    "jwt": ("a JSON Web Token", "[secret removed]"),
+    "bearer_token": ("a bearer token", "[secret removed]"),
     "private_key": ("a private key", "[secret removed]"),
-    "token": ("an access token", "[secret removed]"),
     "password": ("a password", "[secret removed]"),
+    "secret": ("a secret value", "[secret removed]"),
     "blocked_word": ("a blocked word", "[blocked word removed]"),
     "pattern": ("text matching a blocked pattern", "[removed]"),
     "check_error": ("text a safety check could not verify", "[removed]"),
@@ -84,15 +105,15 @@ def label(kind: str) -> str:
     return KINDS.get(kind, ("", "[removed]"))[1]
 
 
-_TRAILING_WORD = re.compile(r"\S*$")
-# Characters that numbers with separators (phones, cards, IBANs, IDs) are made of.
-_TRAILING_NUMBERISH = re.compile(r"[0-9A-Z+()./ -]*$")
+# Characters that numbers with separators (phones, cards, IBANs, IDs) are made of, read
+# backwards from the end of the text (a forward search anchored at $ would retry every start).
+_NUMBERISH_BACKWARDS = re.compile(r"[0-9A-Z+()./ -]*")
 
 
 def trailing_word_start(text: str) -> int:
-    """Where the last run of non-space characters begins (len(text) after a space)."""
-    found = _TRAILING_WORD.search(text)
-    return found.start() if found else len(text)
+    """Where the last run of non-space characters begins (len(text) after a space). Normalised
+    text has one kind of space."""
+    return text.rfind(" ") + 1
 
 
 def _validated(
@@ -105,21 +126,53 @@ def _validated(
     ]
 
 
+def _data_lines(name: str) -> list[str]:
+    text = (resources.files("streamchat.guardrails") / "data" / name).read_text(encoding="utf-8")
+    return _entries(text)
+
+
+def _entries(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
 # --- PII --------------------------------------------------------------------------------------
 
+# The domain is read to its end: a match may not stop where more of the domain follows, so an
+# email is found (and redacted) whole, never leaving ".example.com" behind.
 _EMAIL = re.compile(
     r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?){0,3}\.[A-Za-z]{2,24}(?![\w-])"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}"
+    r"(?![\w-]|\.[A-Za-z0-9])"
 )
+# user:password@ inside a URL is a credential (the secrets policy), not an email address.
+_URL_USERINFO_BEFORE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s/@]*$")
 # A run of digits, optionally grouped by single spaces or dashes; cards (13-19 digits) are
 # looked for inside it.
 _DIGIT_RUN = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,}(?![\d])")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])")
-_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
-_CNIC = re.compile(r"(?<![\d-])\d{5}-\d{7}-\d(?![\d-])")
-_AADHAAR = re.compile(r"(?<!\d)(?<!\d )[2-9]\d{3} ?\d{4} ?\d{4}(?!\d)")
+# One kind of separator throughout (dash or space), or none where the shape is unambiguous.
+_SSN = re.compile(r"(?<![\w-])(?<!\d )\d{3}([- ])\d{2}\1\d{4}(?![\w-])(?! \d)")
+_CNIC = re.compile(r"(?<![\w-])(?<!\d )\d{5}([- ])\d{7}\1\d(?![\w-])(?! \d)")
+_CNIC_PLAIN = re.compile(r"(?<![\w-])\d{13}(?![\w-])")
+# A plain 13-digit number is a CNIC only when named so shortly before (else it is an order or
+# a timestamp); "shanakhti" is Urdu for identity, in Roman and Urdu script.
+_CNIC_NAMED = re.compile(r"(?i)(?:cnic|\bnic\b|shanakht|identity card|\bid card|شناختی)")
+# Aadhaar: 12 digits, first 2-9, Verhoeff checksum; not a group inside a UUID or a hash.
+_AADHAAR = re.compile(r"(?<![\w-])(?<!\d )[2-9]\d{3}([ -]?)\d{4}\1\d{4}(?![\w-])")
 _PAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{3}[ABCFGHJLPT][A-Z]\d{4}[A-Z](?![A-Za-z0-9])")
+# UK National Insurance number (HMRC's rules: letters D F I Q U V never, O not second, and
+# the prefixes BG GB KN NK NT TN ZZ are not issued).
+_UK_NINO = re.compile(
+    r"(?<![A-Za-z0-9])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    r"( ?)\d{2}\1\d{2}\1\d{2}\1[A-D](?![A-Za-z0-9])"
+)
+# Indian bank accounts are 9-18 digits with no checksum: one counts only near an IFSC (the
+# branch code: 4 letters, a zero, 6 letters or digits) within _IFSC_NEAR characters.
+_IFSC = re.compile(r"(?<![A-Za-z0-9])[A-Z]{4}0[A-Z0-9]{6}(?![A-Za-z0-9])")
+_ACCOUNT = re.compile(r"(?<![\w.,-])\d{9,18}(?![\w-]|[.,]\d)")
+_IFSC_NEAR = 40
 _DIGITS = re.compile(r"\d")
+_HAS_DIGIT_OR_AT = re.compile(r"[\d@]")
 
 
 def _card_ok(value: str) -> bool:
@@ -168,33 +221,107 @@ def _longest_valid(
     return found
 
 
+@lru_cache(maxsize=1)
+def _upi_pattern() -> re.Pattern[str]:
+    handles = sorted({h.lower() for h in _data_lines("upi_handles.txt")}, key=len, reverse=True)
+    return re.compile(
+        r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._-]{1,63}@(?i:"
+        + "|".join(map(re.escape, handles))
+        # a handle has no dot after it: name@ybl.com would be an email
+        + r")(?![\w-]|\.[A-Za-z0-9])"
+    )
+
+
+def _near_ifsc(text: str, start: int, end: int) -> bool:
+    before = text[max(0, start - _IFSC_NEAR - 11) : start]
+    after = text[end : end + _IFSC_NEAR + 11]
+    return bool(_IFSC.search(before) or _IFSC.search(after))
+
+
 class PiiPolicy:
-    """Emails, phone numbers, card numbers, IBANs and national IDs (US SSN, Pakistan CNIC,
-    India Aadhaar and PAN)."""
+    """Emails, phone numbers, card numbers, IBANs, bank accounts next to an IFSC, UPI IDs and
+    national IDs (US SSN, UK National Insurance, Pakistan CNIC, India Aadhaar and PAN)."""
 
     name = "pii"
     max_match = 80
+    # Match ends for a match that outgrew max_match (redact mode reads on to them).
+    continuations: ClassVar[Mapping[str, re.Pattern[str]]] = {
+        "email": re.compile(r"(?=[^A-Za-z0-9._%+@-])")
+    }
 
     def __init__(self, phone_regions: Sequence[str] = ("US", "IN", "PK")) -> None:
         self.phone_regions = tuple(phone_regions)
+        self._upi = _upi_pattern()
 
     def hold_from(self, text: str) -> int:
-        """Where a match not yet complete could start: emails have no spaces, so within the
-        last word; numbers may contain spaces, so within the trailing run of number-ish
-        characters (digits, capitals, + ( ) . / - and spaces)."""
-        numberish = _TRAILING_NUMBERISH.search(text)
-        return min(trailing_word_start(text), numberish.start() if numberish else len(text))
+        """Where a match not yet complete could start: emails and UPI IDs have no spaces, so
+        within the last word; numbers may contain spaces, so within the trailing run of
+        number-ish characters (digits, capitals, + ( ) . / - and spaces); an account number
+        until it is _IFSC_NEAR characters behind (an IFSC may follow it)."""
+        numberish = _NUMBERISH_BACKWARDS.match(text[::-1])
+        start = min(trailing_word_start(text), len(text) - (numberish.end() if numberish else 0))
+        recent = max(0, len(text) - _IFSC_NEAR - 12)
+        for account in _ACCOUNT.finditer(text, recent):
+            start = min(start, account.start())
+            break
+        return start
 
     def find(self, text: str) -> list[Match]:
-        found = [Match(m.start(), m.end(), "email") for m in _EMAIL.finditer(text)]
+        if _HAS_DIGIT_OR_AT.search(text) is None:
+            return []  # every kind has a digit or an @: most prose stops here
+        found: list[Match] = []
+        if "@" in text:
+            found += [m for m in _validated(self._upi, text, "upi", bool)]
+            found += [
+                Match(m.start(), m.end(), "email")
+                for m in _EMAIL.finditer(text)
+                if not m.group().startswith("git@")  # an SSH remote: git@github.com:o/r
+                and not _URL_USERINFO_BEFORE.search(text, max(0, m.start() - 80), m.start())
+                and not any(u.start <= m.start() < u.end for u in found)
+            ]
+        # An account number next to an IFSC is an account, whatever else its digits fit.
+        found += [
+            Match(m.start(), m.end(), "bank_account")
+            for m in _ACCOUNT.finditer(text)
+            if _near_ifsc(text, m.start(), m.end())
+            and not any(f.start < m.end() and m.start() < f.end for f in found)
+        ]
         found += _longest_valid(_DIGIT_RUN, text, "card", _card_ok, longest=25)
         found += _longest_valid(_IBAN, text, "iban", lambda v: iban.is_valid(v.replace(" ", "")))
-        found += _validated(_SSN, text, "ssn", ssn.is_valid)
-        found += _validated(_CNIC, text, "cnic", cnic.is_valid)
-        found += _validated(_AADHAAR, text, "aadhaar", aadhaar.is_valid)
+        found += _validated(_SSN, text, "ssn", lambda v: ssn.is_valid(v.replace(" ", "-")))
+        found += _validated(_CNIC, text, "cnic", lambda v: cnic.is_valid(v.replace(" ", "")))
+        found += [
+            Match(m.start(), m.end(), "cnic")
+            for m in _CNIC_PLAIN.finditer(text)
+            if cnic.is_valid(m.group())
+            and _CNIC_NAMED.search(text, max(0, m.start() - 32), m.start())
+        ]
+        found += _validated(
+            _AADHAAR, text, "aadhaar", lambda v: aadhaar.is_valid(v.replace("-", ""))
+        )
         found += _validated(_PAN, text, "pan", pan.is_valid)
+        found += _validated(_UK_NINO, text, "uk_nino", bool)
         found += self._phones(text, taken=found)
-        return found
+        accounts = [m for m in found if m.kind == "bank_account"]
+        return [
+            self._pending_account(m, text)
+            for m in found
+            if m.kind == "bank_account"
+            or not any(a.start < m.end and m.start < a.end for a in accounts)
+        ]
+
+    @staticmethod
+    def _pending_account(match: Match, text: str) -> Match:
+        """A plain run of 9-18 digits may turn out to be an account number when an IFSC follows:
+        until enough text has followed it, its verdict stays open (`pending`), so the kind never
+        depends on where the stream was cut."""
+        if (
+            match.kind in ("bank_account", "email", "upi")
+            or len(text) - match.end > _IFSC_NEAR + 11
+            or not _ACCOUNT.fullmatch(text, match.start, match.end)
+        ):
+            return match
+        return Match(match.start, match.end, match.kind, pending=True)
 
     def _phones(self, text: str, taken: list[Match]) -> list[Match]:
         phones: list[Match] = []
@@ -202,7 +329,11 @@ class PiiPolicy:
         # it, and the verdict for a run is cached (overlapping windows see it many times).
         for candidate in _PHONE_CANDIDATE.finditer(text):
             raw = candidate.group()
-            if not 7 <= len(_DIGITS.findall(raw)) <= 15 or _DATE_OR_TIME.search(raw):
+            if (
+                not 7 <= len(_DIGITS.findall(raw)) <= 15
+                or _DATE_OR_TIME.search(raw)
+                or _IP_ADDRESS.search(raw)
+            ):
                 continue
             # Only separators after it: the run may still grow, so keep the verdict open.
             at_end = not text[candidate.end() :].strip(" ().-")
@@ -214,11 +345,14 @@ class PiiPolicy:
         return phones
 
 
-# A run that could hold a phone number: digits with spaces, dots, dashes or brackets.
-_PHONE_CANDIDATE = re.compile(r"(?<![\w+])\+?\(?\d[\d ().-]{5,22}\d(?![\w])")
+# A run that could hold a phone number: digits with spaces, dots, dashes or brackets; not a
+# group inside a UUID, a hash or a version number.
+_PHONE_CANDIDATE = re.compile(r"(?<![\w+.-])\+?\(?\d[\d ().-]{5,22}\d(?![\w])")
+_IP_ADDRESS = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 # Dates and times are digit runs too: "2024-01-15 12" is a valid US number to phonenumbers.
 _DATE_OR_TIME = re.compile(
-    r"(?:19|20)\d\d[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])|\d{1,2}:\d{2}"
+    r"(?:19|20)\d\d[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])"
+    r"|(?:0?[1-9]|[12]\d|3[01])[-/.](?:0?[1-9]|1[0-2])[-/.](?:19|20)\d\d|\d{1,2}:\d{2}"
 )
 
 
@@ -242,45 +376,35 @@ def _phone_spans(raw: str, regions: tuple[str, ...]) -> tuple[tuple[int, int], .
         for number in phonenumbers.PhoneNumberMatcher(
             raw, region, leniency=phonenumbers.Leniency.VALID
         ):
-            if not any(s < number.end and number.start < e for s, e in spans):
-                spans.append((number.start, number.end))
+            if any(s < number.end and number.start < e for s, e in spans):
+                continue
+            # Written without "+" or a trunk "0", a fixed-line number is more likely something
+            # else (an Indian landline without its 0 is any 10 digits starting 1-5, an epoch).
+            bare = number.raw_string[0] not in "+0(" and not number.raw_string.startswith("00")
+            if bare and phonenumbers.number_type(number.number) not in _MOBILE_OR_EITHER:
+                continue
+            spans.append((number.start, number.end))
     return tuple(spans)
+
+
+_MOBILE_OR_EITHER = frozenset(
+    {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+)
 
 
 # --- secrets ----------------------------------------------------------------------------------
 
-_SECRET_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("private_key", re.compile(r"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----")),
-    (
-        "api_key",
-        re.compile(r"(?<![A-Za-z0-9_-])sk-(?:proj-|svcacct-|admin-|ant-)?[A-Za-z0-9_-]{20,}"),
-    ),
-    ("api_key", re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Z0-9])")),
-    ("token", re.compile(r"(?<![A-Za-z0-9_])(?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36,}")),
-    ("token", re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,}")),
-    ("token", re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9-]{10,}")),
-    (
-        "token",
-        re.compile(
-            r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,40}\.eyJ[A-Za-z0-9_-]{8,40}\.[A-Za-z0-9_-]{8,}"
-        ),
-    ),
+# Placeholders stand for a secret without being one: <token>, ${VAR}, $VAR, {{ var }}, runs of
+# x, * or dots, "your_..._here", and the words people put where a password goes.
+_PLACEHOLDER_PARTS = re.compile(
+    r"(?i)<[^>]*>|\$\{|\{\{|\{[A-Za-z_]+\}|^\$[A-Za-z_]+$|x{4,}|\*{3,}|\.{3}|…|your[_-]?|"
+    r"[_-]here\b|^(?:changeme|example|placeholder|redacted|null|none|true|false|password|"
+    r"passwd|pass|pwd|secret|token|api[_-]?key|dummy|test|sample|foobar|hunter2)$"
 )
-_ASSIGNMENT = re.compile(
-    r"(?i)(?<![A-Za-z0-9])(?:[A-Za-z0-9]+_)*"
-    r"(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)"
-    r"[\"']?\s{0,2}[:=]\s{0,2}[\"']?([^\s\"',;]{8,64})"
-)
-# The end of the text may be the start of a PEM header or of an assignment still being written.
-_PENDING_PEM = re.compile(r"-{1,5}(?:B(?:E(?:G(?:I(?:N(?: [A-Z0-9 ]*)?)?)?)?)?)?$")
-_PENDING_ASSIGNMENT = re.compile(
-    r"(?i)(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?key|auth[_-]?token|token)"
-    r"[\"']?\s{0,2}(?:[:=]\s{0,2}[\"']?\S*)?$"
-)
-_PLACEHOLDERS = re.compile(
-    r"(?i)^(?:\*+|x+|\.+|<[^>]*>|\{[^}]*\}|\$\{?[A-Z_]+\}?|your[_-].*|changeme|example.*|"
-    r"placeholder|redacted|null|none|true|false|password|secret)$"
-)
+
+
+def _placeholder(value: str) -> bool:
+    return bool(_PLACEHOLDER_PARTS.search(value)) or len(set(value.lower())) < 5
 
 
 def _entropy(value: str) -> float:
@@ -288,34 +412,244 @@ def _entropy(value: str) -> float:
     return -sum(c / len(value) * math.log2(c / len(value)) for c in counts.values())
 
 
+def _random_looking(value: str) -> bool:
+    """A token body, not a word: letters and digits mixed, and varied characters."""
+    return (
+        any(c.isdigit() for c in value)
+        and any(c.isalpha() for c in value)
+        and not _placeholder(value)
+        and _entropy(value) >= 3.0
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """One secret format: a bounded or open-ended pattern (group 1, if any, is the secret), an
+    optional check of the value, and the characters an open-ended value is made of."""
+
+    kind: str
+    pattern: re.Pattern[str]
+    valid: Callable[[str], bool] | None = None
+    alphabet: str | None = None  # open-ended: the value continues while these characters do
+
+
+_B64URL = "A-Za-z0-9_-"
+# Token shapes as in detect-secrets' plugins and the providers' documentation.
+_SHAPES: tuple[_Shape, ...] = (
+    _Shape(
+        "private_key",
+        re.compile(r"-----BEGIN (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----"),
+    ),
+    _Shape(
+        "anthropic_key",
+        re.compile(r"(?<![\w-])sk-ant-[A-Za-z0-9_-]{20,}"),
+        _random_looking,
+        _B64URL,
+    ),
+    _Shape(
+        "openai_key",
+        re.compile(r"(?<![\w-])sk-(?!ant-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}"),
+        _random_looking,
+        _B64URL,
+    ),
+    _Shape("google_api_key", re.compile(r"(?<![\w-])AIza[0-9A-Za-z_-]{35,}"), None, _B64URL),
+    _Shape(
+        "aws_access_key",
+        re.compile(
+            r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|A3T[A-Z0-9])[A-Z0-9]{16}(?![A-Za-z0-9])"
+        ),
+    ),
+    # The secret access key is 40 characters of base64 with no prefix: found by its name, as
+    # in `aws iam create-access-key` output ("SecretAccessKey": "...") and in credentials files.
+    _Shape(
+        "aws_secret_key",
+        re.compile(
+            r"(?i)(?:aws[ _-]?)?secret[ _-]?(?:access[ _-]?)?key(?:[ _-]?id)?[\"']?\s{0,3}[:=]"
+            r"\s{0,3}[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+        ),
+        _random_looking,
+    ),
+    _Shape(
+        "azure_storage_key",
+        re.compile(r"(?i)AccountKey=([A-Za-z0-9+/]{40,}={0,2})"),
+        None,
+        "A-Za-z0-9+/=",
+    ),
+    _Shape(
+        "github_token",
+        re.compile(r"(?<![A-Za-z0-9_])(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})"),
+        _random_looking,
+        "A-Za-z0-9_",
+    ),
+    _Shape(
+        "gitlab_token",
+        re.compile(r"(?<![\w-])gl(?:pat|ptt|dt|rt|soat|cbt|ft|imt|agent)-[A-Za-z0-9_-]{20,}"),
+        _random_looking,
+        _B64URL,
+    ),
+    _Shape(
+        "slack_webhook",
+        re.compile(
+            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9/_-]{20,}"
+        ),
+        _random_looking,
+        "A-Za-z0-9/_-",
+    ),
+    _Shape(
+        "slack_token",
+        re.compile(r"(?<![A-Za-z0-9-])(?:xox[abposre]|xapp)-[A-Za-z0-9-]{10,}"),
+        _random_looking,
+        "A-Za-z0-9-",
+    ),
+    _Shape(
+        "stripe_key",
+        re.compile(r"(?<![A-Za-z0-9_])[sr]k_live_[A-Za-z0-9]{16,}"),
+        _random_looking,
+        "A-Za-z0-9",
+    ),
+    _Shape(
+        "sendgrid_key",
+        re.compile(r"(?<![\w-])SG\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{20,}"),
+        _random_looking,
+        _B64URL,
+    ),
+    _Shape(
+        "twilio_key",
+        re.compile(r"(?<![A-Za-z0-9])(?:SK|AC)[0-9a-f]{32}(?![A-Za-z0-9])"),
+        _random_looking,
+    ),
+    # A JWT starts with a base64url JSON header ("eyJ" is '{"'); real ones run to a thousand
+    # characters, so the match is open-ended from the header on.
+    _Shape(
+        "jwt",
+        re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{15,}(?:\.[A-Za-z0-9_-]*){0,2}"),
+        _random_looking,
+        "A-Za-z0-9_.-",
+    ),
+    _Shape(
+        "bearer_token",
+        re.compile(r"(?i)(?<![A-Za-z0-9])bearer ([A-Za-z0-9._~+/-]{20,}=*)"),
+        _random_looking,
+        "A-Za-z0-9._~+/=-",
+    ),
+    # user:password@ in a URL (postgresql://, mysql://, redis://, amqp://, https://...).
+    _Shape(
+        "password",
+        re.compile(
+            r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{1,20}://([^\s:/@?#]*):([^\s/@?#]{1,128})@"
+            r"(?=[A-Za-z0-9\[])"
+        ),
+    ),
+)
+_SECRET_NAMES = (
+    r"password|passwd|passphrase|pwd|secret|api[_-]?key|apikey|access[_-]?key|auth[_-]?token"
+    r"|access[_-]?token|refresh[_-]?token|token|client[_-]?secret|private[_-]?key|credentials?"
+)
+# `name = value`, `name: value`, "name": "value", NAME=value: the value is checked below.
+_ASSIGNMENT = re.compile(
+    r"(?i)(?<![A-Za-z0-9])[A-Za-z0-9_.-]{0,40}?(" + _SECRET_NAMES + r")[\"']?\s{0,2}"
+    r"(?::=|=>|[:=])\s{0,2}([\"'`]?)([^\s\"'`,;]{8,})"
+)
+_ASSIGNMENT_VALUE_END = re.compile(r"(?=[\s\"'`,;])")
+_TRAILING_PUNCTUATION = re.compile(r"[.,:;!?)\]}>]+$")
+# Code on the right of an assignment names a secret, it does not hold one:
+# os.environ["X"], os.getenv("X"), getpass.getpass(), settings.API_KEY, request.headers[...].
+_CODE = re.compile(r"[(\[{$%]|^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$")
+# The end of the text may be the start of a PEM header, of an assignment or of a URL with a
+# password still being written.
+_PENDING_PEM = re.compile(r"-{1,5}(?:B(?:E(?:G(?:I(?:N(?: [A-Z0-9 ]*)?)?)?)?)?)?$")
+_PENDING_ASSIGNMENT = re.compile(
+    r"(?i)(?:" + _SECRET_NAMES + r"|secret[ _-]?access[ _-]?key|bearer)"
+    r"[\"']?\s{0,2}(?:(?::=|=>|[:=])\s{0,2}[\"'`]?\S*)?$"
+)
+_PENDING_REACH = 64  # the longest tail a pending header or assignment can have
+_TRIGGER = re.compile(
+    r"-----BEGIN|sk-|AIza|A(?:KIA|SIA|BIA|CCA|3T)|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
+    r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|"
+    r"(?i:bearer|accountkey|pass|pwd|secret|key|token|credential)"
+)
+_PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----")
+
+
+def _password_like(value: str, quoted: bool) -> bool:
+    """A value assigned to a secret name that is itself a secret: not a placeholder, not code,
+    and not a word ("Token: authentication ke liye ...", "secret: consistency"): mixed
+    character classes with a digit or a symbol, or a long mixed-case run, and varied."""
+    if len(value) < 8 or _placeholder(value) or (not quoted and _CODE.search(value)):
+        return False
+    lower = any(c.islower() for c in value)
+    upper = any(c.isupper() for c in value)
+    digit = any(c.isdigit() for c in value)
+    symbol = any(not c.isalnum() for c in value)
+    classes = lower + upper + digit + symbol
+    if not (lower or upper):
+        return False
+    mixed = (classes >= 2 and (digit or symbol)) or (len(value) >= 16 and lower and upper)
+    return mixed and _entropy(value) >= 2.5
+
+
+def _connection_password(match: re.Match[str]) -> bool:
+    user, password = match.group(1), match.group(2)
+    return not _placeholder(password) and password != user
+
+
 class SecretsPolicy:
-    """Provider keys and tokens (OpenAI, AWS, GitHub, Slack, JWTs), PEM private keys, and
-    high-entropy values assigned to names like PASSWORD or api_key. Key patterns have no upper
-    length; a match is cut at max_match, which makes it "saturated" (see Guard)."""
+    """Provider keys and tokens (OpenAI, Anthropic, Google, AWS, Azure, GitHub, GitLab, Slack,
+    Stripe, SendGrid, Twilio), JWTs and bearer tokens, PEM private keys, passwords in URLs, and
+    secret-looking values assigned to names like PASSWORD or api_key. Open-ended values are cut
+    at max_match; in redact mode the guard reads on to where each one ends (`continuations`)."""
 
     name = "secrets"
     max_match = 100
     open_ended = True  # keys and tokens have no fixed length: matches are capped at max_match
+    # kind -> where a match that may go on beyond max_match ends
+    continuations: ClassVar[Mapping[str, re.Pattern[str]]] = {
+        **{s.kind: re.compile(f"(?=[^{s.alphabet}])") for s in _SHAPES if s.alphabet},
+        "password": _ASSIGNMENT_VALUE_END,
+        "secret": _ASSIGNMENT_VALUE_END,
+        "private_key": _PEM_END,
+    }
+    # A match of these kinds is only the beginning of what must go: a PEM header is followed
+    # by the key, up to its END line.
+    always_continues = frozenset({"private_key"})
 
     def hold_from(self, text: str) -> int:
         """Keys and tokens have no spaces: only the last word can be one in progress, unless a
-        PEM header or a `name = value` assignment is still being written at the end."""
+        PEM header, a `name = value` assignment or a bearer token is still being written."""
         start = trailing_word_start(text)
-        for pending in (_PENDING_PEM.search(text), _PENDING_ASSIGNMENT.search(text)):
+        reach = max(0, len(text) - _PENDING_REACH)
+        for pattern in (_PENDING_PEM, _PENDING_ASSIGNMENT):
+            pending = pattern.search(text, reach)
             if pending is not None:
-                start = min(start, trailing_word_start(text[: pending.start() + 1]))
+                start = min(start, text.rfind(" ", 0, pending.start()) + 1)
         return start
 
     def find(self, text: str) -> list[Match]:
-        found = [
-            Match(m.start(), min(m.end(), m.start() + self.max_match), kind)
-            for kind, pattern in _SECRET_PATTERNS
-            for m in pattern.finditer(text)
-        ]
+        if _TRIGGER.search(text) is None:
+            return []  # no format's prefix and no secret's name: most prose stops here
+        found: list[Match] = []
+        for shape in _SHAPES:
+            for m in shape.pattern.finditer(text):
+                if shape.kind == "password":
+                    if _connection_password(m):
+                        found.append(Match(m.start(2), m.end(2), "password"))
+                    continue
+                group = 1 if shape.pattern.groups else 0
+                start, end = m.start(group), m.end(group)
+                if shape.valid is not None and not shape.valid(m.group(group)):
+                    continue
+                found.append(Match(start, min(end, start + self.max_match), shape.kind))
         for m in _ASSIGNMENT.finditer(text):
-            value = m.group(1)
-            if not _PLACEHOLDERS.match(value) and _entropy(value) >= 2.5:
-                found.append(Match(m.start(1), m.end(1), "password"))
+            raw = m.group(3)
+            value = _TRAILING_PUNCTUATION.sub("", raw)
+            start = m.start(3)
+            if any(f.start <= start < f.end or start <= f.start < m.end(3) for f in found):
+                continue  # a known format said it first (and better)
+            if _password_like(value, quoted=bool(m.group(2))):
+                name = m.group(1).lower()
+                kind = "password" if "pass" in name or name == "pwd" else "secret"
+                end = start + (len(value) if len(value) < len(raw) else len(raw))
+                found.append(Match(start, min(end, start + self.max_match), kind))
         return found
 
 
@@ -378,12 +712,7 @@ class BlocklistPolicy:
 
 @lru_cache(maxsize=8)
 def default_blocklist() -> tuple[str, ...]:
-    text = (resources.files("streamchat.guardrails") / "data" / "blocklist.txt").read_text()
-    return tuple(_entries(text))
-
-
-def _entries(text: str) -> list[str]:
-    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return tuple(_data_lines("blocklist.txt"))
 
 
 def load_blocklist(path: str | None) -> tuple[str, ...]:
