@@ -8,16 +8,19 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import chainlit as cl
-from chainlit.chat_context import chat_contexts
 from chainlit.config import config as chainlit_config
 from chainlit.context import context
 from chainlit.data.base import BaseDataLayer
 from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.server import app as server_app
 from chainlit.server import sio
-from chainlit.session import WebsocketSession
 from chainlit.types import ThreadDict
 from starlette.datastructures import Headers
+
+try:  # the dict of every session's messages Chainlit keeps (see on_chat_end)
+    from chainlit.chat_context import chat_contexts as _chainlit_chat_contexts
+except ImportError:
+    _chainlit_chat_contexts = None  # type: ignore[assignment]
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.classroom import ui as classroom_ui
@@ -43,14 +46,9 @@ from streamchat.languages import LANGUAGES
 from streamchat.logs import configure_logging
 from streamchat.pipeline import GuardrailPanel
 from streamchat.runtime import Runtime, settings_or_error
-from streamchat.settings import load_env_file
-from streamchat.speedups.eventloop import install_loop, loop_name
-from streamchat.speedups.serving import (
-    install_quiet_server,
-    install_websocket_compression,
-    websocket_compression,
-)
-from streamchat.speedups.socket_updates import SocketUpdates, hand_off_queues, route_session_emits
+from streamchat.settings import SpeedupChoices, load_env_file
+from streamchat.speedups import Speedups, browser_updates, install, log_status
+from streamchat.speedups.eventloop import loop_name
 
 log = logging.getLogger("streamchat.app")
 
@@ -58,16 +56,19 @@ log = logging.getLogger("streamchat.app")
 # is parsed from it by streamchat.settings' reader, as Settings parses its own at startup.
 _environ = load_env_file()
 
-# `chainlit run` made every task and future pure Python (nest_asyncio): C ones again, on the
-# uvloop loop Chainlit starts next (EVENT_LOOP).
-_loop_choice = install_loop(_environ)
-# The server Chainlit creates next does its housekeeping once a second, not ten times, and
-# does not compress every frame it sends unless UVICORN_WS_PER_MESSAGE_DEFLATE asks for it.
-install_quiet_server()
-_compression = websocket_compression(_environ)
-install_websocket_compression(_compression.per_message_deflate)
+# The speed-ups (streamchat/speedups), before `chainlit run` makes its loop and server; none
+# with STREAM_SPEEDUPS=off. Which are on is logged once at startup.
+_speedup_choices = SpeedupChoices.from_env(_environ)
+install(
+    Speedups(
+        enabled=_speedup_choices.enabled,
+        event_loop=_speedup_choices.event_loop,
+        ws_per_message_deflate=_speedup_choices.ws_per_message_deflate,
+    ),
+    sio=sio,
+)
 # Settings read at import that could not be followed: logged at startup, shown in each chat.
-_setup_problems = [p for p in (_loop_choice.problem, _compression.problem) if p is not None]
+_setup_problems = list(_speedup_choices.problems)
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(_environ)
@@ -110,8 +111,6 @@ except ConfigError as exc:
     _content_policy = ContentSecurityPolicy()  # the strictest: images from this app only
     _setup_problems.append(f"{exc} Answers show images from this app only.")
 server_app.add_middleware(SecurityHeadersMiddleware, policy=_content_policy)
-# Each browser's packets go to its engine.io writer without a task per packet.
-hand_off_queues(sio)
 
 
 # Chat history needs login: with it, a database (a SQLite file unless DATABASE_URL says else).
@@ -146,6 +145,7 @@ async def startup() -> None:
     for setup_problem in _setup_problems:
         log.error("%s", setup_problem)
     log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
+    log_status(log)
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _origin_error is not None:
         log.error("%s Only this app's own pages may connect.", _origin_error)
@@ -202,12 +202,10 @@ def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
     )
 
 
-def _socket_updates() -> SocketUpdates | None:
-    """The browser's update channel; Chainlit's own events for the chat go through it too."""
-    session = context.session
-    if not isinstance(session, WebsocketSession):
-        return None
-    return route_session_emits(sio, session)
+def _socket_updates() -> Any | None:
+    """The browser's update channel (Chainlit's own events for the chat go through it too), or
+    None for Chainlit's own emit (speed-ups off)."""
+    return browser_updates(sio, context.session)
 
 
 def _settings_widgets(
@@ -404,7 +402,12 @@ def _start_stoppable_task(work: Coroutine[Any, Any, object]) -> None:
         finally:
             await context.emitter.task_end()
 
-    context.session.current_task = asyncio.create_task(runner())
+    session = context.session
+    # Chainlit has no public way to run a task Stop cancels; its session's declared attribute
+    # is what its own handlers set. A session without it gets the task unstoppable.
+    task = asyncio.create_task(runner())
+    if hasattr(session, "current_task"):
+        session.current_task = task
 
 
 @cl.action_callback("continue")
@@ -456,6 +459,9 @@ async def on_stop_lane(action: cl.Action) -> None:
 @cl.on_chat_end
 async def on_chat_end() -> None:
     # Chainlit keeps every session's chat_context in a process-wide dict and never drops it;
-    # we keep our own history, so drop Chainlit's copy to stop long-running servers leaking.
+    # we keep our own history, so clear Chainlit's copy to stop long-running servers leaking.
     if context.session is not None:
-        chat_contexts.pop(context.session.id, None)
+        cl.chat_context.clear()  # public: the chat's messages
+        # The emptied entry has no public remover: dropped where the dict is the one known.
+        if isinstance(_chainlit_chat_contexts, dict):
+            _chainlit_chat_contexts.pop(context.session.id, None)

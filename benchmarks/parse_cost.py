@@ -14,7 +14,7 @@ import time
 from openai._models import construct_type
 from openai.types.chat import ChatCompletionChunk
 
-from streamchat.core.provider import ChunkParser
+from streamchat.core.parser import ChunkParser
 
 LINE = "data: " + json.dumps(
     {

@@ -24,7 +24,6 @@ sys.path.insert(0, str(REPO))
 
 from streamchat.core.provider import Provider  # noqa: E402
 from streamchat.core.types import ChatMessage, ChatRequest  # noqa: E402
-from streamchat.settings import Settings  # noqa: E402
 
 EMPTY_STREAM = (
     b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
@@ -36,9 +35,8 @@ def handler(request: httpx2.Request) -> httpx2.Response:
 
 
 def provider() -> Provider:
-    env = {"OPENAI_BASE_URL": "http://bench.test/v1", "OPENAI_API_KEY": "x"}
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
-    return Provider(Settings.from_env(env), http_client=client)
+    return Provider(api_key="x", base_url="http://bench.test/v1", http_client=client)
 
 
 def request(messages: int) -> ChatRequest:
@@ -60,7 +58,7 @@ async def typed(p: Provider, req: ChatRequest) -> None:
 
 async def ours(p: Provider, req: ChatRequest) -> None:
     async with contextlib.AsyncExitStack() as stack:
-        response = await p._open(stack, req)
+        response = await p._open(stack, req, p._fast_post)
         await response.read()
 
 

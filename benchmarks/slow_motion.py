@@ -24,7 +24,6 @@ from streamchat.core.relay import StreamRun
 from streamchat.core.sinks import MemorySink
 from streamchat.core.types import ChatMessage, ChatRequest
 from streamchat.offline import OfflineServer
-from streamchat.settings import Settings
 
 SPEEDS = ("1x", "0.5x", "0.25x", "20 words/s", "10 words/s")
 
@@ -63,7 +62,7 @@ async def measure(provider: Provider, speed_text: str) -> tuple[str, float, floa
 
 async def main() -> None:
     with OfflineServer(tokens_per_second=200, first_token_delay_ms=10) as server:
-        provider = Provider(Settings(base_url=server.base_url))
+        provider = Provider(base_url=server.base_url)
         print(f"{'speed':<12} {'arrival s':>10} {'display s':>10} {'words':>6}  measured pace")
         for speed_text in SPEEDS:
             name, arrival, display, words = await measure(provider, speed_text)

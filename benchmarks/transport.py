@@ -22,7 +22,6 @@ sys.path.insert(0, str(REPO))
 
 from streamchat.core.provider import Provider  # noqa: E402
 from streamchat.core.types import ChatMessage, ChatRequest  # noqa: E402
-from streamchat.settings import Settings  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 
 
@@ -32,10 +31,7 @@ def cpu() -> float:
 
 
 async def read(stack: str, base_url: str, sessions: int) -> float:
-    settings = Settings.from_env(
-        {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "bench", "OPENAI_HTTP_CLIENT": stack}
-    )
-    provider = Provider(settings)
+    provider = Provider(api_key="bench", base_url=base_url, http_stack=stack)
 
     async def one(index: int) -> int:
         question = f"transport {stack} {index} {time.time()}"

@@ -58,10 +58,10 @@ def strip_footer(content: str) -> str:
     return _FOOTER.sub("", content, count=1)
 
 
-def probe_app(code: str) -> str:
+def probe_app(code: str, **extra_env: str) -> str:
     """The last line `code` prints in a fresh interpreter run from the checkout, with no provider
-    configured: for what importing app.py sets up in the process it runs in."""
-    env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_VARS}
+    configured (and `extra_env` set): for what importing app.py sets up in the process."""
+    env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_VARS} | extra_env
     done = subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
@@ -72,6 +72,14 @@ def probe_app(code: str) -> str:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip().splitlines()[-1]
+
+
+def speedups_on() -> bool:
+    """Whether the apps these tests start run their speed-ups: STREAM_SPEEDUPS is passed through
+    from this environment (the integration tests run both ways)."""
+    from streamchat.settings import ConfigReader
+
+    return ConfigReader(dict(os.environ)).flag("STREAM_SPEEDUPS")
 
 
 def free_port() -> int:

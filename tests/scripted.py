@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 from streamchat.core.errors import ProviderError
+from streamchat.core.relay import ReadPace
 from streamchat.core.types import ChatRequest, Delta, Usage
-from streamchat.speedups.read_pacing import ReadPace
 
 
 class ScriptedSource:

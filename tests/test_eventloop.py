@@ -75,7 +75,7 @@ UVLOOP_SCRIPT = textwrap.dedent(
 
     from streamchat.speedups.eventloop import LoopChoice, install_loop, loop_name
 
-    assert install_loop({}) == LoopChoice("uvloop")
+    assert install_loop() == LoopChoice("uvloop")
     import uvloop
 
     async def profiles(user, language):
@@ -139,15 +139,18 @@ CHOICE_SCRIPT = textwrap.dedent(
     import chainlit.cli
     if os.environ.get("UVLOOP_FIRST"):
         import uvloop  # imported while nest_asyncio's pure-Python tasks are in place
+    from streamchat.settings import SpeedupChoices
     from streamchat.speedups.eventloop import install_loop, loop_name
 
-    choice = install_loop({"EVENT_LOOP": os.environ["CHOICE"]})
+    read = SpeedupChoices.from_env({"EVENT_LOOP": os.environ["CHOICE"]})
+    choice = install_loop(read.event_loop)
+    problem = " ".join(read.problems) or choice.problem
 
     async def main():
         assert type(asyncio.current_task()) is _asyncio.Task
         return loop_name(asyncio.get_running_loop())
 
-    print(json.dumps([choice.loop, choice.problem, asyncio.run(main())]))
+    print(json.dumps([choice.loop, problem, asyncio.run(main())]))
     """
 )
 
@@ -160,7 +163,7 @@ CHOICE_SCRIPT = textwrap.dedent(
         ("auto", {"UVLOOP_FIRST": "1"}, "uvloop", None),
         ("auto", {"HIDE_UVLOOP": "1"}, "asyncio", None),
         ("uvloop", {"HIDE_UVLOOP": "1"}, "asyncio", "but uvloop is not installed"),
-        ("fast", {}, "uvloop", "EVENT_LOOP must be one of auto, uvloop, asyncio, not 'fast'"),
+        ("fast", {}, "uvloop", "EVENT_LOOP must be one of auto, uvloop, asyncio (got 'fast')"),
     ],
 )
 def test_event_loop_setting(choice, env, runs, problem):
@@ -174,5 +177,10 @@ def test_event_loop_setting(choice, env, runs, problem):
 
 async def test_a_running_loop_is_left_alone():
     loop = asyncio.get_running_loop()
-    assert install_loop({"EVENT_LOOP": "uvloop"}).loop == loop_name(loop)
+    assert install_loop("uvloop").loop == loop_name(loop)
     assert asyncio.get_running_loop() is loop
+
+
+def test_a_loop_choice_it_does_not_know_is_refused():
+    with pytest.raises(ValueError, match="auto, uvloop, asyncio"):
+        install_loop("fast")

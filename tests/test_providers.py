@@ -1,6 +1,7 @@
 """The provider: cheap SSE parsing of every chunk shape, and SDK errors mapped to messages a
 person can act on, without ever showing the key. Faked at the HTTP transport (httpx2, the
-library the installed openai SDK runs on)."""
+library the installed openai SDK runs on). Streaming and errors are checked on both paths: the
+fast one (speedups/fast_stream.py) and the SDK's own public stream (STREAM_SPEEDUPS=off)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from streamchat.core.errors import (
     RateLimited,
     StreamBroken,
 )
-from streamchat.core.provider import ChunkParser, LineSplitter, Provider, aiohttp_response
+from streamchat.core.parser import ChunkParser, LineSplitter
+from streamchat.core.provider import Provider
 from streamchat.core.types import ChatMessage, ChatRequest
 from streamchat.settings import Settings
+from streamchat.speedups.fast_stream import aiohttp_response
 
 SECRET = "sk-proj-THISISNOTAREALKEYbutlookslikeone1234567890"
 
@@ -71,11 +74,42 @@ class RecordingStream(httpx2.AsyncByteStream):
         self.closed.set()
 
 
-def provider_with(handler, **settings_env) -> Provider:
-    env = {"OPENAI_BASE_URL": "http://upstream.test/v1", "STREAM_RETRIES": "0", **settings_env}
-    settings = Settings.from_env(env)
+PATHS = {"fast": "true", "public": "false"}  # STREAM_SPEEDUPS for each way of streaming
+
+
+@pytest.fixture(params=sorted(PATHS))
+def path(request: pytest.FixtureRequest) -> str:
+    """The fast stream path, or the SDK's own public stream (speed-ups off)."""
+    return str(request.param)
+
+
+def provider_of(settings: Settings, **kwargs) -> Provider:
+    """A Provider from the plain values it takes, as the Runtime builds one."""
+    return Provider(
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        model=settings.model,
+        request_timeout_s=settings.request_timeout_s,
+        connect_timeout_s=settings.connect_timeout_s,
+        http_stack=settings.http_client,
+        speedups=settings.speedups,
+        read_pacing=settings.read_pacing,
+        offline=settings.offline,
+        **kwargs,
+    )
+
+
+def provider_with(handler, path: str = "fast", **settings_env) -> Provider:
+    env = {
+        "OPENAI_BASE_URL": "http://upstream.test/v1",
+        "STREAM_RETRIES": "0",
+        "STREAM_SPEEDUPS": PATHS[path],
+        **settings_env,
+    }
     client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
-    return Provider(settings, http_client=client)
+    provider = provider_of(Settings.from_env(env), http_client=client)
+    assert provider.fast is (path == "fast")
+    return provider
 
 
 def request(model="m") -> ChatRequest:
@@ -172,9 +206,9 @@ def test_text_before_an_unreadable_chunk_in_the_same_read_is_kept():
         parser.finish()
 
 
-async def test_stream_yields_the_text_before_an_unreadable_chunk_then_breaks():
+async def test_stream_yields_the_text_before_an_unreadable_chunk_then_breaks(path):
     body = sse(chunk("a"), chunk("b"), "data: {not json\n\n", chunk("c"), "data: [DONE]\n\n")
-    provider = provider_with(lambda request: streaming_response(body))
+    provider = provider_with(lambda request: streaming_response(body), path)
     texts = []
     with pytest.raises(StreamBroken, match="could not be read"):
         async for delta in provider.stream(request()):
@@ -255,7 +289,7 @@ def test_a_crlf_split_between_reads_is_one_line_end():
     assert splitter.finish() == []
 
 
-async def test_stream_yields_text_and_usage_and_asks_for_usage():
+async def test_stream_yields_text_and_usage_and_asks_for_usage(path):
     seen = {}
 
     def handler(req: httpx2.Request) -> httpx2.Response:
@@ -271,7 +305,7 @@ async def test_stream_yields_text_and_usage_and_asks_for_usage():
             )
         )
 
-    deltas = await collect(provider_with(handler))
+    deltas = await collect(provider_with(handler, path))
     assert "".join(d.text for d in deltas) == "ab"
     assert seen["body"]["stream"] is True
     assert seen["body"]["stream_options"] == {"include_usage": True}
@@ -320,7 +354,7 @@ async def test_the_request_is_the_one_the_sdks_typed_method_sends():
     assert ours_sent.headers["x-request-id"] == "r1"
 
 
-async def test_servers_that_reject_stream_options_are_retried_without_them():
+async def test_servers_that_reject_stream_options_are_retried_without_them(path):
     bodies = []
 
     def handler(req: httpx2.Request) -> httpx2.Response:
@@ -332,21 +366,21 @@ async def test_servers_that_reject_stream_options_are_retried_without_them():
             )
         return streaming_response(sse(chunk("ok"), chunk(finish="stop"), "data: [DONE]\n\n"))
 
-    provider = provider_with(handler)
+    provider = provider_with(handler, path)
     assert "".join(d.text for d in await collect(provider)) == "ok"
     assert "".join(d.text for d in await collect(provider)) == "ok"
     assert ["stream_options" in b for b in bodies] == [True, False, False]
 
 
-async def test_stream_that_ends_without_finish_or_done_is_broken():
+async def test_stream_that_ends_without_finish_or_done_is_broken(path):
     def handler(req):
         return streaming_response(sse(chunk("partial")))
 
     with pytest.raises(StreamBroken, match="ended before the answer was complete"):
-        await collect(provider_with(handler))
+        await collect(provider_with(handler, path))
 
 
-async def test_dropped_connection_mid_stream_is_broken_and_keeps_yielded_text():
+async def test_dropped_connection_mid_stream_is_broken_and_keeps_yielded_text(path):
     class Dropping(httpx2.AsyncByteStream):
         async def __aiter__(self):
             yield sse(chunk("one "))
@@ -357,31 +391,31 @@ async def test_dropped_connection_mid_stream_is_broken_and_keeps_yielded_text():
 
     got = []
     with pytest.raises(StreamBroken, match="connection to the provider was lost"):
-        async for delta in provider_with(handler).stream(request()):
+        async for delta in provider_with(handler, path).stream(request()):
             got.append(delta.text)
     assert got == ["one "]
 
 
-async def test_closing_the_stream_early_closes_the_http_response():
+async def test_closing_the_stream_early_closes_the_http_response(path):
     body = RecordingStream([sse(chunk("a")), sse(chunk("b"))], then_hang=True)
 
     def handler(req):
         return streaming_response(body)
 
-    stream = provider_with(handler).stream(request())
+    stream = provider_with(handler, path).stream(request())
     first = await anext(stream)
     assert first.text == "a"
     await stream.aclose()
     await asyncio.wait_for(body.closed.wait(), 1.0)
 
 
-async def test_cancelling_the_consumer_closes_the_http_response():
+async def test_cancelling_the_consumer_closes_the_http_response(path):
     body = RecordingStream([sse(chunk("a"))], then_hang=True)
 
     def handler(req):
         return streaming_response(body)
 
-    provider = provider_with(handler)
+    provider = provider_with(handler, path)
     started = asyncio.Event()
 
     async def consume():
@@ -504,11 +538,13 @@ def error_response(status, message, headers=None):
         (503, ProviderUnavailable, "had an error (503)"),
     ],
 )
-async def test_http_errors_become_short_messages_without_the_key(status, error_type, fragment):
+async def test_http_errors_become_short_messages_without_the_key(
+    path, status, error_type, fragment
+):
     def handler(req):
         return error_response(status, f"Incorrect API key provided: {SECRET}")
 
-    provider = provider_with(handler, OPENAI_API_KEY=SECRET)
+    provider = provider_with(handler, path, OPENAI_API_KEY=SECRET)
     with pytest.raises(error_type) as info:
         await collect(provider)
     error = info.value
@@ -518,21 +554,21 @@ async def test_http_errors_become_short_messages_without_the_key(status, error_t
     assert "Traceback" not in error.user_message
 
 
-async def test_rate_limit_reports_retry_after():
+async def test_rate_limit_reports_retry_after(path):
     def handler(req):
         return error_response(429, "slow down", headers={"retry-after": "7"})
 
     with pytest.raises(RateLimited) as info:
-        await collect(provider_with(handler))
+        await collect(provider_with(handler, path))
     assert info.value.retry_after == 7
     assert "Wait 7 s" in info.value.user_message
 
 
-async def test_unreachable_server_names_the_url_but_not_credentials():
+async def test_unreachable_server_names_the_url_but_not_credentials(path):
     def handler(req):
         raise httpx2.ConnectError("connection refused")
 
-    provider = provider_with(handler, OPENAI_BASE_URL="http://bob:pw@localhost:9/v1")
+    provider = provider_with(handler, path, OPENAI_BASE_URL="http://bob:pw@localhost:9/v1")
     with pytest.raises(ProviderUnreachable) as info:
         await collect(provider)
     assert "http://localhost:9/v1" in info.value.user_message
@@ -548,19 +584,25 @@ def stack(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def real_provider(base_url: str, stack: str, **env: str) -> Provider:
+def real_provider(base_url: str, stack: str, path: str = "fast", **env: str) -> Provider:
     settings = Settings.from_env(
-        {"OPENAI_BASE_URL": base_url, "OPENAI_HTTP_CLIENT": stack, "OPENAI_TIMEOUT_S": "1", **env}
+        {
+            "OPENAI_BASE_URL": base_url,
+            "OPENAI_HTTP_CLIENT": stack,
+            "OPENAI_TIMEOUT_S": "1",
+            "STREAM_SPEEDUPS": PATHS[path],
+            **env,
+        }
     )
-    return Provider(settings)
+    return provider_of(settings)
 
 
-async def test_both_http_stacks_stream_the_same_answer(stack):
+async def test_both_http_stacks_stream_the_same_answer(stack, path):
     from streamchat.offline import OfflineServer
     from streamchat.offline.lessons import choose_answer
 
     with OfflineServer(tokens_per_second=500, first_token_delay_ms=5) as server:
-        provider = real_provider(server.base_url, stack)
+        provider = real_provider(server.base_url, stack, path)
         try:
             deltas = await collect(provider, request(model=""))
         finally:
@@ -568,6 +610,44 @@ async def test_both_http_stacks_stream_the_same_answer(stack):
         text = "".join(d.text for d in deltas)
         assert text == choose_answer(server.records.last().messages)
         assert deltas[-1].usage is not None
+
+
+async def test_the_public_path_yields_the_same_deltas_as_the_fast_path(stack):
+    """With speed-ups off the SDK's typed stream is read instead of our parser: the same
+    answer, Delta for Delta (text, finish reason, usage, the chunk's JSON), over real HTTP."""
+    from streamchat.offline import OfflineServer
+
+    answers = {}
+    with OfflineServer(tokens_per_second=2000, first_token_delay_ms=1) as server:
+        for path in PATHS:
+            provider = real_provider(server.base_url, stack, path)
+            try:
+                answers[path] = await collect(provider, request(model=""))
+            finally:
+                await provider.aclose()
+    fast, public = answers["fast"], answers["public"]
+    assert len(fast) > 10 and not any(d.more for d in public)
+
+    def shape(deltas):
+        # Each answer has its own id; everything else in a chunk is the same.
+        return [
+            (d.text, d.index, d.finish_reason, d.usage, {**json.loads(d.raw), "id": ""})
+            for d in deltas
+        ]
+
+    assert shape(public) == shape(fast)
+
+
+async def test_an_error_event_in_the_stream_breaks_it_alike_on_both_paths(path):
+    body = sse(chunk("a"), 'data: {"error": {"message": "overloaded"}}\n\n', "data: [DONE]\n\n")
+    texts = []
+    with pytest.raises(StreamBroken, match="reported an error") as info:
+        async for delta in provider_with(lambda r: streaming_response(body), path).stream(
+            request()
+        ):
+            texts.append(delta.text)
+    assert texts == ["a"]
+    assert info.value.cause == "error_event" and "overloaded" in info.value.detail
 
 
 async def test_an_aiohttp_stream_is_read_from_aiohttps_body_directly(stack):
@@ -581,17 +661,17 @@ async def test_an_aiohttp_stream_is_read_from_aiohttps_body_directly(stack):
         provider = real_provider(server.base_url, stack)
         try:
             async with contextlib.AsyncExitStack() as exits:
-                response = await provider._open(exits, request(model=""))
+                response = await provider._open(exits, request(model=""), provider._fast_post)
                 raw = aiohttp_response(response)
                 assert (raw is not None) == (stack == "aiohttp")
         finally:
             await provider.aclose()
 
 
-async def test_both_http_stacks_tell_a_refused_connection_from_a_timeout(stack):
+async def test_both_http_stacks_tell_a_refused_connection_from_a_timeout(stack, path):
     from tests.harness import free_port
 
-    provider = real_provider(f"http://127.0.0.1:{free_port()}/v1", stack)
+    provider = real_provider(f"http://127.0.0.1:{free_port()}/v1", stack, path)
     try:
         with pytest.raises(ProviderUnreachable) as info:
             await collect(provider)
@@ -603,11 +683,11 @@ async def test_both_http_stacks_tell_a_refused_connection_from_a_timeout(stack):
 @pytest.mark.parametrize(
     ("fault", "cause"), [("drop after=5", "dropped"), ("stall after=5", "stalled")]
 )
-async def test_both_http_stacks_tell_a_dropped_stream_from_a_stalled_one(stack, fault, cause):
+async def test_both_http_stacks_tell_a_dropped_stream_from_a_stalled_one(stack, path, fault, cause):
     from streamchat.offline import OfflineServer
 
     with OfflineServer(tokens_per_second=500, first_token_delay_ms=5) as server:
-        provider = real_provider(server.base_url, stack)
+        provider = real_provider(server.base_url, stack, path)
         seen: list[str] = []
         try:
             with pytest.raises(StreamBroken) as info:
@@ -621,11 +701,11 @@ async def test_both_http_stacks_tell_a_dropped_stream_from_a_stalled_one(stack, 
         assert "".join(seen), "the text before the break was yielded"
 
 
-async def test_closing_a_real_stream_early_closes_the_upstream_request(stack):
+async def test_closing_a_real_stream_early_closes_the_upstream_request(stack, path):
     from streamchat.offline import OfflineServer
 
     with OfflineServer(tokens_per_second=50, first_token_delay_ms=5) as server:
-        provider = real_provider(server.base_url, stack)
+        provider = real_provider(server.base_url, stack, path)
         try:
             stream = provider.stream(request(model=""))
             async for delta in stream:

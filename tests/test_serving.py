@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import logging
 import socket
 import subprocess
 import sys
@@ -27,7 +26,6 @@ from streamchat.speedups.serving import (
     install_quiet_server,
     install_websocket_compression,
     new_server,
-    websocket_compression,
 )
 from tests.harness import probe_app
 
@@ -216,22 +214,20 @@ def test_a_server_still_stops_at_its_request_limit():
 
 def test_install_makes_uvicorn_server_a_quiet_one(monkeypatch):
     monkeypatch.setattr(uvicorn, "Server", serving._UVICORN_SERVER)
-    assert install_quiet_server() is True
+    assert install_quiet_server() is None
     assert uvicorn.Server is QuietServer
-    assert install_quiet_server() is True  # again: nothing more to do
+    assert install_quiet_server() is None  # again: nothing more to do
 
 
-def test_an_unknown_uvicorn_tick_is_left_alone(monkeypatch, caplog):
+def test_an_unknown_uvicorn_tick_is_left_alone(monkeypatch):
     class NewerServer(serving._UVICORN_SERVER):
         async def on_tick(self, counter: int, now: float) -> bool:  # a changed signature
             return True
 
     monkeypatch.setattr(serving, "_UVICORN_SERVER", NewerServer)
     monkeypatch.setattr(uvicorn, "Server", NewerServer)
-    with caplog.at_level("INFO", logger="streamchat.speedups.serving"):
-        assert install_quiet_server() is False
+    assert "main loop is not the one known" in (install_quiet_server() or "")
     assert uvicorn.Server is NewerServer
-    assert "keeps its own tick" in caplog.text
     assert type(new_server(uvicorn.Config(_hello))) is NewerServer
 
 
@@ -240,7 +236,7 @@ def test_someone_elses_server_class_is_left_alone(monkeypatch):
         pass
 
     monkeypatch.setattr(uvicorn, "Server", TheirServer)
-    assert install_quiet_server() is False
+    assert install_quiet_server() == "uvicorn.Server is not uvicorn's own class"
     assert uvicorn.Server is TheirServer
 
 
@@ -248,10 +244,25 @@ def test_new_server_makes_a_quiet_one_for_this_uvicorn():
     assert type(new_server(uvicorn.Config(_hello))) is QuietServer
 
 
+def test_new_server_makes_uvicorns_own_with_speedups_switched_off(monkeypatch):
+    from streamchat import speedups
+
+    monkeypatch.setattr(speedups, "_installed", speedups.Speedups(enabled=False))
+    assert type(new_server(uvicorn.Config(_hello))) is serving._UVICORN_SERVER
+
+
 def test_the_app_has_chainlit_start_a_quiet_server():
     # In `chainlit run`'s order: its cli first, then the app.
     probe = "import chainlit.cli\nimport app\nprint(chainlit.cli.uvicorn.Server.__name__)"
-    assert probe_app(probe) == "QuietServer"
+    assert probe_app(probe, STREAM_SPEEDUPS="on") == "QuietServer"
+
+
+def test_with_speedups_off_chainlit_starts_uvicorns_own_server_and_config():
+    probe = (
+        "import chainlit.cli\nimport app\n"
+        "print(chainlit.cli.uvicorn.Server.__name__, chainlit.cli.uvicorn.Config.__name__)"
+    )
+    assert probe_app(probe, STREAM_SPEEDUPS="off") == "Server Config"
 
 
 def test_the_offline_model_runs_on_a_quiet_server_and_stops():
@@ -268,62 +279,37 @@ def test_the_offline_model_runs_on_a_quiet_server_and_stops():
     assert thread is not None and not thread.is_alive()
 
 
-@pytest.mark.parametrize(
-    ("value", "on"),
-    [(None, False), ("", False), ("false", False), ("0", False), ("off", False),
-     ("true", True), (" True ", True), ("1", True), ("yes", True), ("on", True)],
-)  # fmt: skip
-def test_websocket_compression_is_off_unless_asked_for(value, on):
-    environ = {} if value is None else {"UVICORN_WS_PER_MESSAGE_DEFLATE": value}
-    choice = websocket_compression(environ)
-    assert choice.per_message_deflate is on and choice.problem is None
-
-
-def test_a_compression_setting_that_is_neither_true_nor_false_is_reported_and_off():
-    choice = websocket_compression({"UVICORN_WS_PER_MESSAGE_DEFLATE": "sometimes"})
-    assert choice.per_message_deflate is False
-    assert choice.problem == (
-        "UVICORN_WS_PER_MESSAGE_DEFLATE must be true or false, or yes/no, on/off, 1/0 "
-        "(got 'sometimes'). "
-        "Websocket compression stays off (the default)."
-    )
-
-
 def test_uvicorn_configs_made_after_the_install_follow_the_choice(monkeypatch):
     monkeypatch.setattr(uvicorn, "Config", serving._UVICORN_CONFIG)
-    assert install_websocket_compression(False) is True
+    assert install_websocket_compression(False) is None
     # As `chainlit run` makes it: with uvicorn's default, or its own variable's value.
     config = uvicorn.Config(_hello, ws_per_message_deflate=True)
     assert isinstance(config, serving._UVICORN_CONFIG)
     assert config.ws_per_message_deflate is False
     assert uvicorn.Config(_hello).ws_per_message_deflate is False
-    assert install_websocket_compression(True) is True  # chosen again: the new choice holds
+    assert install_websocket_compression(True) is None  # chosen again: the new choice holds
     assert uvicorn.Config(_hello, ws_per_message_deflate=False).ws_per_message_deflate is True
 
 
-def test_someone_elses_config_class_is_left_alone(monkeypatch, caplog):
+def test_someone_elses_config_class_is_left_alone(monkeypatch):
     class TheirConfig(serving._UVICORN_CONFIG):
         pass
 
     monkeypatch.setattr(uvicorn, "Config", TheirConfig)
-    with caplog.at_level(logging.INFO, logger="streamchat.speedups.serving"):
-        assert install_websocket_compression(False) is False
+    assert install_websocket_compression(False) == "uvicorn.Config is not uvicorn's own class"
     assert uvicorn.Config is TheirConfig
     assert uvicorn.Config(_hello).ws_per_message_deflate is True
-    assert "websocket compression left to uvicorn" in caplog.text
 
 
-def test_a_uvicorn_without_the_option_is_left_alone(monkeypatch, caplog):
+def test_a_uvicorn_without_the_option_is_left_alone(monkeypatch):
     class OlderConfig:
         def __init__(self, app: Any) -> None:
             self.app = app
 
     monkeypatch.setattr(serving, "_UVICORN_CONFIG", OlderConfig)
     monkeypatch.setattr(uvicorn, "Config", OlderConfig)
-    with caplog.at_level(logging.INFO, logger="streamchat.speedups.serving"):
-        assert install_websocket_compression(False) is False
+    assert "has no ws_per_message_deflate option" in (install_websocket_compression(False) or "")
     assert uvicorn.Config is OlderConfig
-    assert "has no such option" in caplog.text
 
 
 def test_the_app_has_chainlit_configure_its_server_without_compression():
@@ -334,4 +320,4 @@ def test_the_app_has_chainlit_configure_its_server_without_compression():
         "print(chainlit.cli.uvicorn.Config(None, ws_per_message_deflate=True)"
         ".ws_per_message_deflate)"
     )
-    assert probe_app(probe) == "False"
+    assert probe_app(probe, STREAM_SPEEDUPS="on") == "False"

@@ -2,8 +2,8 @@
 sends them and in order with everything else; a reconnected browser gets the rest; a gone one is
 left to Socket.IO; a browser that stops reading holds the sender at the backlog bound; packets
 are encoded exactly as python-socketio's packet class encodes them; a Chainlit session's own
-events take the same way, in order, and never wait for the backlog. All of it with engine.io's
-own queues and with hand-off queues, which behave as asyncio's Queue does, step for step."""
+events take the same way, in order, and never wait for the backlog; the feature check names
+what a Socket.IO server lacks; the app routes through it only with speed-ups on."""
 
 from __future__ import annotations
 
@@ -17,27 +17,22 @@ import aiohttp
 import pytest
 import socketio
 import uvicorn
-from engineio.exceptions import SocketIsClosedError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from socketio import packet
 
 from streamchat.speedups.socket_updates import (
-    HandoffQueue,
     SessionEmit,
     SocketUpdates,
-    hand_off_queues,
+    problem,
     route_session_emits,
 )
-from tests.harness import free_port, probe_app
+from tests.harness import free_port
 
 
 class Server:
-    def __init__(self, *, handoff: bool = False) -> None:
+    def __init__(self) -> None:
         self.sio = socketio.AsyncServer(async_mode="asgi")
-        self.handoff = handoff
-        if handoff:
-            hand_off_queues(self.sio)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
@@ -72,9 +67,9 @@ class Server:
         await asyncio.wait_for(started.wait(), 10)
 
 
-@pytest.fixture(params=[False, True], ids=["engineio-queues", "handoff-queues"])
-async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
-    srv = Server(handoff=request.param)
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server()
     await srv.serve()
     try:
         yield srv
@@ -238,16 +233,45 @@ def test_binary_payloads_and_other_packet_classes_get_the_class_encoding():
     assert updates.encode("stream_token", {"t": "a"}) == ['tagged:2["stream_token",{"t":"a"}]']
 
 
-async def test_a_socket_that_closes_as_an_update_is_sent_drops_it_as_socketio_would(server):
+async def test_an_update_for_a_socket_closed_since_it_was_found_is_left_to_socketio(server):
+    """The socket found for a sid is kept; once it is closed (engine.io marks it so before it
+    goes), nothing more is put on its queue: the update goes to python-socketio's `emit`, which
+    drops it for a client that is gone, or finds the client where it is now."""
     async with RawClient.connect(server.url) as client:
         updates = SocketUpdates(server.sio, lambda: client.sid)
+        await updates.emit("stream_token", {"token": "a"})  # finds the socket and keeps it
+        assert await asyncio.wait_for(client.event(), 5) == ("stream_token", {"token": "a"})
         socket = server.sio.eio.sockets[server.sio.manager.eio_sid_from_sid(client.sid, "/")]
+        sent: list[tuple[str, object, str]] = []
 
-        async def closed_meanwhile(pkt: object) -> None:
-            raise SocketIsClosedError()
+        async def emit(event: str, data: object, to: str, namespace: str) -> None:
+            sent.append((event, data, to))
 
-        socket.send = closed_meanwhile
-        await updates.emit("stream_token", {"token": "a"})  # no error: the update is dropped
+        real_emit = server.sio.emit
+        server.sio.emit = emit  # type: ignore[method-assign]
+        socket.closed = True
+        queued = socket.queue.qsize()
+        try:
+            await updates.emit("stream_token", {"token": "b"})
+        finally:
+            socket.closed = False  # so the connection closes as usual
+            server.sio.emit = real_emit  # type: ignore[method-assign]
+        assert sent == [("stream_token", {"token": "b"}, client.sid)]
+        assert socket.queue.qsize() == queued, "nothing put on a closed socket's queue"
+
+
+def test_a_socketio_server_with_the_internals_known_passes_the_check():
+    assert problem(socketio.AsyncServer(async_mode="asgi")) is None
+
+
+def test_a_socketio_server_without_the_internals_known_is_named():
+    sio = socketio.AsyncServer(async_mode="asgi")
+    assert problem(SimpleNamespace(eio=SimpleNamespace(), manager=sio.manager)) == (
+        "this engine.io server keeps no dictionary of sockets"
+    )
+    assert problem(SimpleNamespace(eio=sio.eio, manager=object())) == (
+        "this python-socketio manager cannot map a sid to its engine.io sid"
+    )
 
 
 async def test_a_chainlit_sessions_events_go_straight_to_its_queue_in_order(server, monkeypatch):
@@ -328,122 +352,3 @@ async def test_a_chainlit_event_for_a_browser_that_is_gone_is_left_to_socketio(s
     route_session_emits(server.sio, session)
     await session.emit("task_end", {})
     assert sent == [("task_end", {}, sid)]
-
-
-def client_queue(server: Server, sid: str) -> asyncio.Queue:
-    return server.sio.eio.sockets[server.sio.manager.eio_sid_from_sid(sid, "/")].queue
-
-
-async def test_hand_off_queues_gives_each_new_client_one(server):
-    async with RawClient.connect(server.url) as client:
-        queue = client_queue(server, client.sid)
-        assert isinstance(queue, HandoffQueue) is server.handoff
-        await SocketUpdates(server.sio, lambda: client.sid).emit("stream_token", {"token": "a"})
-        assert await asyncio.wait_for(client.event(), 5) == ("stream_token", {"token": "a"})
-        # engine.io's writer took the packet and marked it done: nothing is left to join.
-        await asyncio.wait_for(queue.join(), 5)
-        assert queue.qsize() == 0
-
-
-def test_the_app_gives_every_browser_a_handoff_queue():
-    probe = (
-        "import app\nfrom chainlit.server import sio\nprint(type(sio.eio.create_queue()).__name__)"
-    )
-    assert probe_app(probe) == "HandoffQueue"
-
-
-def test_a_handoff_queue_cannot_be_shut_down():
-    with pytest.raises(NotImplementedError, match="cannot be shut down"):
-        HandoffQueue().shutdown()
-
-
-async def test_a_waiting_get_is_handed_the_next_put_and_the_rest_keep_their_order():
-    queue = HandoffQueue()
-    waiting = queue.get()
-    assert not waiting.done()
-    for item in ["a", "b", "c"]:
-        queue.put_nowait(item)
-    assert await waiting == "a"
-    assert queue.qsize() == 2
-    ready = queue.get()
-    assert ready.done() and await ready == "b"
-    assert queue.get_nowait() == "c"
-    await queue.put("d")  # the coroutine put goes the same way
-    assert await queue.get() == "d"
-
-
-async def test_a_get_given_up_takes_nothing():
-    queue = HandoffQueue()
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(queue.get(), 0.01)  # as engine.io's writer waits
-    second = queue.get()
-    queue.put_nowait("x")
-    assert await second == "x"
-    queue.put_nowait("y")  # nobody waits: it stays in the queue
-    assert queue.qsize() == 1 and await asyncio.wait_for(queue.get(), 1) == "y"
-
-
-async def test_a_handed_over_item_is_unfinished_until_marked_done():
-    queue = HandoffQueue()
-    waiting = queue.get()
-    queue.put_nowait("a")
-    assert await waiting == "a"
-    joined = asyncio.ensure_future(queue.join())
-    await asyncio.sleep(0.01)
-    assert not joined.done(), "join waits for the writer to mark the packet done"
-    queue.task_done()
-    await asyncio.wait_for(joined, 1)
-    with pytest.raises(ValueError):
-        queue.task_done()  # no more than was put, as asyncio's Queue says
-
-
-operations = st.lists(
-    st.sampled_from(["put", "get", "cancel", "get_nowait", "task_done"]), max_size=40
-)
-
-
-async def replay(queue: asyncio.Queue, script: list[str]) -> list[object]:
-    """What happens to a queue, step by step: each get's item, qsize, whether join is done."""
-    seen: list[object] = []
-    getters: list[asyncio.Future] = []
-    joined = asyncio.ensure_future(queue.join())
-    put = 0
-    for step in script:
-        if step == "put":
-            queue.put_nowait(put)
-            put += 1
-        elif step == "get":
-            getters.append(asyncio.ensure_future(queue.get()))
-        elif step == "cancel" and (pending := [g for g in getters if not g.done()]):
-            pending[0].cancel()
-        elif step == "get_nowait":
-            try:
-                seen.append(("got", queue.get_nowait()))
-            except asyncio.QueueEmpty:
-                seen.append("empty")
-        elif step == "task_done":
-            try:
-                queue.task_done()
-            except ValueError:
-                seen.append("too many")
-        for _ in range(5):  # let every woken get finish
-            await asyncio.sleep(0)
-        results = [
-            "cancelled" if g.cancelled() else g.result() if g.done() else "waiting" for g in getters
-        ]
-        seen.append((step, queue.qsize(), joined.done(), results))
-    for getter in getters:
-        getter.cancel()
-    joined.cancel()
-    await asyncio.gather(*getters, joined, return_exceptions=True)
-    return seen
-
-
-@given(operations)
-@settings(max_examples=300, deadline=None)
-def test_a_handoff_queue_behaves_as_asyncios_queue_step_for_step(script):
-    async def both() -> tuple[list[object], list[object]]:
-        return await replay(asyncio.Queue(), script), await replay(HandoffQueue(), script)
-
-    reference, handoff = asyncio.run(both())
-    assert handoff == reference

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from streamchat.core.errors import StreamBroken
-from streamchat.core.relay import DeltaSource, StreamResult, StreamRun
+from streamchat.core.relay import DeltaSource, ReadPace, StreamResult, StreamRun
 from streamchat.core.sinks import Sink
 from streamchat.core.types import ChatRequest, Delta
-from streamchat.speedups.read_pacing import ReadPace
 
 # --- raw chunks and tokens -------------------------------------------------------------------
 

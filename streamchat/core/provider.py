@@ -1,10 +1,10 @@
 """Open an OpenAI-compatible chat stream and yield `Delta`s; map SDK errors to ours.
 
-The `openai` SDK's client does what it is good at (auth, base URL, headers, error types). We
-post the request body as it is and read the SSE stream's bytes ourselves, from aiohttp's body
-when aiohttp carries the response: the SDK's typed request walk and typed chunk objects cost
-several times more CPU than our plain dict from the JSON scanner, and we only need a few fields.
-Provider chunk shapes never leave this module.
+The `openai` SDK's client does what it is good at (auth, base URL, headers, retries, error
+types). On its public API, the answer streams through `chat.completions.create(stream=True)`
+and each typed chunk is mapped to a `Delta`. With speed-ups on (and the SDK as expected),
+speedups/fast_stream.py posts the body as it is and parses the SSE bytes itself, to the same
+Deltas and the same errors. Provider chunk shapes never leave this module and that one.
 """
 
 from __future__ import annotations
@@ -14,21 +14,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import httpx2
 import openai
-from openai._base_client import make_request_options
-from openai._constants import DEFAULT_CONNECTION_LIMITS, RAW_RESPONSE_HEADER
-from openai._response import AsyncAPIResponse, AsyncResponseContextManager
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
-
-try:
-    from openai._vendor.httpx_aiohttp.transport import map_aiohttp_exceptions
-except ImportError:  # an SDK without it: streams are read through httpx2's line iterator
-    map_aiohttp_exceptions = None  # type: ignore[assignment]
+from openai.types.chat import ChatCompletionChunk
 
 from streamchat.core.errors import (
     AuthenticationFailed,
@@ -41,12 +36,16 @@ from streamchat.core.errors import (
     StreamBroken,
     redact_secrets,
 )
+from streamchat.core.parser import ChunkParser
+from streamchat.core.relay import ReadPace
 from streamchat.core.types import ChatRequest, Delta, Usage
-from streamchat.settings import DEFAULT_OPENAI_MODEL, Settings, public_url
-from streamchat.speedups.read_pacing import ReadPace, SocketHold
 
 log = logging.getLogger("streamchat.core.provider")
 
+# The model used against api.openai.com when none is named. For any other base URL we ask the
+# server's /v1/models instead, because local servers name their models freely.
+DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers (Ollama, llama.cpp, LM Studio) ignore the key, but the SDK insists on one.
 _PLACEHOLDER_KEY = "not-needed"
 # How long a server's model list is reused: every new chat shows it in its settings, and a
@@ -58,172 +57,49 @@ MODEL_LIST_TTL_S = 60.0
 # hands out, to a request that comes in that instant, connections the server is closing. The
 # SDK's pool keeps them 5 s.
 POOL_IDLE_S = 4.0
-# json.loads without its two Python layers (type checks, trailing-whitespace handling) around
-# the C scanner: one call per chunk. The payload comes stripped; what follows the value is
-# refused as json.loads refuses it.
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-class ChunkParser:
-    """Turns a chat-completions SSE stream into Deltas.
-
-    Feed it the body's bytes as they arrive (`feed`, then `finish` at the end) or single lines
-    (`feed_line`); it keeps no buffer beyond the current line (servers send one `data:` line per
-    event). `done` becomes true at `data: [DONE]`; nothing after it is read.
-    """
-
-    __slots__ = ("_broken", "_index", "_lines", "done", "finish_reason")
-
-    def __init__(self) -> None:
-        self._index = 0
-        self._lines = LineSplitter()
-        self._broken: StreamBroken | None = None
-        self.done = False
-        self.finish_reason: str | None = None
-
-    @property
-    def ended(self) -> bool:
-        """Nothing more to read: `[DONE]` came, or an event that breaks the stream (raised by
-        `finish`, after the Deltas that came before it)."""
-        return self.done or self._broken is not None
-
-    def feed(self, data: bytes) -> list[Delta]:
-        """The Deltas of the events these bytes complete; all but the last say `more`."""
-        if self._broken is not None:
-            raise self._broken
-        deltas: list[Delta] = []
-        last: tuple[dict[str, Any], str] | None = None  # becomes a Delta once we know what follows
-        for line in self._lines.feed(data):
-            # Blank lines only end events: skipped here without a call.
-            if line and not self.done:
-                try:
-                    chunk = self._chunk(line)
-                except StreamBroken as broken:
-                    if last is None:
-                        raise
-                    self._broken = broken  # the answer's text before it is still shown
-                    break
-                if chunk is not None:
-                    if last is not None:
-                        deltas.append(self._delta(last[0], last[1], True))
-                    last = chunk
-        if last is not None:
-            deltas.append(self._delta(last[0], last[1], False))
-        return deltas
-
-    def finish(self) -> list[Delta]:
-        """The Delta of a last line the stream did not end; raises what broke the stream."""
-        broken, self._broken = self._broken, None
-        if broken is not None:
-            raise broken
-        lines = self._lines.finish()
-        return [d for line in lines if not self.done and (d := self.feed_line(line)) is not None]
-
-    def feed_line(self, line: str) -> Delta | None:
-        """The Delta of one line of the stream, if it carries one."""
-        chunk = self._chunk(line)
-        return None if chunk is None else self._delta(*chunk)
-
-    def _chunk(self, line: str) -> tuple[dict[str, Any], str] | None:
-        """The chunk a line carries and its JSON text; raises StreamBroken for one that cannot
-        be read or that reports an error."""
-        # Blank lines end events, ':' starts keep-alive comments, and `event:`/`id:`/`retry:`
-        # fields carry nothing we use: only `data:` lines matter.
-        if not line.startswith("data:"):
-            return None
-        payload = line[5:].strip()
-        if not payload:
-            return None
-        if payload == "[DONE]":
-            self.done = True
-            return None
-        try:
-            chunk, end = _scan_json(payload, 0)
-        except (StopIteration, ValueError):
-            end = -1
-        if end != len(payload):
-            raise StreamBroken(
-                "The provider sent a piece of the answer that could not be read, "
-                "so the answer stopped here.",
-                cause="malformed",
-                detail=f"malformed chunk: {payload[:200]!r}",
-            ) from None
-        if not isinstance(chunk, dict):
-            raise StreamBroken(
-                "The provider sent a piece of the answer that could not be read, "
-                "so the answer stopped here.",
-                cause="malformed",
-                detail=f"chunk is not an object: {payload[:200]!r}",
-            )
-        if "error" in chunk:
-            raise _stream_error(chunk["error"])
-        return chunk, payload
-
-    def _delta(self, chunk: dict[str, Any], payload: str, more: bool = False) -> Delta:
-        text = ""
-        finish_reason = None
-        for choice in chunk.get("choices") or ():
-            # We ask for one choice; some servers still number it. Ignore others defensively.
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta") or {}
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(content, str):
-                text = content
-            if choice.get("finish_reason"):
-                finish_reason = str(choice["finish_reason"])
-        reported = chunk.get("usage")  # on one chunk at most, if at all
-        usage = _usage(reported) if reported else None
-        # Every chunk becomes a Delta, also role-only and empty ones: raw chunk views count and
-        # show them, and they cost nothing downstream (empty text is not shown).
-        if finish_reason is not None:
-            self.finish_reason = finish_reason
-        delta_obj = Delta(
-            text=text,
-            index=self._index,
-            finish_reason=finish_reason,
-            usage=usage,
-            raw=payload,
-            more=more,
-        )
-        self._index += 1
-        return delta_obj
-
-
-def _usage(value: object) -> Usage | None:
-    if not isinstance(value, dict):
-        return None
-    try:
-        return Usage(
-            prompt_tokens=int(value.get("prompt_tokens") or 0),
-            completion_tokens=int(value.get("completion_tokens") or 0),
-        )
-    except (TypeError, ValueError):
-        return None
-
-
-def _stream_error(error: object) -> ProviderError:
-    message = error.get("message", "") if isinstance(error, dict) else str(error)
-    return StreamBroken(
-        "The provider reported an error in the middle of the answer, so it stopped here.",
-        cause="error_event",
-        detail=f"error event: {message}",
-    )
+# The SDK's own pool size (openai's DEFAULT_CONNECTION_LIMITS), kept with our idle limit.
+MAX_CONNECTIONS = 1000
+MAX_KEEPALIVE_CONNECTIONS = 100
+HTTP_CLIENTS = ("aiohttp", "httpx")
 
 
 class Provider:
-    """One OpenAI-compatible endpoint. Builds its SDK client on first use, never at import."""
+    """One OpenAI-compatible endpoint. Builds its SDK client on first use, never at import.
+
+    Plain values in: `api_key` and `base_url` as the SDK takes them (neither: OpenAI itself),
+    `model` (None: ask the server), the timeouts, the HTTP stack under the SDK (`aiohttp` or
+    `httpx`), and whether speed-ups (the fast stream path) and read pacing may be used.
+    `offline` only changes the label. `http_client` is a custom transport (tests, proxies).
+    """
 
     def __init__(
         self,
-        settings: Settings,
         *,
+        api_key: str | None = None,
         base_url: str | None = None,
+        model: str | None = None,
+        request_timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        http_stack: str = "aiohttp",
+        speedups: bool = True,
+        read_pacing: bool = True,
+        offline: bool = False,
         http_client: httpx2.AsyncClient | None = None,
     ) -> None:
-        self._settings = settings
-        self._base_url = base_url or settings.base_url
-        self._http_client = http_client  # a custom transport (tests, proxies); None: the SDK's
+        if http_stack not in HTTP_CLIENTS:
+            raise ValueError(f"http_stack must be one of {', '.join(HTTP_CLIENTS)}")
+        self._api_key = api_key
+        self._base_url = base_url
+        self._model = model
+        self._request_timeout_s = request_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._http_stack = http_stack
+        self._offline = offline
+        self._http_client = http_client  # None: the SDK's own, or aiohttp under it
+        self._read_pacing = speedups and read_pacing
+        # The fast path's module, or None for the SDK's own stream (speed-ups off, or the SDK
+        # is not the one the fast path knows).
+        self._fast: ModuleType | None = _fast_stream() if speedups else None
         self._client: openai.AsyncOpenAI | None = None
         # Some compatible servers reject `stream_options`; we learn that once and stop sending it.
         self._send_stream_options = True
@@ -232,17 +108,22 @@ class Provider:
         self._models_fetch: asyncio.Future[list[str]] | None = None
 
     @property
+    def fast(self) -> bool:
+        """Whether answers stream through the fast path (else the SDK's own stream)."""
+        return self._fast is not None
+
+    @property
     def label(self) -> str:
         """Where answers come from, safe to show: never includes a key."""
-        if self._settings.offline:
+        if self._offline:
             return "offline demo model"
-        return public_url(self._base_url or "https://api.openai.com/v1")
+        return public_url(self._base_url or OPENAI_DEFAULT_BASE_URL)
 
     @property
     def client(self) -> openai.AsyncOpenAI:
         if self._client is None:
             self._client = openai.AsyncOpenAI(
-                api_key=self._settings.api_key or _PLACEHOLDER_KEY,
+                api_key=self._api_key or _PLACEHOLDER_KEY,
                 base_url=self._base_url,
                 # StreamRun retries (it also covers failures after the headers and before the
                 # first token, which the SDK cannot see), so the SDK must not retry as well.
@@ -253,25 +134,23 @@ class Provider:
         return self._client
 
     def _default_http_client(self) -> httpx2.AsyncClient | None:
-        """aiohttp under the SDK (its `DefaultAioHttpClient`) unless OPENAI_HTTP_CLIENT=httpx:
-        reading a stream token by token costs about half the CPU of the httpx2 stack (see
-        docs/benchmarks.md). Proxies from the environment are honoured either way."""
-        if self._settings.http_client != "aiohttp":
+        """aiohttp under the SDK (its public `DefaultAioHttpClient`) unless
+        OPENAI_HTTP_CLIENT=httpx (docs/benchmarks.md compares them). Proxies from the
+        environment are honoured either way."""
+        if self._http_stack != "aiohttp":
             return None  # the SDK's own httpx2 client (it checks a pooled connection first)
         return openai.DefaultAioHttpClient(
             timeout=self._timeout(),
             # The SDK's limits, with connections let go before the server lets them go.
             limits=httpx2.Limits(
-                max_connections=DEFAULT_CONNECTION_LIMITS.max_connections,
-                max_keepalive_connections=DEFAULT_CONNECTION_LIMITS.max_keepalive_connections,
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
                 keepalive_expiry=POOL_IDLE_S,
             ),
         )
 
     def _timeout(self) -> httpx2.Timeout:
-        return httpx2.Timeout(
-            self._settings.request_timeout_s, connect=self._settings.connect_timeout_s
-        )
+        return httpx2.Timeout(self._request_timeout_s, connect=self._connect_timeout_s)
 
     async def aclose(self) -> None:
         if self._models_fetch is not None:
@@ -283,11 +162,11 @@ class Provider:
     async def default_model(self) -> str:
         """The model to use when the user has not picked one.
 
-        OPENAI_MODEL wins; against OpenAI itself a sensible default; any other server is asked
-        for its models (local servers name them freely) and the first one is used.
+        The configured model wins; against OpenAI itself a sensible default; any other server
+        is asked for its models (local servers name them freely) and the first one is used.
         """
-        if self._settings.model:
-            return self._settings.model
+        if self._model:
+            return self._model
         if self._base_url is None:
             return DEFAULT_OPENAI_MODEL
         if self._default_model is None:
@@ -333,38 +212,33 @@ class Provider:
     ) -> AsyncGenerator[Delta, None]:
         """Yield the answer's Deltas. Closing this generator closes the HTTP response.
 
-        With `pace` (and STREAM_READ_PACING on), what arrives before the consumer next shows
-        text stays in the kernel and is read in one go then (see pacing.py).
+        With `pace` (and read pacing on, on the fast path), what arrives before the consumer
+        next shows text stays in the kernel and is read in one go then (read_pacing.py).
         """
         # Whoever opens the response closes it: the exit stack does so on completion, on error,
         # and when the consumer stops early (Stop pressed, a guardrail fired, the task was
         # cancelled). Closing a response that is still streaming drops the connection, which
         # tells the provider to stop generating and billing.
         async with contextlib.AsyncExitStack() as stack:
-            response = await self._open(stack, request)
-            parser = ChunkParser()
-            raw = aiohttp_response(response)
-            hold = None
-            if raw is not None and pace is not None and self._settings.read_pacing:
-                hold = SocketHold.attach(raw.connection.transport if raw.connection else None)
-                if hold is not None:
-                    # Before the response's own exit: a pooled connection goes back unheld.
-                    stack.callback(hold.close)
+            fast = self._fast
+            ended = _Ending()
+            if fast is not None:
+                response = await self._open(stack, request, self._fast_post)
+                parser = ChunkParser()
+                ended.parser = parser
+                deltas = fast.read_deltas(
+                    response, parser, pace=pace, read_pacing=self._read_pacing
+                )
+            else:
+                sdk_stream = await self._open(stack, request, self._sdk_stream)
+                deltas = _sdk_deltas(sdk_stream, ended)
+            # The generator is closed here too, so its own `finally` (a read hold) runs first.
+            stack.push_async_callback(deltas.aclose)
             try:
-                # aiohttp's body directly where aiohttp carries the stream; the same exceptions
-                # as the SDK's aiohttp stream raises, so errors map alike on both paths.
-                with map_aiohttp_exceptions() if raw is not None else contextlib.nullcontext():
-                    reads = raw.content.iter_any() if raw is not None else response.iter_bytes()
-                    async for data in reads:
-                        for delta in parser.feed(data):
-                            yield delta
-                        if parser.ended:
-                            break
-                        if hold is not None and pace is not None and (when := pace()) is not None:
-                            hold.hold_until(when)
-                    for delta in parser.finish():
-                        yield delta
-            except httpx2.TimeoutException as exc:
+                async for delta in deltas:
+                    yield delta
+            # The SDK's stream reports the same transport failures as its own errors.
+            except (httpx2.TimeoutException, openai.APITimeoutError) as exc:
                 if not _really_timed_out(exc):
                     raise StreamBroken(
                         "The connection to the provider was lost in the middle of the answer.",
@@ -372,16 +246,16 @@ class Provider:
                     ) from exc
                 raise StreamBroken(
                     "The provider stopped sending the answer (nothing arrived for "
-                    f"{self._settings.request_timeout_s:g} s), so it stopped here.",
+                    f"{self._request_timeout_s:g} s), so it stopped here.",
                     cause="stalled",
                     detail=repr(exc),
                 ) from exc
-            except (httpx2.TransportError, httpx2.StreamError) as exc:
+            except (httpx2.TransportError, httpx2.StreamError, openai.APIConnectionError) as exc:
                 raise StreamBroken(
                     "The connection to the provider was lost in the middle of the answer.",
                     detail=repr(exc),
                 ) from exc
-        if not parser.done and parser.finish_reason is None:
+        if not ended.complete():
             raise StreamBroken(
                 "The connection to the provider ended before the answer was complete.",
                 cause="ended_early",
@@ -389,15 +263,13 @@ class Provider:
             )
 
     async def _open(
-        self, stack: contextlib.AsyncExitStack, request: ChatRequest
-    ) -> AsyncAPIResponse[Any]:
-        """Send the request; return the response once its status says the stream started.
-
-        The body is posted as it is, through the SDK's client (auth, base URL, headers, error
-        types): `chat.completions.create` would first walk it against the SDK's parameter
-        types, about 0.5 ms of CPU per history message on every answer, to change nothing in
-        a body of plain strings and numbers like ours.
-        """
+        self,
+        stack: contextlib.AsyncExitStack,
+        request: ChatRequest,
+        post: Callable[[dict[str, Any], dict[str, str]], AbstractAsyncContextManager[Any]],
+    ) -> Any:
+        """Send the request with `post`; return the response once its status says the stream
+        started (its context entered on `stack`)."""
         body = request.as_kwargs()
         extra_headers = body.pop("extra_headers", {})
         if not body["model"]:
@@ -407,20 +279,24 @@ class Provider:
             body["stream_options"] = {"include_usage": True}
         try:
             try:
-                return await self._post_on_live_connection(stack, body, extra_headers)
+                return await self._post_on_live_connection(stack, post, body, extra_headers)
             except openai.BadRequestError as exc:
                 if "stream_options" not in body or "stream_options" not in str(exc.message):
                     raise
                 log.info("provider rejects stream_options; retrying without usage reporting")
                 self._send_stream_options = False
                 del body["stream_options"]
-                return await self._post_on_live_connection(stack, body, extra_headers)
+                return await self._post_on_live_connection(stack, post, body, extra_headers)
         except openai.APIError as exc:
             raise self._map_error(exc, model=body["model"]) from exc
 
     async def _post_on_live_connection(
-        self, stack: contextlib.AsyncExitStack, body: dict[str, Any], extra_headers: dict[str, str]
-    ) -> AsyncAPIResponse[Any]:
+        self,
+        stack: contextlib.AsyncExitStack,
+        post: Callable[[dict[str, Any], dict[str, str]], AbstractAsyncContextManager[Any]],
+        body: dict[str, Any],
+        extra_headers: dict[str, str],
+    ) -> Any:
         """Post the request; once more at once if the pooled connection it was given turned
         out closed before anything was written to it.
 
@@ -431,28 +307,29 @@ class Provider:
         provider's failure: no retry of STREAM_RETRIES is spent on it, and no backoff.
         """
         try:
-            return await stack.enter_async_context(self._post_streaming(body, extra_headers))
+            return await stack.enter_async_context(post(body, extra_headers))
         except openai.APIConnectionError as exc:
             if not _never_sent(exc):
                 raise
             log.info("the pooled connection to the provider had closed; sending again")
-        return await stack.enter_async_context(self._post_streaming(body, extra_headers))
+        return await stack.enter_async_context(post(body, extra_headers))
 
-    def _post_streaming(
+    def _fast_post(
         self, body: dict[str, Any], extra_headers: dict[str, str]
-    ) -> AsyncResponseContextManager[AsyncAPIResponse[Any]]:
-        # What `with_streaming_response` does: ask for the response unread, as a context.
-        headers = {**extra_headers, RAW_RESPONSE_HEADER: "stream"}
-        return AsyncResponseContextManager(
-            self.client.post(  # type: ignore[arg-type]  # with this header: an AsyncAPIResponse
-                "/chat/completions",
-                body=body,
-                cast_to=ChatCompletion,
-                options=make_request_options(extra_headers=headers),
-                stream=True,
-                stream_cls=openai.AsyncStream[ChatCompletionChunk],
-            )
+    ) -> AbstractAsyncContextManager[Any]:
+        assert self._fast is not None
+        return self._fast.post_streaming(self.client, body, extra_headers)
+
+    @contextlib.asynccontextmanager
+    async def _sdk_stream(
+        self, body: dict[str, Any], extra_headers: dict[str, str]
+    ) -> AsyncIterator[openai.AsyncStream[ChatCompletionChunk]]:
+        """The SDK's own typed stream (its public API), closed on leaving."""
+        stream = await self.client.chat.completions.create(
+            **body, extra_headers=extra_headers or None
         )
+        async with stream:  # closes the HTTP response, also when the consumer stops early
+            yield stream
 
     async def complete(self, request: ChatRequest) -> tuple[str, str | None, Usage | None]:
         """One non-streamed answer: (text, finish_reason, usage). For comparisons with streaming."""
@@ -548,48 +425,103 @@ class Provider:
         )
 
 
-class LineSplitter:
-    """Splits a byte stream into lines, as SSE ends them: LF, CRLF or CR.
+class _Ending:
+    """How a stream ended: complete once `[DONE]` or a finish reason came."""
 
-    `feed(bytes)` returns the lines completed so far, `finish()` the last one if it had no
-    line end. Only complete lines are decoded (all of a read's at once), so a character split
-    across reads stays whole (no UTF-8 sequence contains a CR or LF byte).
-    """
-
-    __slots__ = ("_tail",)
+    __slots__ = ("finish_reason", "parser")
 
     def __init__(self) -> None:
-        self._tail = b""
+        self.parser: ChunkParser | None = None
+        self.finish_reason: str | None = None
 
-    def feed(self, data: bytes) -> list[str]:
-        if self._tail:
-            data = self._tail + data
-        held = b""
-        if b"\r" in data:
-            if data.endswith(b"\r"):
-                data, held = data[:-1], b"\r"  # perhaps the first half of a CRLF
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        end = data.rfind(b"\n")
-        if end < 0:
-            self._tail = data + held
-            return []
-        self._tail = data[end + 1 :] + held
-        return data[:end].decode("utf-8", "replace").split("\n")
-
-    def finish(self) -> list[str]:
-        tail, self._tail = self._tail, b""
-        return [tail.removesuffix(b"\r").decode("utf-8", "replace")] if tail else []
+    def complete(self) -> bool:
+        parser = self.parser
+        if parser is not None:
+            return parser.done or parser.finish_reason is not None
+        return self.finish_reason is not None
 
 
-def aiohttp_response(response: AsyncAPIResponse[Any]) -> aiohttp.ClientResponse | None:
-    """The aiohttp response under the SDK's when aiohttp carries it (the SDK's
-    `DefaultAioHttpClient`), else None. Reading its body directly skips four layers of httpx2
-    wrappers (raw bytes, decoded bytes, text, lines) for every network read."""
-    if map_aiohttp_exceptions is None:
-        return None
-    stream = response.http_response.stream
-    raw = getattr(getattr(stream, "_stream", stream), "_aiohttp_response", None)
-    return raw if isinstance(raw, aiohttp.ClientResponse) else None
+_MALFORMED = (
+    "The provider sent a piece of the answer that could not be read, so the answer stopped here."
+)
+
+
+async def _sdk_deltas(
+    stream: openai.AsyncStream[ChatCompletionChunk], ended: _Ending
+) -> AsyncGenerator[Delta, None]:
+    """The SDK's typed chunks as Deltas, and its mid-stream failures as ours (as the fast
+    path's parser reports them)."""
+    index = 0
+    chunks = stream.__aiter__()
+    while True:
+        try:
+            chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except json.JSONDecodeError as exc:
+            raise StreamBroken(
+                _MALFORMED, cause="malformed", detail=f"malformed chunk: {exc}"
+            ) from exc
+        except openai.APIConnectionError:
+            raise  # the connection failed: mapped where the fast path's failures are
+        except openai.APIError as exc:  # an error event in the stream
+            raise StreamBroken(
+                "The provider reported an error in the middle of the answer, so it stopped here.",
+                cause="error_event",
+                detail=f"error event: {exc.message}",
+            ) from exc
+        if not isinstance(chunk, ChatCompletionChunk):
+            raise StreamBroken(
+                _MALFORMED, cause="malformed", detail=f"chunk is not an object: {chunk!r:.200}"
+            )
+        delta = _delta_of(chunk, index)
+        if delta.finish_reason is not None:
+            ended.finish_reason = delta.finish_reason
+        index += 1
+        yield delta
+
+
+def _delta_of(chunk: ChatCompletionChunk, index: int) -> Delta:
+    """A typed chunk as a Delta, read defensively (empty `choices`, None content, usage-only)."""
+    text = ""
+    finish_reason = None
+    for choice in chunk.choices or ():
+        # We ask for one choice; some servers still number it. Ignore others defensively.
+        if choice.index != 0:
+            continue
+        content = choice.delta.content if choice.delta is not None else None
+        if isinstance(content, str):
+            text = content
+        if choice.finish_reason:
+            finish_reason = str(choice.finish_reason)
+    reported = chunk.usage
+    usage = (
+        Usage(reported.prompt_tokens or 0, reported.completion_tokens or 0) if reported else None
+    )
+    return Delta(
+        text=text,
+        index=index,
+        finish_reason=finish_reason,
+        usage=usage,
+        raw=chunk.to_json(indent=None),
+    )
+
+
+def _fast_stream() -> ModuleType | None:
+    """speedups/fast_stream.py, or None when it cannot run with this SDK (logged once, by
+    `streamchat.speedups.status()` at startup)."""
+    from streamchat.speedups import fast_stream_module
+
+    return fast_stream_module()
+
+
+def public_url(url: str) -> str:
+    """A URL safe to show or log: user info, query and fragment removed."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _really_timed_out(exc: BaseException) -> bool:

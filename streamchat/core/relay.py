@@ -31,9 +31,13 @@ from streamchat.core.sinks import Sink
 from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason
 from streamchat.guardrails import Guard, GuardStep, Violation
 from streamchat.guardrails.moderation import ModerationGate, Moderator
-from streamchat.speedups.read_pacing import ReadPace
 
 log = logging.getLogger("streamchat.core.relay")
+
+ReadPace = Callable[[], float | None]
+"""When the consumer next shows text, as a `time.monotonic()` value, or None for as soon as it
+arrives. A source may leave the network unread until then and read what came meanwhile at once
+(the CoalescingSink's `next_write_at`)."""
 
 
 class DeltaSource(Protocol):

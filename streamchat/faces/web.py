@@ -83,17 +83,27 @@ def _bearer_matches(request: Request, token: str) -> bool:
 
 
 def _insert_before_catch_all(app: FastAPI, routes: list[APIRoute]) -> None:
-    """Put `routes` ahead of whatever holds Chainlit's catch-all GET route: the route itself
+    """Put `routes` (made again from their path, endpoint, methods and name by FastAPI's public
+    `add_api_route`) ahead of whatever holds Chainlit's catch-all GET route: the route itself
     in older FastAPI, the included router that contains it in newer ones."""
     existing = app.router.routes
+    # Added the public way, so FastAPI knows its route table changed (it caches it), then
+    # moved ahead of the catch-all, with nothing awaited in between.
+    before = len(existing)
+    for route in routes:
+        app.router.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=sorted(route.methods or ()),
+            name=route.name,
+            include_in_schema=route.include_in_schema,
+        )
+    added = existing[before:]
+    del existing[before:]
     position = next(
         (i for i, route in enumerate(existing) if _holds_catch_all(route)), len(existing)
     )
-    existing[position:position] = routes
-    # FastAPI caches the effective route table by a version counter; tell it we changed it.
-    mark_changed = getattr(app.router, "_mark_routes_changed", None)
-    if callable(mark_changed):
-        mark_changed()
+    existing[position:position] = added
 
 
 def _holds_catch_all(route: object) -> bool:

@@ -1,22 +1,11 @@
 """The event loop under `chainlit run`: asyncio's C Task and Future back, and uvloop.
 
-`chainlit run` calls `nest_asyncio.apply()` before it loads the app. Besides making the event
-loop re-entrant (Chainlit itself nests `run_until_complete` to compute a chat profile's config),
-that swaps asyncio's C `Task` and `Future` for their pure-Python versions for the whole
-process, which makes every await that suspends, every future and every task step several times
-dearer: a tax on every streamed token.
-
-The swap is not needed for re-entrance on Python 3.11+: nest_asyncio's loop takes the current
-task out of asyncio's `_current_tasks` around every callback it runs, and that dictionary is the
-one the C tasks consult, so nested runs work with C tasks too. `use_c_tasks()` puts the C
-classes back (tasks and futures created afterwards are C ones); it checks that precondition
-first and leaves everything as it is when it does not hold.
-
-Every streamed token wakes the loop at least once (the provider's bytes arrive), and every UI
-update wakes it again (the browser's writer task), so the loop's own work per wake-up is a large
-part of what a token costs. asyncio's loop does it in Python; uvloop (libuv, in C) does it in
-a fraction of the CPU. `install_loop()` sets a uvloop loop as the one Chainlit then runs, as
-`EVENT_LOOP` says.
+`chainlit run` applies nest_asyncio, which swaps asyncio's C `Task` and `Future` for pure-Python
+ones for the whole process, a tax on every await of every streamed token. On Python 3.11+ the
+re-entrance it brings works with C tasks too; `use_c_tasks()` puts them back after checking that
+precondition (asyncio's private `_current_tasks`), and leaves everything as it is otherwise.
+`install_loop()` then makes the loop Chainlit runs a uvloop one (EVENT_LOOP), which does the
+loop's work per wake-up in C; Chainlit's one nested run still works (`ReentrantUvloop`).
 """
 
 from __future__ import annotations
@@ -26,7 +15,6 @@ import asyncio.futures
 import asyncio.tasks
 import logging
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +57,9 @@ class LoopChoice:
     problem: str | None = None
 
 
-def install_loop(environ: Mapping[str, str]) -> LoopChoice:
-    """Make the loop `chainlit run` is about to start a uvloop one, as `EVENT_LOOP` says.
+def install_loop(wanted: str = "auto") -> LoopChoice:
+    """Make the loop `chainlit run` is about to start a uvloop one, as `wanted` (EVENT_LOOP)
+    says.
 
     `auto` (the default) uses uvloop where it is installed (it is a dependency everywhere but
     Windows), `uvloop` insists on it, `asyncio` keeps the standard loop. Call it while the
@@ -78,16 +67,14 @@ def install_loop(environ: Mapping[str, str]) -> LoopChoice:
     already running is left alone. C tasks are restored first (whatever the loop), so uvloop's
     tasks are C ones too.
     """
-    use_c_tasks()
-    wanted = (environ.get("EVENT_LOOP") or "auto").strip().lower()
-    problem = None
     if wanted not in EVENT_LOOPS:
-        problem = (
-            f"EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, not {wanted!r}: "
-            "using the default, auto."
-        )
-        wanted = "auto"
-    running = asyncio.events._get_running_loop()
+        raise ValueError(f"wanted must be one of {', '.join(EVENT_LOOPS)}, not {wanted!r}")
+    use_c_tasks()
+    problem = None
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # none running in this thread: the usual case, at import
+        running = None
     if running is not None:
         return LoopChoice(loop_name(running), problem)
     if wanted == "asyncio":

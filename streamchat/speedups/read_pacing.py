@@ -32,15 +32,9 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-ReadPace = Callable[[], float | None]
-"""When the consumer next shows text, as a `time.monotonic()` value, or None for as soon as it
-arrives. A source may leave the network unread until then and read what came meanwhile at once
-(the CoalescingSink's `next_write_at`)."""
 
 # More than this waiting is reported at once (a provider that sends a lot between two updates).
 HOLD_BYTES = 16 * 1024

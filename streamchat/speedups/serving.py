@@ -1,32 +1,17 @@
-"""uvicorn's server, with housekeeping once a second instead of ten times.
+"""uvicorn's server with housekeeping once a second, and websocket compression as chosen.
 
-uvicorn's `Server.main_loop` sleeps 0.1 s, then calls `on_tick`, which refreshes the Date
-header every tenth time and returns whether the server should exit; a signal handler or the
-code that runs the server asks for that by setting `should_exit`. So the process wakes ten
-times a second whatever it is doing. On a server that is otherwise idle, as a chat server is
-between the tokens of a slow stream, each of those wake-ups finds cold caches and costs a
-quarter of a millisecond of CPU here. Ten a second are about a tenth of what the app spends on
-an answer that streams alone at 50 tokens a second.
+uvicorn's `Server.main_loop` wakes ten times a second to refresh the Date header and see whether
+to exit, whatever the process is doing; on a chat server idle between tokens each wake-up finds
+cold caches. `QuietServer` (a subclass overriding `main_loop`) calls uvicorn's `on_tick` once a
+second, as its tenth tick, and setting `should_exit` from any thread wakes it at once. The
+request limit (`limit_max_requests`, unset by Chainlit) is then checked once a second.
+`install_quiet_server()` makes it the `uvicorn.Server` that `chainlit run` creates.
 
-`QuietServer` calls `on_tick` once a second, always as uvicorn's tenth tick (so the Date header
-is refreshed just as often), and setting `should_exit`, from any thread, wakes its main loop at
-once: a Ctrl-C or SIGTERM stops it as promptly as before, and a server run in a thread stops as
-soon as it is told to. What is checked less often is the request limit (`limit_max_requests`,
-which Chainlit does not set): once a second, so a server may take up to a second longer to stop
-at it. Everything else is uvicorn's.
-
-`install_quiet_server()` makes `uvicorn.Server`, the name Chainlit creates its server by, this
-class. Call it while the app module loads: `chainlit run` creates the server afterwards.
-
-Websocket compression (`UVICORN_WS_PER_MESSAGE_DEFLATE`, Chainlit's variable): off unless
-asked for, where uvicorn (and so Chainlit) has it on. Every browser offers permessage-deflate,
-and with it on the server compresses every frame it sends, a stream's updates included, and
-keeps a compressor for every connection. A stream's update is a short JSON event (about 120
-bytes) sent 25 times a second; compressing it saves about 2.5 KB a second per answer, and
-costs 8–29% more CPU per streamed token with 25 or more answers at once and some 120 KiB of
-memory per connected browser (docs/benchmarks.md). `websocket_compression(environ)` reads
-the choice; `install_websocket_compression(on)` has the uvicorn configuration Chainlit makes
-next follow it.
+Chainlit reads UVICORN_WS_PER_MESSAGE_DEFLATE (on by default there) before it loads app.py, so
+app.py cannot change that default through the variable; `install_websocket_compression(on)`
+has the uvicorn configuration Chainlit makes next follow streamchat's default (off) instead.
+Every browser offers permessage-deflate, and compressing a stream's many short updates costs
+CPU and memory per connection (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -34,19 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 import uvicorn.config
 import uvicorn.server
-
-from streamchat.core.errors import ConfigError
-from streamchat.settings import env_flag
-
-log = logging.getLogger(__name__)
 
 _UVICORN_SERVER = uvicorn.server.Server
 _UVICORN_CONFIG = uvicorn.config.Config
@@ -115,53 +92,39 @@ def _ticks_as_expected(server_class: Any) -> bool:
 
 
 def new_server(config: uvicorn.Config) -> uvicorn.Server:
-    """A QuietServer for `config`, or uvicorn's own server when its tick is not the one known."""
-    if _ticks_as_expected(_UVICORN_SERVER):
+    """A QuietServer for `config`, or uvicorn's own server when its tick is not the one known
+    or speed-ups are switched off."""
+    from streamchat.speedups import quiet_servers_on
+
+    if quiet_servers_on() and _ticks_as_expected(_UVICORN_SERVER):
         return QuietServer(config)
     return _UVICORN_SERVER(config)
 
 
-def install_quiet_server() -> bool:
+def install_quiet_server() -> str | None:
     """Have `uvicorn.Server(...)` (how `chainlit run` starts its server) make a QuietServer.
-    False, with uvicorn left as it is, when its tick is not the one this module knows."""
+    Returns why not, with uvicorn left as it is, when its tick is not the one this module
+    knows; None when installed."""
     if uvicorn.Server is QuietServer:
-        return True
-    if uvicorn.Server is not _UVICORN_SERVER or not _ticks_as_expected(_UVICORN_SERVER):
-        log.info("uvicorn's main loop keeps its own tick: this uvicorn's is not the one known")
-        return False
+        return None
+    if uvicorn.Server is not _UVICORN_SERVER:
+        return "uvicorn.Server is not uvicorn's own class"
+    if not _ticks_as_expected(_UVICORN_SERVER):
+        return f"this uvicorn's ({uvicorn.__version__}) main loop is not the one known"
     uvicorn.Server = QuietServer  # type: ignore[misc]
-    return True
+    return None
 
 
-@dataclass(frozen=True)
-class CompressionChoice:
-    """Whether websockets negotiate permessage-deflate, and what was wrong with the setting."""
-
-    per_message_deflate: bool = False
-    problem: str | None = None
-
-
-def websocket_compression(environ: Mapping[str, str]) -> CompressionChoice:
-    """The choice `UVICORN_WS_PER_MESSAGE_DEFLATE` makes: off when unset or empty; a value
-    that is neither true nor false is reported as `problem`, and compression stays off."""
-    try:
-        return CompressionChoice(env_flag(environ, "UVICORN_WS_PER_MESSAGE_DEFLATE", False))
-    except ConfigError as exc:
-        return CompressionChoice(False, f"{exc} Websocket compression stays off (the default).")
-
-
-def install_websocket_compression(per_message_deflate: bool) -> bool:
+def install_websocket_compression(per_message_deflate: bool) -> str | None:
     """Have every uvicorn configuration made from now on by `uvicorn.Config(...)` (how
     `chainlit run` configures its server) negotiate permessage-deflate as given, whatever it
-    was passed. False, with uvicorn left as it is, when this uvicorn's Config has no such
-    option or `uvicorn.Config` is someone else's class."""
+    was passed. Returns why not, with uvicorn left as it is, when this uvicorn's Config has no
+    such option or `uvicorn.Config` is someone else's class; None when installed."""
     current = uvicorn.Config
     if current is not _UVICORN_CONFIG and not getattr(current, "_chosen_compression", False):
-        log.info("websocket compression left to uvicorn: uvicorn.Config is not uvicorn's own")
-        return False
+        return "uvicorn.Config is not uvicorn's own class"
     if "ws_per_message_deflate" not in inspect.signature(_UVICORN_CONFIG).parameters:
-        log.info("websocket compression left to uvicorn: this uvicorn has no such option")
-        return False
+        return f"this uvicorn ({uvicorn.__version__}) has no ws_per_message_deflate option"
 
     class ChosenCompressionConfig(_UVICORN_CONFIG):
         """uvicorn's configuration, websocket compression as streamchat's setting says."""
@@ -174,4 +137,4 @@ def install_websocket_compression(per_message_deflate: bool) -> bool:
             self.ws_per_message_deflate = per_message_deflate
 
     uvicorn.Config = ChosenCompressionConfig  # type: ignore[misc]
-    return True
+    return None

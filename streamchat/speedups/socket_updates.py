@@ -1,36 +1,18 @@
 """Stream updates to one browser straight onto its engine.io queue, with a bounded backlog.
 
-python-socketio's `emit` wraps every packet in a task and waits for it with `asyncio.wait`, even
-for a single recipient. A streamed answer sends an update every few tens of milliseconds per
-chat, and that wrapper costs about as much server CPU as the rest of the send. For one client
-and no acknowledgement, `emit` comes down to: encode the Socket.IO packet, put it on the
-client's engine.io queue. `SocketUpdates.emit` does exactly that, in the same order. With
-python-socketio's own packet class and JSON, the packet is one `json.dumps` behind its type
-digit (and namespace), which is what the class would build after looking through the whole
-payload for binary parts; a payload with binary parts (JSON cannot hold them) or another packet
-class gets the class's own encoding.
-
-Chainlit's own events for a chat (task start and end, the answer's step, its message's start
-and finished form: six to eight per answer) go the same way once `route_session_emits` has set
-the session's `emit`. Through `emit`, each of them also has its whole payload (a step is a dict of
-some twenty fields) walked for binary parts before it is encoded.
-
-It also gives a slow browser backpressure. engine.io's per-client queue has no bound: a client
-that reads slower than we write (a weak connection, a sleeping laptop tab) would collect every
-update in server memory, and engine.io's pings would wait behind them. While `max_backlog`
-packets are waiting, `emit` waits until the client has taken them all; the CoalescingSink in
-front of it writes from a task of its own meanwhile and merges the answer's text, so a slow
-client gets fewer, larger updates and the answer is still read from the provider at its pace.
-
-`hand_off_queues` gives each new client a `HandoffQueue`: the packet goes to engine.io's
-waiting writer directly, without the task `asyncio.wait_for` wraps around every `queue.get()`
-on Python 3.11 (and the two loop iterations it takes to finish), once per packet.
+python-socketio's `emit` wraps every packet in a task and waits for it, even for a single
+recipient, and walks each payload for binary parts. For one client and no acknowledgement it
+comes down to: encode the Socket.IO packet, put it on the client's engine.io queue, which is what
+`SocketUpdates.emit` does, in the same order. Chainlit's own events for a chat go the same way
+once `route_session_emits` has set the session's `emit`. While `max_backlog` packets wait for a
+slow browser, `emit` waits (engine.io's queue has no bound); the CoalescingSink in front merges
+the text meanwhile. This uses engine.io's sockets and queues and python-socketio's manager:
+`problem(server)` checks they are there before app.py routes anything through it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 from collections.abc import Callable, Coroutine
@@ -87,7 +69,8 @@ class SocketUpdates:
             return found[1]
         eio_sid = self._server.manager.eio_sid_from_sid(sid, self._namespace)
         socket = self._server.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        if socket is None or socket.closed:
+        # A socket without the queue and state known here is left to the server's `emit`.
+        if socket is None or getattr(socket, "closed", True) or not hasattr(socket, "queue"):
             self._found = None
             return None
         self._found = (sid, socket)
@@ -182,47 +165,16 @@ def route_session_emits(server: socketio.AsyncServer, session: ChainlitSession) 
     return updates
 
 
-class HandoffQueue(asyncio.Queue[Any]):
-    """An asyncio.Queue whose `get()` is a Future, filled by the next `put` when nothing waits.
-
-    engine.io's writer waits for each packet with `asyncio.wait_for(queue.get(), timeout)`. On
-    Python 3.11 `wait_for` runs a coroutine in a task of its own: for every packet a task is
-    made, stepped, finished, and its end passed on to the writer one loop iteration later. A
-    Future is awaited as it is. Everything else is the Queue's own: order (a waiting `get`
-    takes the first packet put), `qsize`, `task_done` and `join` (a packet handed over counts
-    as unfinished until the writer marks it done, as one taken from the queue does), and a
-    `get` given up (a timeout cancels its Future) takes nothing. Only `shutdown()` (Python
-    3.13) is refused: it would not wake a waiting `get` (engine.io never shuts a queue).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._takers: collections.deque[asyncio.Future[Any]] = collections.deque()
-
-    def get(self) -> asyncio.Future[Any]:  # type: ignore[override]
-        """The next item, as a Future to await (done already when one is waiting)."""
-        taker = asyncio.get_running_loop().create_future()
-        if self.qsize():
-            taker.set_result(self.get_nowait())
-        else:
-            self._takers.append(taker)
-        return taker
-
-    def put_nowait(self, item: Any) -> None:
-        super().put_nowait(item)  # counted unfinished, as any put
-        takers = self._takers
-        while takers:
-            taker = takers.popleft()
-            if not taker.done():  # not given up
-                taker.set_result(self.get_nowait())
-                return
-
-    def shutdown(self, immediate: bool = False) -> None:
-        """Refused: a `get` waiting on its Future would never learn of it."""
-        raise NotImplementedError("a HandoffQueue cannot be shut down")
-
-
-def hand_off_queues(server: socketio.AsyncServer) -> None:
-    """Give every engine.io client that connects from now on a `HandoffQueue` (engine.io makes
-    each client's queue with its server's `create_queue`)."""
-    server.eio.create_queue = HandoffQueue
+def problem(server: Any) -> str | None:
+    """Why `SocketUpdates` cannot run with this Socket.IO server, or None when it can: the
+    engine.io and python-socketio internals it uses must be the ones it knows."""
+    eio = getattr(server, "eio", None)
+    if not isinstance(getattr(eio, "sockets", None), dict):
+        return "this engine.io server keeps no dictionary of sockets"
+    if not callable(getattr(getattr(server, "manager", None), "eio_sid_from_sid", None)):
+        return "this python-socketio manager cannot map a sid to its engine.io sid"
+    if getattr(server, "packet_class", None) is None or not callable(server.emit):
+        return "this python-socketio server has no packet class"
+    if not hasattr(eio_packet, "Packet") or not hasattr(eio_packet, "MESSAGE"):
+        return "this engine.io has no packet class"
+    return None

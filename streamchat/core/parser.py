@@ -1,0 +1,197 @@
+"""The chat-completions SSE stream, read from its bytes: `LineSplitter` cuts lines as SSE ends
+them, `ChunkParser` turns `data:` lines into `Delta`s with the C JSON scanner alone (no typed
+object per chunk). Our own code, on public APIs; the fast stream path reads through it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from streamchat.core.errors import ProviderError, StreamBroken
+from streamchat.core.types import Delta, Usage
+
+# json.loads without its two Python layers (type checks, trailing-whitespace handling) around
+# the C scanner: one call per chunk. The payload comes stripped; what follows the value is
+# refused as json.loads refuses it.
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+class ChunkParser:
+    """Turns a chat-completions SSE stream into Deltas.
+
+    Feed it the body's bytes as they arrive (`feed`, then `finish` at the end) or single lines
+    (`feed_line`); it keeps no buffer beyond the current line (servers send one `data:` line per
+    event). `done` becomes true at `data: [DONE]`; nothing after it is read.
+    """
+
+    __slots__ = ("_broken", "_index", "_lines", "done", "finish_reason")
+
+    def __init__(self) -> None:
+        self._index = 0
+        self._lines = LineSplitter()
+        self._broken: StreamBroken | None = None
+        self.done = False
+        self.finish_reason: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more to read: `[DONE]` came, or an event that breaks the stream (raised by
+        `finish`, after the Deltas that came before it)."""
+        return self.done or self._broken is not None
+
+    def feed(self, data: bytes) -> list[Delta]:
+        """The Deltas of the events these bytes complete; all but the last say `more`."""
+        if self._broken is not None:
+            raise self._broken
+        deltas: list[Delta] = []
+        last: tuple[dict[str, Any], str] | None = None  # becomes a Delta once we know what follows
+        for line in self._lines.feed(data):
+            # Blank lines only end events: skipped here without a call.
+            if line and not self.done:
+                try:
+                    chunk = self._chunk(line)
+                except StreamBroken as broken:
+                    if last is None:
+                        raise
+                    self._broken = broken  # the answer's text before it is still shown
+                    break
+                if chunk is not None:
+                    if last is not None:
+                        deltas.append(self._delta(last[0], last[1], True))
+                    last = chunk
+        if last is not None:
+            deltas.append(self._delta(last[0], last[1], False))
+        return deltas
+
+    def finish(self) -> list[Delta]:
+        """The Delta of a last line the stream did not end; raises what broke the stream."""
+        broken, self._broken = self._broken, None
+        if broken is not None:
+            raise broken
+        lines = self._lines.finish()
+        return [d for line in lines if not self.done and (d := self.feed_line(line)) is not None]
+
+    def feed_line(self, line: str) -> Delta | None:
+        """The Delta of one line of the stream, if it carries one."""
+        chunk = self._chunk(line)
+        return None if chunk is None else self._delta(*chunk)
+
+    def _chunk(self, line: str) -> tuple[dict[str, Any], str] | None:
+        """The chunk a line carries and its JSON text; raises StreamBroken for one that cannot
+        be read or that reports an error."""
+        # Blank lines end events, ':' starts keep-alive comments, and `event:`/`id:`/`retry:`
+        # fields carry nothing we use: only `data:` lines matter.
+        if not line.startswith("data:"):
+            return None
+        payload = line[5:].strip()
+        if not payload:
+            return None
+        if payload == "[DONE]":
+            self.done = True
+            return None
+        try:
+            chunk, end = _scan_json(payload, 0)
+        except (StopIteration, ValueError):
+            end = -1
+        if end != len(payload):
+            raise StreamBroken(
+                "The provider sent a piece of the answer that could not be read, "
+                "so the answer stopped here.",
+                cause="malformed",
+                detail=f"malformed chunk: {payload[:200]!r}",
+            ) from None
+        if not isinstance(chunk, dict):
+            raise StreamBroken(
+                "The provider sent a piece of the answer that could not be read, "
+                "so the answer stopped here.",
+                cause="malformed",
+                detail=f"chunk is not an object: {payload[:200]!r}",
+            )
+        if "error" in chunk:
+            raise _stream_error(chunk["error"])
+        return chunk, payload
+
+    def _delta(self, chunk: dict[str, Any], payload: str, more: bool = False) -> Delta:
+        text = ""
+        finish_reason = None
+        for choice in chunk.get("choices") or ():
+            # We ask for one choice; some servers still number it. Ignore others defensively.
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                text = content
+            if choice.get("finish_reason"):
+                finish_reason = str(choice["finish_reason"])
+        reported = chunk.get("usage")  # on one chunk at most, if at all
+        usage = _usage(reported) if reported else None
+        # Every chunk becomes a Delta, also role-only and empty ones: raw chunk views count and
+        # show them, and they cost nothing downstream (empty text is not shown).
+        if finish_reason is not None:
+            self.finish_reason = finish_reason
+        delta_obj = Delta(
+            text=text,
+            index=self._index,
+            finish_reason=finish_reason,
+            usage=usage,
+            raw=payload,
+            more=more,
+        )
+        self._index += 1
+        return delta_obj
+
+
+def _usage(value: object) -> Usage | None:
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Usage(
+            prompt_tokens=int(value.get("prompt_tokens") or 0),
+            completion_tokens=int(value.get("completion_tokens") or 0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream_error(error: object) -> ProviderError:
+    message = error.get("message", "") if isinstance(error, dict) else str(error)
+    return StreamBroken(
+        "The provider reported an error in the middle of the answer, so it stopped here.",
+        cause="error_event",
+        detail=f"error event: {message}",
+    )
+
+
+class LineSplitter:
+    """Splits a byte stream into lines, as SSE ends them: LF, CRLF or CR.
+
+    `feed(bytes)` returns the lines completed so far, `finish()` the last one if it had no
+    line end. Only complete lines are decoded (all of a read's at once), so a character split
+    across reads stays whole (no UTF-8 sequence contains a CR or LF byte).
+    """
+
+    __slots__ = ("_tail",)
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        if self._tail:
+            data = self._tail + data
+        held = b""
+        if b"\r" in data:
+            if data.endswith(b"\r"):
+                data, held = data[:-1], b"\r"  # perhaps the first half of a CRLF
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._tail = data + held
+            return []
+        self._tail = data[end + 1 :] + held
+        return data[:end].decode("utf-8", "replace").split("\n")
+
+    def finish(self) -> list[str]:
+        tail, self._tail = self._tail, b""
+        return [tail.removesuffix(b"\r").decode("utf-8", "replace")] if tail else []
