@@ -369,8 +369,9 @@ class ChainlitClient:
         # the answer's own task_end is the first one after its task_start.
         begun = self.events.index(start)
         end = await self.wait_for(lambda e: e.name == "task_end", within=within, start=begun)
-        # Messages sent right before task_end may still be in flight on the same socket.
-        await asyncio.sleep(0.05)
+        # Nothing to wait for after it: one socket delivers the server's events in the order they
+        # were sent, and the client records each in arrival order (its handler tasks start in
+        # order and append before their first await), so what came before task_end is recorded.
         index = self.events.index(end)
         return Answer(self.events[mark : index + 1])
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.e2e.conftest import ARTIFACTS
 from tests.harness import AppProcess
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -44,7 +45,7 @@ def test_answer_grows_token_by_token_and_ends_complete(browser, app):
             # The stats line is added when the answer is finished.
             if texts and " tok/s · " in texts[-1]:
                 break
-            page.wait_for_timeout(50)
+            page.wait_for_timeout(50)  # the sampling interval: not a wait
         distinct = sorted(set(lengths))
         assert len(distinct) >= 5, f"the answer should grow visibly over time, saw {distinct}"
         # Shown text only grows while streaming; when a markdown mark such as `*` or a backtick
@@ -76,10 +77,13 @@ def websocket_handshake(browser, url: str) -> dict[str, str]:
         )
         page.goto(url)
         page.locator("#chat-input").wait_for(timeout=30_000)
-        deadline = time.monotonic() + 30
-        while not answers and time.monotonic() < deadline:
-            page.wait_for_timeout(50)
-        assert answers, "the page opened a websocket"
+        wait_until(
+            lambda: answers,
+            within=30,
+            what="the page's websocket handshake",
+            every=0.05,
+            pause=lambda seconds: page.wait_for_timeout(seconds * 1000),  # CDP events flow
+        )
         return {name.lower(): value for name, value in answers[0].items()}
     finally:
         page.close()

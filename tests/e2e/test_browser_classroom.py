@@ -43,8 +43,7 @@ def test_classroom_profile_shows_chunks_tokens_and_timeline(browser, app):
         assert "A token is" in view.inner_text() or "token" in view.inner_text()
 
         page.get_by_role("button", name="Latency timeline").click()
-        page.locator(".js-plotly-plot").first.wait_for(timeout=30_000)
-        page.wait_for_timeout(500)
+        page.locator(".js-plotly-plot .trace").first.wait_for(timeout=30_000)
         page.screenshot(path=str(DOCS / "classroom.png"), full_page=True)
     finally:
         page.close()

@@ -34,7 +34,7 @@ def test_stop_notice_is_visible_and_the_match_is_not_in_the_page(browser, app):
             seen_dom.append(html)
             if notice in page.inner_text("body"):
                 break
-            page.wait_for_timeout(50)
+            page.wait_for_timeout(50)  # the sampling interval: not a wait
         assert notice in page.inner_text("body")
         assert all("4111" not in html for html in seen_dom), "never in the DOM, at any moment"
         ARTIFACTS.mkdir(exist_ok=True)

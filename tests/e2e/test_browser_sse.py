@@ -3,7 +3,6 @@ forced network blip mid-answer is survived with nothing lost or repeated."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -28,15 +27,6 @@ def app(upstream: OfflineServer) -> Iterator[AppProcess]:
         yield running
 
 
-def wait_until(predicate, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def test_stream_page_survives_a_network_blip_without_losing_or_repeating_text(
     browser, app, upstream
 ):
@@ -46,9 +36,11 @@ def test_stream_page_survives_a_network_blip_without_losing_or_repeating_text(
         page.goto(f"{app.url}/public/stream.html")
         page.fill("#prompt", "Explain buffering and backpressure")
         page.click("#send")
-        wait_until(lambda: len(page.inner_text("#answer")) > 40)
+        page.wait_for_function(
+            "() => document.querySelector('#answer').innerText.length > 40", timeout=30_000
+        )
         page.click("#blip")
-        wait_until(lambda: "Done" in page.inner_text("#status"), within=60)
+        page.locator("#status").filter(has_text="Done").wait_for(timeout=60_000)
 
         record = upstream.records.wait_for(1, timeout=5)[0]
         assert len(upstream.records.all()) == 1, "the reconnect resumed, it did not ask again"

@@ -40,8 +40,10 @@ def test_html_in_an_answer_is_shown_as_text_in_the_chat_and_never_runs(browser, 
         page.locator("#chat-submit").click()
         answer = page.locator(".ai-message .message-content").last
         answer.get_by_text("What keeps them inert").wait_for(timeout=60_000)
-        # Let the last tokens land and any handler fire (an <img src=x> errors at once).
-        page.wait_for_timeout(1_000)
+        # The answer is finished when its stats line is shown; an <img src=x> that had become an
+        # element would have asked for `x` by then, and its handler runs when that request ends.
+        answer.get_by_text(" tok/s · ").wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")
 
         shown = answer.inner_text()
         assert "window.streamchatXss" in shown, "the tags are visible as text"
@@ -62,7 +64,8 @@ def test_html_in_an_answer_is_shown_as_text_on_the_sse_page(browser, app):
         page.fill("#prompt", QUESTION)
         page.click("#send")
         page.get_by_text("What keeps them inert").wait_for(timeout=60_000)
-        page.wait_for_timeout(500)
+        page.locator("#status").filter(has_text="Done").wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")  # the request an <img src=x> would make
         text = page.inner_text("#answer")
         assert SCRIPT_LINE in text and IMG_LINE in text
         assert page.evaluate("() => window.streamchatXss") is None
