@@ -517,22 +517,22 @@ class SpeedupChoices:
         read = ConfigReader(environ)
         problems: list[str] = []
 
-        def flag(name: str, default: bool) -> bool:
+        def flag(name: str) -> bool:
             try:
                 return read.flag(name)
-            except ConfigError as exc:
-                problems.append(f"{exc} Using the default, {str(default).lower()}.")
-                return default
+            except ConfigError as exc:  # the declared default, and say so
+                problems.append(f"{exc} Using the default, {VARIABLES[name].default}.")
+                return ConfigReader({}).flag(name)
 
         try:
             event_loop = read.choice("EVENT_LOOP")
         except ConfigError as exc:
-            problems.append(f"{exc} Using the default, auto.")
-            event_loop = "auto"
+            problems.append(f"{exc} Using the default, {VARIABLES['EVENT_LOOP'].default}.")
+            event_loop = ConfigReader({}).choice("EVENT_LOOP")
         return cls(
-            enabled=flag("STREAM_SPEEDUPS", True),
+            enabled=flag("STREAM_SPEEDUPS"),
             event_loop=event_loop,
-            ws_per_message_deflate=flag("UVICORN_WS_PER_MESSAGE_DEFLATE", False),
+            ws_per_message_deflate=flag("UVICORN_WS_PER_MESSAGE_DEFLATE"),
             problems=tuple(problems),
         )
 
