@@ -385,14 +385,6 @@ class ConfigReader:
             raise variable.problem(raw)
 
 
-def env_flag(environ: Mapping[str, str], name: str, default: bool | None = None) -> bool:
-    """A true-or-false variable, read as every other; ConfigError for anything else.
-    `default`, if given, must be the declared one (a reminder at the call site)."""
-    if default is not None and default != ConfigReader({}).flag(name):
-        raise ValueError(f"{name}'s default is declared in streamchat.settings.VARIABLES")
-    return ConfigReader(environ).flag(name)
-
-
 def public_url(url: str) -> str:
     """A URL safe to show or log: user info, query and fragment removed."""
     parts = urlsplit(url)

@@ -122,7 +122,7 @@ def test_only_settings_reads_the_environment():
 
 
 def test_every_variable_read_is_declared_and_every_declared_one_is_read():
-    readers = {"text", "url", "flag", "number", "whole", "choice", "items", "env_flag"}
+    readers = {"text", "url", "flag", "number", "whole", "choice", "items"}
     read = set()
     for text in SOURCES.values():
         for node in ast.walk(ast.parse(text)):
@@ -130,8 +130,7 @@ def test_every_variable_read_is_declared_and_every_declared_one_is_read():
                 continue
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            args = node.args[1:] if name == "env_flag" else node.args
-            first = args[0] if args else None
+            first = node.args[0] if node.args else None
             if name in readers and isinstance(first, ast.Constant) and str(first.value).isupper():
                 read.add(first.value)
     assert read - set(VARIABLES) == set(), "read but not declared"
