@@ -21,7 +21,6 @@ from urllib.parse import urlsplit, urlunsplit
 from dotenv import dotenv_values
 
 from streamchat.core.errors import ConfigError
-from streamchat.core.relay import Resilience
 from streamchat.guardrails import GuardrailConfig
 from streamchat.guardrails.config import (
     DEFAULT_MODERATION_MODEL,
@@ -433,15 +432,6 @@ class Settings:
     def offline(self) -> bool:
         """True when the built-in demo model is used: no key and no base URL configured."""
         return not self.api_key and not self.base_url
-
-    @property
-    def resilience(self) -> Resilience:
-        return Resilience(
-            retries=self.retries,
-            resumes=self.stream_resumes,
-            stall_s=self.stream_stall_s,
-            first_token_timeout_s=self.first_token_timeout_s,
-        )
 
     @property
     def provider_label(self) -> str:

@@ -59,10 +59,6 @@ ALLOWED: dict[str, set[str]] = {
 # Imports that break the rules today, each with the change that removes it. An entry that no
 # longer matches an import fails `test_known_exceptions_are_still_needed`, so the list shrinks.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("streamchat.settings", "streamchat.core.relay"): (
-        "Settings.resilience builds the relay's Resilience; the Runtime builds it from the plain "
-        "values now, so the property and its import can go"
-    ),
     ("streamchat.speedups.fast_stream", "streamchat.core.types"): (
         "the fast stream yields the core's Delta; it could take a Delta factory from the core"
     ),
