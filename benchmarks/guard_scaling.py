@@ -7,7 +7,11 @@ policies (pii, secrets, blocklist), measures CPU time per character of:
 - the naive approach: after every 25 tokens, run the same policies over the whole text so far.
 
 Flat per-character cost means linear total cost. Also reports hold mode's added delay on this
-text (the most characters held back, and what that is in milliseconds at 30 and 100 tokens/s).
+text (the most characters held back, and what that is in milliseconds at 30 and 100 tokens/s),
+and the cost of one `feed()` for pieces of 1, 5 and 16 characters of this prose and of
+benchmarks/load.py's answer ("w0 w1 w2 ..."), fed as fast as possible and at 50 tokens/s
+(load.py's pace: the guard's clock advances 20 ms a piece, so the batching that follows UI
+updates applies as it would in the app).
 Run: python benchmarks/guard_scaling.py
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 import random
 import time
 
-from streamchat.guardrails import GuardrailConfig, build_guard, build_policies
+from streamchat.guardrails import Guard, GuardrailConfig, build_guard, build_policies
 
 WORDS = (
     "streaming tokens arrive one after another while the model writes its answer and the "
@@ -59,6 +63,22 @@ def naive(text: str, every: int = 25) -> float:
     return time.process_time() - started
 
 
+def per_feed(text: str, size: int, *, tps: float | None) -> float:
+    """CPU microseconds per feed() of `size`-character pieces (and the final finish()). With
+    `tps`, the guard's clock advances 1/tps between pieces, as if they arrived at that pace."""
+    now = [0.0]
+    clock = time.monotonic if tps is None else (lambda: now[0])
+    guard = Guard(build_policies(GuardrailConfig()), clock=clock)
+    pieces = [text[i : i + size] for i in range(0, len(text), size)]
+    step = 0.0 if tps is None else 1 / tps
+    started = time.process_time()
+    for piece in pieces:
+        now[0] += step
+        guard.feed(piece)
+    guard.finish()
+    return (time.process_time() - started) / len(pieces) * 1e6
+
+
 def main() -> None:
     build_guard(GuardrailConfig()).feed("warm up the compiled patterns")
     print("| stream | incremental guard µs/char | naive re-scan µs/char | naive / guard |")
@@ -87,6 +107,14 @@ def main() -> None:
     for tps in (30, 100):
         # ~4 characters a token
         print(f"- at {tps} tokens/s that is about {held / 4 / tps * 1000:.0f} ms of delay")
+    print()
+    load_text = "".join(f"w{i} " for i in range(200)) * 20  # benchmarks/load.py's answer
+    print("| text | piece | µs per feed, as fast as possible | µs per feed at 50 tokens/s |")
+    print("|---|---|---|---|")
+    for name, text in (("prose", prose(20_000)), ("load.py's answer", load_text)):
+        for size in (1, 5, 16):
+            fast, paced = per_feed(text, size, tps=None), per_feed(text, size, tps=50)
+            print(f"| {name} | {size} chars | {fast:.1f} | {paced:.1f} |")
 
 
 if __name__ == "__main__":

@@ -172,7 +172,8 @@ _IFSC = re.compile(r"(?<![A-Za-z0-9])[A-Z]{4}0[A-Z0-9]{6}(?![A-Za-z0-9])")
 _ACCOUNT = re.compile(r"(?<![\w.,-])\d{9,18}(?![\w-]|[.,]\d)")
 _IFSC_NEAR = 40
 _DIGITS = re.compile(r"\d")
-_HAS_DIGIT_OR_AT = re.compile(r"[\d@]")
+# Every kind has an @ or four digits close together ("1234", "12 34" in a UK NI number).
+_WORTH_A_LOOK = re.compile(r"\d\d[ -]?\d\d|@")
 
 
 def _card_ok(value: str) -> bool:
@@ -267,8 +268,8 @@ class PiiPolicy:
         return start
 
     def find(self, text: str) -> list[Match]:
-        if _HAS_DIGIT_OR_AT.search(text) is None:
-            return []  # every kind has a digit or an @: most prose stops here
+        if _WORTH_A_LOOK.search(text) is None:
+            return []  # most prose stops here
         found: list[Match] = []
         if "@" in text:
             found += [m for m in _validated(self._upi, text, "upi", bool)]
@@ -563,10 +564,11 @@ _PENDING_ASSIGNMENT = re.compile(
     r"[\"']?\s{0,2}(?:(?::=|=>|[:=])\s{0,2}[\"'`]?\S*)?$"
 )
 _PENDING_REACH = 64  # the longest tail a pending header or assignment can have
+_PENDING_WORDS = 5  # and the most words ("-----BEGIN ENCRYPTED PRIVATE KEY", "token = value")
 _TRIGGER = re.compile(
     r"-----BEGIN|sk-|AIza|A(?:KIA|SIA|BIA|CCA|3T)|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
     r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|"
-    r"(?i:bearer|accountkey|pass|pwd|secret|key|token|credential)"
+    r"(?i:bearer |(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
 )
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----")
 
@@ -617,7 +619,11 @@ class SecretsPolicy:
         """Keys and tokens have no spaces: only the last word can be one in progress, unless a
         PEM header, a `name = value` assignment or a bearer token is still being written."""
         start = trailing_word_start(text)
-        reach = max(0, len(text) - _PENDING_REACH)
+        # Both fit in the last few words: search only there.
+        reach = start
+        for _ in range(_PENDING_WORDS):
+            reach = text.rfind(" ", 0, max(0, reach - 1)) + 1
+        reach = max(reach, len(text) - _PENDING_REACH)
         for pattern in (_PENDING_PEM, _PENDING_ASSIGNMENT):
             pending = pattern.search(text, reach)
             if pending is not None:
