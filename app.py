@@ -31,6 +31,7 @@ from streamchat.hosting.auth import AuthConfig
 from streamchat.hosting.limits import LimitExceeded, limit_key
 from streamchat.hosting.login_throttle import LoginLimits, LoginThrottle, LoginThrottleMiddleware
 from streamchat.hosting.persistence import (
+    UNSAVED_NOTICE,
     Database,
     StreamchatDataLayer,
     conversation_from_steps,
@@ -163,8 +164,9 @@ async def _prepare_database() -> None:
     if not isinstance(layer, StreamchatDataLayer):
         return
     try:
-        await layer.create_schema()
-    except Exception as exc:  # unreachable server, bad credentials, read-only file...
+        # Unreachable: writes wait in memory, the schema is prepared when it answers.
+        reachable = await layer.prepare()
+    except Exception as exc:  # bad credentials, read-only file...
         _database_error = "the database could not be prepared, so chats are not being saved."
         log.error(
             "cannot prepare the database at %s: %s", layer.database.public_url, type(exc).__name__
@@ -173,7 +175,8 @@ async def _prepare_database() -> None:
         # work without history instead of failing on every write.
         _database, _data_layer = None, None
     else:
-        log.info("chat history is stored in %s", layer.database.public_url)
+        if reachable:
+            log.info("chat history is stored in %s", layer.database.public_url)
 
 
 @cl.on_app_shutdown
@@ -319,6 +322,9 @@ async def _open_chat(thread: ThreadDict | None) -> None:
             await _show_error(problem.user_message)
         if _database_error is not None and _auth.enabled:
             await _show_error(f"Chat history is unavailable: {_database_error}")
+        elif _data_layer is not None and _data_layer.down:
+            _data_layer.told(context.session.id)  # no second notice at its first write
+            await _show_error(UNSAVED_NOTICE)
         if _origin_error is not None:
             await _show_error(
                 f"{_origin_error} Until it is fixed, only this app's own pages may connect."

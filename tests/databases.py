@@ -45,9 +45,33 @@ def _wait_for_port(port: int, within: float) -> bool:
     return True
 
 
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster that a test can stop and start again (an outage)."""
+
+    def __init__(self, bin_dir: Path, root: Path, port: int) -> None:
+        self.bin_dir, self.root, self.port = bin_dir, root, port
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def _ctl(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            _as_postgres_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.root / "data"), *args]),
+            capture_output=True,
+        )
+
+    def start(self) -> bool:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        started = self._ctl("-o", options, "-l", str(self.root / "log"), "-w", "start")
+        self.problem = started.stderr.decode(errors="replace")[-300:]
+        return started.returncode == 0 and _wait_for_port(self.port, 30)
+
+    def stop(self) -> None:
+        """Stop at once, dropping every connection (as a crashed or restarted server does)."""
+        self._ctl("-m", "immediate", "-w", "stop")
+
+
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """A fresh PostgreSQL cluster; yields its URL (postgresql://postgres@127.0.0.1:PORT/postgres)."""
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A fresh PostgreSQL cluster, started."""
     bin_dir = _pg_bin()
     require_component(
         bin_dir is not None, "PostgreSQL not found (install it: apt-get install -y postgresql)"
@@ -59,8 +83,6 @@ def postgres_server() -> Iterator[str]:
         except KeyError:
             require_component(False, "PostgreSQL's postgres user is missing")
     root = Path(tempfile.mkdtemp(prefix="streamchat-pg-"))
-    data = root / "data"
-    port = free_port()
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
     subprocess.run(
@@ -68,7 +90,7 @@ def postgres_server() -> Iterator[str]:
             [
                 str(bin_dir / "initdb"),
                 "-D",
-                str(data),
+                str(root / "data"),
                 "--auth=trust",
                 "-U",
                 "postgres",
@@ -79,37 +101,20 @@ def postgres_server() -> Iterator[str]:
         check=True,
         capture_output=True,
     )
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    started = subprocess.run(
-        _as_postgres_user(
-            [
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(root / "log"),
-                "-w",
-                "start",
-            ]
-        ),
-        capture_output=True,
-    )
+    cluster = PostgresCluster(bin_dir, root, free_port())
     try:
-        require_component(
-            started.returncode == 0 and _wait_for_port(port, 30),
-            f"PostgreSQL did not start: {started.stderr.decode(errors='replace')[-300:]}",
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        require_component(cluster.start(), f"PostgreSQL did not start: {cluster.problem}")
+        yield cluster
     finally:
-        subprocess.run(
-            _as_postgres_user(
-                [str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]
-            ),
-            capture_output=True,
-        )
+        cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """A fresh PostgreSQL cluster; yields its URL (postgresql://postgres@127.0.0.1:PORT/postgres)."""
+    with postgres_cluster() as cluster:
+        yield cluster.url
 
 
 @contextmanager

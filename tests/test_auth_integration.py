@@ -11,7 +11,7 @@ import pytest
 import socketio
 
 from streamchat.hosting.users import UsersFile
-from tests.harness import AppProcess
+from tests.harness import AppProcess, ChainlitClient
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
     users = Path(tmp_path_factory.mktemp("auth")) / "users.txt"
     UsersFile(users).add("alice", "correct horse battery")
+    UsersFile(users).add("bob", "bob's own passphrase")
     env = {
         "CHAINLIT_AUTH_SECRET": "a-test-secret-that-is-long-enough-for-hs256-0123456789",
         "AUTH_USERS_FILE": str(users),
@@ -31,10 +32,41 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
         yield running
 
 
-def login(app: AppProcess, password: str) -> httpx2.Response:
+def login(app: AppProcess, password: str, user: str = "alice") -> httpx2.Response:
     return httpx2.post(
-        f"{app.url}/login", data={"username": "alice", "password": password}, timeout=30
+        f"{app.url}/login", data={"username": user, "password": password}, timeout=30
     )
+
+
+async def test_feedback_only_on_answers_in_ones_own_chats(app):
+    alice = login(app, "correct horse battery").cookies["access_token"]
+    bob = login(app, "bob's own passphrase", user="bob").cookies["access_token"]
+    chat = await ChainlitClient(app.url, access_token=alice).connect()
+    try:
+        answer = await chat.ask("What is a token?")
+        answer_id = next(e.data["id"] for e in answer.named("stream_start"))
+        thread_id = next(e.data["thread_id"] for e in chat.events if e.name == "first_interaction")
+    finally:
+        await chat.close()
+
+    def feedback(token: str, value: int) -> httpx2.Response:
+        return httpx2.put(
+            f"{app.url}/feedback",
+            json={
+                "sessionId": "",
+                "feedback": {"forId": answer_id, "threadId": thread_id, "value": value},
+            },
+            cookies={"access_token": token},
+            timeout=30,
+        )
+
+    assert feedback(bob, 0).status_code >= 400, "bob cannot rate alice's answer"
+    assert feedback(alice, 1).status_code == 200
+    thread = httpx2.get(
+        f"{app.url}/project/thread/{thread_id}", cookies={"access_token": alice}, timeout=30
+    ).json()
+    rated = [s for s in thread["steps"] if s["id"] == answer_id]
+    assert rated and rated[0]["feedback"]["value"] == 1
 
 
 def test_wrong_password_is_refused(app):
@@ -135,7 +167,5 @@ def test_allow_origins_opens_the_app_to_the_listed_site_only(tmp_path):
             timeout=10,
         )
         assert polling.status_code == 200
-        assert polling.headers.get_list("access-control-allow-origin") == [
-            "https://portal.example"
-        ]
+        assert polling.headers.get_list("access-control-allow-origin") == ["https://portal.example"]
         assert len(polling.headers.get_list("access-control-allow-credentials")) == 1

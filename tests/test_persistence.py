@@ -3,7 +3,9 @@ test), is created and migrated by the app, and works on a SQLite file and on Pos
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import gc
 import inspect
 import re
 import sqlite3
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import chainlit.data.sql_alchemy as chainlit_sql
 import pytest
+from chainlit.auth import create_jwt
 from chainlit.element import ElementDict
 from chainlit.step import StepDict
 from chainlit.types import Feedback, Pagination, ThreadDict, ThreadFilter
@@ -33,7 +36,8 @@ from streamchat.hosting.persistence import (
     conversation_from_steps,
     last_answer_id,
 )
-from tests.databases import postgres_server
+from streamchat.hosting.security import current_request
+from tests.databases import PostgresCluster, postgres_cluster, postgres_server
 
 # --- drift: our schema against the installed Chainlit -----------------------------------------
 
@@ -251,3 +255,130 @@ def test_conversation_from_steps_keeps_what_the_model_saw():
     )
     assert history.turns[-1].ended is EndReason.STOPPED_BY_USER
     assert last_answer_id(steps) == steps[-1]["id"]
+
+
+# --- replicas and outages on a real PostgreSQL -------------------------------------------------
+
+
+async def fresh_database(url: str) -> Database:
+    name = f"t{uuid.uuid4().hex[:10]}"
+    admin = StreamchatDataLayer(Database.parse(url))
+    async with admin.engine.connect() as connection:
+        await connection.execution_options(isolation_level="AUTOCOMMIT")
+        await connection.exec_driver_sql(f"CREATE DATABASE {name}")
+    await admin.engine.dispose()
+    return Database.parse(url.rsplit("/", 1)[0] + f"/{name}")
+
+
+async def test_replicas_starting_together_on_an_empty_database_both_prepare_it(postgres_url):
+    database = await fresh_database(postgres_url)
+    replicas = [StreamchatDataLayer(database) for _ in range(4)]
+    try:
+        added = await asyncio.gather(*(replica.create_schema() for replica in replicas))
+        tables = {t.name for t in SCHEMA.sorted_tables}
+        assert sorted(map(set, added), key=len) == [set(), set(), set(), tables], (
+            "one replica created the tables, the others found them"
+        )
+    finally:
+        for replica in replicas:
+            await replica.engine.dispose()
+
+
+@pytest.fixture
+def outage() -> Iterator[PostgresCluster]:
+    """A PostgreSQL of this test's own, to stop and start."""
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+async def test_writes_during_an_outage_are_saved_when_the_database_is_back(outage):
+    told: list[str] = []
+    problems: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(
+        lambda _loop, context: problems.append(str(context.get("message")))
+    )
+
+    async def notify() -> None:
+        told.append("history is not being saved")
+
+    layer = StreamchatDataLayer(Database.parse(outage.url), notify_unsaved=notify, retry_s=0.2)
+    try:
+        assert await layer.prepare()
+        alice = await layer.create_user(User(identifier="alice", metadata={}))
+        assert alice is not None
+        thread_id = str(uuid.uuid4())
+        await layer.update_thread(thread_id, name="Before", user_id=alice.id)
+        question = step(thread_id, "user_message", "What is a token?")
+        await save(layer, question)
+
+        await asyncio.to_thread(outage.stop)
+        answer = step(thread_id, "assistant_message", "A token is a piece of a word.")
+        await save(layer, answer)  # no exception reaches Chainlit
+        await layer.update_thread(thread_id, name="Renamed while down")
+        await layer.upsert_feedback(Feedback(forId=answer["id"], value=1, threadId=thread_id))
+        later = step(thread_id, "user_message", "And a second question")
+        await save(layer, later)
+        assert layer.down and len(layer.pending) >= 4
+        assert told, "the chat was told that history is not being saved"
+        assert await layer.get_thread(thread_id) is None, "reads find nothing, quietly"
+
+        assert await asyncio.to_thread(outage.start)
+        await asyncio.wait_for(layer.back.wait(), 30)
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None and thread["name"] == "Renamed while down"
+        stored = {s["id"]: s for s in thread["steps"]}
+        assert set(stored) == {question["id"], answer["id"], later["id"]}, "nothing lost"
+        assert stored[answer["id"]]["feedback"]["value"] == 1
+        assert not layer.pending
+    finally:
+        await layer.engine.dispose()
+    gc.collect()
+    await asyncio.sleep(0)
+    assert not [p for p in problems if "never retrieved" in p], problems
+
+
+async def test_a_database_down_at_start_is_prepared_when_it_answers(outage):
+    await asyncio.to_thread(outage.stop)
+    layer = StreamchatDataLayer(Database.parse(outage.url), notify_unsaved=None, retry_s=0.2)
+    try:
+        assert not await layer.prepare(), "no schema yet: writes are queued"
+        thread_id = str(uuid.uuid4())
+        await layer.update_thread(thread_id, name="Written while down")
+        await save(layer, step(thread_id, "user_message", "Hello"))
+        assert await asyncio.to_thread(outage.start)
+        await asyncio.wait_for(layer.back.wait(), 30)
+        assert layer.schema_ready
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None and [s["output"] for s in thread["steps"]] == ["Hello"]
+    finally:
+        await layer.engine.dispose()
+
+
+async def test_feedback_only_on_answers_in_the_users_own_chats(layer, monkeypatch):
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", "a-test-secret-that-is-long-enough-for-hs256-01")
+    alice = await layer.create_user(User(identifier="alice", metadata={}))
+    thread_id = str(uuid.uuid4())
+    await layer.update_thread(thread_id, name="Alice's", user_id=alice.id)
+    answer = step(thread_id, "assistant_message", "An answer")
+    await save(layer, answer)
+
+    def as_request_from(user: str) -> None:
+        token = create_jwt(User(identifier=user, metadata={}))
+        current_request.set(
+            {"type": "http", "headers": [(b"cookie", f"access_token={token}".encode())]}
+        )
+
+    as_request_from("bob")
+    with pytest.raises(PermissionError):
+        await layer.upsert_feedback(Feedback(forId=answer["id"], value=0, threadId=thread_id))
+    as_request_from("alice")
+    feedback_id = await layer.upsert_feedback(
+        Feedback(forId=answer["id"], value=1, threadId=thread_id)
+    )
+    as_request_from("bob")
+    with pytest.raises(PermissionError):
+        await layer.delete_feedback(feedback_id)
+    current_request.set(None)
+    thread = await layer.get_thread(thread_id)
+    assert thread is not None
+    assert [s["feedback"]["value"] for s in thread["steps"]] == [1], "bob changed nothing"

@@ -5,8 +5,15 @@ SQL, but creates no tables, and the schema in Chainlit's docs lacks columns that
 writes (`autoCollapse` on steps, upstream issue #2832), so such writes fail and are only logged
 as warnings. Here the schema is declared to match what the installed Chainlit writes (a test
 compares it with Chainlit's own step, element, feedback and thread types), created on first
-start, and migrated by adding any missing column to an existing database. Failed writes are
+start, and migrated by adding any missing column to an existing database, under a PostgreSQL
+advisory lock so replicas starting together on an empty database take turns. Failed writes are
 logged as errors.
+
+A database outage loses nothing it can keep: writes are queued in memory (bounded) in the order
+they were made, each chat is told once that history is not being saved, and a background task
+retries until the database answers, prepares the schema if it could not at start, and replays
+the queue. Reads during an outage find nothing. Feedback can only be given on (or removed from)
+answers in the requesting user's own chats.
 
 `DATABASE_URL` chooses the database: a SQLite file (the default, `sqlite:///streamchat.db`) or
 PostgreSQL (`postgresql://user:password@host/db`). History needs login: without
@@ -15,13 +22,28 @@ CHAINLIT_AUTH_SECRET nothing is stored.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.element import ElementDict
+from chainlit.step import StepDict
+from chainlit.types import (
+    Feedback,
+    PageInfo,
+    PaginatedResponse,
+    Pagination,
+    ThreadDict,
+    ThreadFilter,
+)
+from chainlit.user import PersistedUser, User
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -37,7 +59,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateColumn
 
 from streamchat.core.errors import ConfigError
@@ -48,6 +78,13 @@ from streamchat.settings import ConfigReader
 log = logging.getLogger("streamchat.hosting.persistence")
 
 DEFAULT_DATABASE_URL = "sqlite:///streamchat.db"
+# Held (per transaction) while one process creates or migrates the schema on PostgreSQL.
+SCHEMA_LOCK_KEY = 0x5C0DE_C4A7
+PENDING_LIMIT = 10_000  # writes kept during an outage; the oldest are dropped beyond it
+UNSAVED_NOTICE = (
+    "Chat history is unavailable: the database cannot be reached, so this chat is not being "
+    "saved for now. It is saved when the database is back (if this server keeps running)."
+)
 
 # JSON documents: JSONB on PostgreSQL, JSON text on SQLite. Lists of tags: TEXT[] / JSON text.
 _Json = JSON().with_variant(JSONB(), "postgresql")
@@ -183,10 +220,47 @@ class Database:
         return make_url(self.url).render_as_string(hide_password=True)
 
 
-class StreamchatDataLayer(SQLAlchemyDataLayer):
-    """Chainlit's SQLAlchemy data layer on a schema we create and migrate."""
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached (refused, dropped, timed out): an outage, not a bad query."""
 
-    def __init__(self, database: Database) -> None:
+
+_OUTAGES = (
+    OSError,
+    TimeoutError,
+    PoolTimeout,
+    DisconnectionError,
+    OperationalError,
+    InterfaceError,
+)
+# Set in the task that replays queued writes: its statements go to the database directly.
+_replaying: contextvars.ContextVar[bool] = contextvars.ContextVar("replaying", default=False)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg's own connection errors (CannotConnectNowError, ConnectionDoesNotExistError...).
+    name = type(exc).__module__ + "." + type(exc).__name__
+    return isinstance(exc, _OUTAGES) or (
+        name.startswith("asyncpg.") and "Connect" in type(exc).__name__
+    )
+
+
+Pending = tuple[str, dict[str, Any]] | tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]
+
+
+class StreamchatDataLayer(SQLAlchemyDataLayer):
+    """Chainlit's SQLAlchemy data layer on a schema we create and migrate, that survives
+    database outages (see the module docstring). `notify_unsaved` tells the current chat that
+    history is not being saved; `retry_s` is the longest pause between reconnection attempts."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        notify_unsaved: Callable[[], Awaitable[None]] | None = None,
+        retry_s: float = 5.0,
+    ) -> None:
         connect_args: dict[str, Any] = {}
         if database.dialect == "sqlite":
             connect_args["timeout"] = 30  # wait for another writer rather than fail
@@ -194,13 +268,66 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
         self.database = database
         if database.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.notify_unsaved = notify_unsaved or self._toast_once_per_chat
+        self._told: set[str] = set()  # chats told during this outage
+        self.retry_s = retry_s
+        self.pending: deque[Pending] = deque()
+        self.schema_ready = False
+        self.back = asyncio.Event()  # set while writes reach the database
+        self.back.set()
+        self._recovery: asyncio.Task[None] | None = None
+
+    @property
+    def down(self) -> bool:
+        return not self.back.is_set()
 
     async def create_schema(self) -> list[str]:
         """Create missing tables and add missing columns; returns what was added."""
         async with self.engine.begin() as connection:
-            return await connection.run_sync(_create_or_migrate)
+            if self.database.dialect == "postgresql":
+                # Another replica may be doing the same: wait for it, then see what it made.
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY}
+                )
+            added = await connection.run_sync(_create_or_migrate)
+        self.schema_ready = True
+        return added
+
+    async def prepare(self) -> bool:
+        """Create or migrate the schema at start. False if the database cannot be reached:
+        writes are then queued and the schema is prepared when it answers."""
+        try:
+            await self.create_schema()
+        except Exception as exc:
+            if not _is_outage(exc):
+                raise
+            log.error(
+                "cannot reach the database at %s (%s): writes are queued until it answers",
+                self.database.public_url,
+                type(exc).__name__,
+            )
+            self._went_down()
+            return False
+        return True
 
     async def execute_sql(
+        self, query: str, parameters: dict[str, Any]
+    ) -> list[dict[str, Any]] | int | None:
+        writes = not query.lstrip().upper().startswith("SELECT")
+        if writes and (self.down or self.pending) and not _replaying.get():
+            await self._queue((query, parameters))
+            return None
+        try:
+            return await self._execute(query, parameters)
+        except DatabaseUnavailable:
+            if _replaying.get():
+                raise
+            if writes:
+                await self._queue((query, parameters))
+                return None
+            raise
+
+    async def _execute(
         self, query: str, parameters: dict[str, Any]
     ) -> list[dict[str, Any]] | int | None:
         if self.database.dialect == "sqlite":
@@ -209,24 +336,229 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
                 key: json.dumps(value) if isinstance(value, list | dict) else value
                 for key, value in parameters.items()
             }
-        async with self.async_session() as session:
+        try:
+            async with self.async_session() as session:
+                try:
+                    await session.begin()
+                    result = await session.execute(text(query), parameters)
+                    await session.commit()
+                except SQLAlchemyError as exc:
+                    await session.rollback()
+                    if _is_outage(exc):
+                        raise
+                    # The statement's shape, never its values (they hold chat text).
+                    log.error(
+                        "database write failed: %s (%s)",
+                        type(exc.orig if hasattr(exc, "orig") else exc).__name__,
+                        " ".join(query.split())[:120],
+                    )
+                    return None
+                if result.returns_rows:
+                    rows = [dict(row._mapping) for row in result.fetchall()]
+                    return list(self.clean_result(rows))
+                return int(result.rowcount)
+        except Exception as exc:
+            if not _is_outage(exc):
+                raise
+            self._went_down()
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+
+    # --- an outage ---------------------------------------------------------------------------
+
+    def _went_down(self) -> None:
+        if not self.down:
+            log.error("chat history database unreachable at %s", self.database.public_url)
+        self.back.clear()
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+
+    async def _queue(self, item: Pending) -> None:
+        if len(self.pending) >= PENDING_LIMIT:
+            self.pending.popleft()
+            log.error("history write dropped: %d writes are waiting already", PENDING_LIMIT)
+        self.pending.append(item)
+        if not self.down and (self._recovery is None or self._recovery.done()):
+            self._went_down()
+        try:
+            await self.notify_unsaved()
+        except Exception as exc:  # telling the user must never break the chat
+            log.warning("could not say that history is not saved: %s", type(exc).__name__)
+
+    async def _recover(self) -> None:
+        """Wait for the database, prepare the schema if needed, replay the queue in order."""
+        _replaying.set(True)
+        pause = min(0.25, self.retry_s)
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.retry_s)
             try:
-                await session.begin()
-                result = await session.execute(text(query), parameters)
-                await session.commit()
-            except SQLAlchemyError as exc:
-                await session.rollback()
-                # The statement's shape, never its values (they hold chat text).
-                log.error(
-                    "database write failed: %s (%s)",
-                    type(exc.orig if hasattr(exc, "orig") else exc).__name__,
-                    " ".join(query.split())[:120],
-                )
-                return None
-            if result.returns_rows:
-                rows = [dict(row._mapping) for row in result.fetchall()]
-                return list(self.clean_result(rows))
-            return int(result.rowcount)
+                if not self.schema_ready:
+                    await self.create_schema()
+                await self._execute("SELECT 1", {})
+                replayed = 0
+                while self.pending:
+                    item = self.pending[0]
+                    if isinstance(item[0], str):
+                        await self._execute(item[0], item[1])
+                    else:
+                        await item[0](*item[1])
+                    self.pending.popleft()
+                    replayed += 1
+            except Exception as exc:
+                if not _is_outage(exc) and not isinstance(exc, DatabaseUnavailable):
+                    log.error("replaying history writes failed: %s", type(exc).__name__)
+                    if self.pending:
+                        self.pending.popleft()  # a write that cannot succeed is not retried
+                continue
+            self.back.set()
+            self._told.clear()
+            log.info("chat history database is back: %d queued writes saved", replayed)
+            return
+
+    async def _deferred(self, method: Callable[..., Awaitable[object]], *args: Any) -> bool:
+        """Run a write that also reads; queued whole if the database is down. True if it ran."""
+        if (self.down or self.pending) and not _replaying.get():
+            await self._queue((method, args))
+            return False
+        try:
+            await method(*args)
+        except DatabaseUnavailable:
+            if _replaying.get():
+                raise
+            await self._queue((method, args))
+            return False
+        return True
+
+    async def _read(self, method: Callable[..., Awaitable[Any]], fallback: Any, *args: Any) -> Any:
+        try:
+            return await method(*args)
+        except DatabaseUnavailable:
+            return fallback
+
+    def told(self, chat_id: str) -> None:
+        """This chat has been told already (the toast is not shown to it again)."""
+        self._told.add(chat_id)
+
+    async def _toast_once_per_chat(self) -> None:
+        """Tell the chat whose write was queued, once per outage, that it is not saved."""
+        from chainlit.context import ChainlitContextException, context
+
+        try:
+            session = context.session
+        except ChainlitContextException:
+            return
+        if session.id in self._told:
+            return
+        self._told.add(session.id)
+        await context.emitter.send_toast(UNSAVED_NOTICE, "warning")
+
+    # --- Chainlit's methods that read: fail soft during an outage ---------------------------
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        name: str | None = None,
+        user_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
+        parent = super().update_thread
+        await self._deferred(parent, thread_id, name, user_id, metadata, tags)
+
+    async def delete_thread(self, thread_id: str) -> None:
+        await self._deferred(super().delete_thread, thread_id)
+
+    async def delete_element(self, element_id: str, thread_id: str | None = None) -> None:
+        await self._deferred(super().delete_element, element_id, thread_id)
+
+    async def create_user(self, user: User) -> PersistedUser | None:
+        try:
+            return await super().create_user(user)
+        except DatabaseUnavailable:
+            return None
+
+    async def get_user(self, identifier: str) -> PersistedUser | None:
+        user: PersistedUser | None = await self._read(super().get_user, None, identifier)
+        return user
+
+    async def get_thread(self, thread_id: str) -> ThreadDict | None:
+        thread: ThreadDict | None = await self._read(super().get_thread, None, thread_id)
+        return thread
+
+    async def get_thread_author(self, thread_id: str) -> str:
+        return str(await self._read(super().get_thread_author, "", thread_id))
+
+    async def get_step(self, step_id: str) -> StepDict | None:
+        step: StepDict | None = await self._read(super().get_step, None, step_id)
+        return step
+
+    async def get_element(self, thread_id: str, element_id: str) -> ElementDict | None:
+        element: ElementDict | None = await self._read(
+            super().get_element, None, thread_id, element_id
+        )
+        return element
+
+    async def list_threads(
+        self, pagination: Pagination, filters: ThreadFilter
+    ) -> PaginatedResponse[ThreadDict]:
+        empty: PaginatedResponse[ThreadDict] = PaginatedResponse(
+            data=[], pageInfo=PageInfo(hasNextPage=False, startCursor=None, endCursor=None)
+        )
+        threads: PaginatedResponse[ThreadDict] = await self._read(
+            super().list_threads, empty, pagination, filters
+        )
+        return threads
+
+    # --- feedback: only on answers in the requester's own chats ------------------------------
+
+    async def upsert_feedback(self, feedback: Feedback) -> str:
+        await self._check_owner("steps", feedback.forId)
+        feedback.id = feedback.id or str(uuid.uuid4())
+        return str(await super().upsert_feedback(feedback))
+
+    async def delete_feedback(self, feedback_id: str) -> bool:
+        await self._check_owner("feedbacks", feedback_id)
+        return bool(await super().delete_feedback(feedback_id))
+
+    async def _check_owner(self, table: str, item_id: str) -> None:
+        """Raise PermissionError unless the HTTP request being served (if any) comes from the
+        author of the chat holding this step or feedback."""
+        from streamchat.hosting.auth import request_identity
+        from streamchat.hosting.security import current_request
+
+        scope = current_request.get()
+        if scope is None:
+            return  # not an HTTP request: the app itself writes
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        cookies = _cookies(headers.get("cookie", ""))
+        requester = request_identity(headers.get("authorization"), cookies)
+        chain = 'steps s JOIN threads t ON t."id" = s."threadId" WHERE s."id" = :id'
+        if table == "feedbacks":
+            chain = (
+                'feedbacks f JOIN steps s ON s."id" = f."forId" '
+                'JOIN threads t ON t."id" = s."threadId" WHERE f."id" = :id'
+            )
+        rows = await self._read(
+            super().execute_sql,
+            None,
+            f'SELECT t."userIdentifier" AS author FROM {chain}',
+            {"id": item_id},
+        )
+        author = rows[0]["author"] if isinstance(rows, list) and rows else None
+        if requester is None or author != requester:
+            log.warning("feedback refused: not the author of the chat")
+            raise PermissionError("You can only give feedback on answers in your own chats.")
+
+
+def _cookies(header: str) -> dict[str, str]:
+    from http.cookies import SimpleCookie
+
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(header)
+    except Exception:  # a malformed cookie header: no session
+        return {}
+    return {name: morsel.value for name, morsel in jar.items()}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: object) -> None:
