@@ -380,3 +380,73 @@ def test_pieces_arriving_faster_than_a_ui_update_are_checked_together():
         guard.feed(piece)
     assert policy.checks <= 3200 / 32 + 1
     assert guard.finish().release, "finish releases what is still held"
+
+
+DEFAULT = (PiiPolicy(), SecretsPolicy(), BlocklistPolicy(["darn"]))
+
+
+def run_default(text: str, sizes: list[int], action: str = "redact") -> tuple[str, Guard]:
+    guard = Guard(DEFAULT, action=action)
+    released = ""
+    for piece in split(text, sizes):
+        step = guard.feed(piece)
+        released += step.release
+        if step.stopped:
+            return released, guard
+    return released + guard.finish().release, guard
+
+
+@pytest.mark.parametrize("sizes", [[1], [3], [97], [100_000]])
+def test_aws_create_access_key_output_is_redacted_id_and_secret(sizes):
+    text = (
+        '{\n    "AccessKey": {\n        "UserName": "ci-deployer",\n'
+        '        "AccessKeyId": "AKIA4HXQ2PLMN7RSTUVW",\n        "Status": "Active",\n'
+        '        "SecretAccessKey": "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",\n'
+        '        "CreateDate": "2024-12-04T10:00:00+00:00"\n    }\n}'
+    )
+    released, guard = run_default(text, sizes)
+    assert [v.kind for v in guard.record.violations] == ["aws_access_key", "aws_secret_key"]
+    assert "AKIA4" not in released and "k7Gh2" not in released and "zX1c" not in released
+    assert released.count("[secret removed]") == 2
+    assert released.endswith('"CreateDate": "2024-12-04T10:00:00+00:00"\n    }\n}')
+
+
+@pytest.mark.parametrize("sizes", [[1], [7], [100_000]])
+def test_a_long_value_after_a_secret_name_at_the_very_end_is_redacted_whole(sizes):
+    value = "Zq8" + "xK4mP9vL2wR7" * 30
+    released, guard = run_default(f"Use this token: {value}", sizes)
+    assert released == "Use this token: [secret removed]"
+    assert guard.record.check_errors == 0
+
+
+def test_a_private_key_that_never_ends_stops_the_answer_in_redact_mode():
+    body = "MIIEow" + "QwErTyUiOp1234567890" * 1500
+    released, guard = run_default(f"Key:\n-----BEGIN PRIVATE KEY-----\n{body}", [1000])
+    assert guard.stopped and guard.record.violations[-1].kind == "private_key"
+    assert released == "Key:\n[secret removed]"
+
+
+@pytest.mark.parametrize("sizes", [[1], [5], [100_000]])
+def test_two_secrets_and_an_email_in_one_answer_are_each_replaced(sizes):
+    text = (
+        "Mail jane.doe@mail.corp.example.co.uk, then set "
+        "GH_TOKEN=ghp_R2d2C3poB8bY0d4Lk1Hn7Qm5Wx9Zv3Ts6Up0Aq and "
+        "SLACK=xoxb-2400000000000-2400000000001-Ab3dEf6hIj9lMn2pQr5tUv8x. Done."
+    )
+    released, _ = run_default(text, sizes)
+    assert released == (
+        "Mail [email removed], then set GH_TOKEN=[secret removed] and SLACK=[secret removed]. Done."
+    )
+
+
+@pytest.mark.parametrize("sizes", [[1], [4], [100_000]])
+def test_a_number_at_the_end_is_judged_when_the_stream_ends(sizes):
+    released, guard = run_default("Mera number 9876543210", sizes)
+    assert released == "Mera number [phone number removed]"
+    assert [v.kind for v in guard.record.violations] == ["phone"]
+
+
+def test_devanagari_and_urdu_digits_count_as_digits():
+    normalizer = Normalizer()
+    normalizer.feed("२३४५ ۶۷۸۹")
+    assert normalizer.window(0) == "2345 6789"
