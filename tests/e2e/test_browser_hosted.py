@@ -1,7 +1,8 @@
 """The hosted setup in a real browser: login on, behind deploy/nginx.conf on a port other than
-80 (as compose's http://localhost:8080 is). The page loads, opens its Socket.IO connection
-through the proxy and streams an answer, with no Content-Security-Policy violation; an image
-from another site, as a Markdown image in an answer would be, is never requested."""
+80 (as compose's http://localhost:8080 is). The chat page loads, opens its Socket.IO connection
+through the proxy and streams an answer, and so does the SSE page, with no Content-Security-
+Policy violation; an image from another site, as a Markdown image in an answer would be, is
+never requested."""
 
 from __future__ import annotations
 
@@ -92,6 +93,19 @@ def test_a_logged_in_user_chats_through_nginx_on_a_non_default_port(browser, hos
         answer.get_by_text("tok/s", exact=False).wait_for(timeout=60_000)
         assert "first token" in answer.inner_text().lower()
         assert page.evaluate("() => window.__csp") == [], "the app's page breaks no policy rule"
+    finally:
+        context.close()
+
+
+def test_the_sse_page_streams_through_nginx_under_the_policy(browser, hosted):
+    context, page = logged_in_page(browser, hosted)
+    try:
+        page.goto(f"{hosted}/public/stream.html")
+        page.fill("#prompt", "What is a token?")
+        page.click("#send")
+        page.locator("#status").filter(has_text="Done").wait_for(timeout=60_000)
+        assert "token" in page.inner_text("#answer").lower()
+        assert page.evaluate("() => window.__csp") == [], "its inline script runs by its hash"
     finally:
         context.close()
 
