@@ -382,3 +382,13 @@ async def test_feedback_only_on_answers_in_the_users_own_chats(layer, monkeypatc
     thread = await layer.get_thread(thread_id)
     assert thread is not None
     assert [s["feedback"]["value"] for s in thread["steps"]] == [1], "bob changed nothing"
+
+
+async def test_a_wrong_statement_is_logged_not_mistaken_for_an_outage(tmp_path: Path):
+    layer = StreamchatDataLayer(Database.parse(f"sqlite:///{tmp_path / 'empty.db'}"))
+    try:
+        result = await layer.execute_sql('INSERT INTO nowhere ("id") VALUES (:id)', {"id": "x"})
+        assert result is None
+        assert not layer.down and not layer.pending, "waiting would not fix it: not queued"
+    finally:
+        await layer.engine.dispose()

@@ -59,14 +59,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import (
-    ArgumentError,
-    DBAPIError,
-    DisconnectionError,
-    InterfaceError,
-    OperationalError,
-    SQLAlchemyError,
-)
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.schema import CreateColumn
 
@@ -224,25 +217,26 @@ class DatabaseUnavailable(Exception):
     """The database cannot be reached (refused, dropped, timed out): an outage, not a bad query."""
 
 
-_OUTAGES = (
-    OSError,
-    TimeoutError,
-    PoolTimeout,
-    DisconnectionError,
-    OperationalError,
-    InterfaceError,
-)
+# Errors that say the database could not be reached, rather than that a statement was wrong.
+_OUTAGES = (OSError, TimeoutError, PoolTimeout, DisconnectionError)
+# asyncpg's own: CannotConnectNowError, ConnectionDoesNotExistError, AdminShutdownError,
+# InterfaceError ("connection is closed")...
+_ASYNCPG_OUTAGE_WORDS = ("Connect", "Shutdown", "InterfaceError")
 # Set in the task that replays queued writes: its statements go to the database directly.
 _replaying: contextvars.ContextVar[bool] = contextvars.ContextVar("replaying", default=False)
 
 
 def _is_outage(exc: BaseException) -> bool:
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    """Whether `exc` means the database cannot be reached now (worth waiting for), not that a
+    statement failed (which waiting would not fix: SQLite's "no such table" is an
+    OperationalError too)."""
+    if isinstance(exc, _OUTAGES):
         return True
-    # asyncpg's own connection errors (CannotConnectNowError, ConnectionDoesNotExistError...).
-    name = type(exc).__module__ + "." + type(exc).__name__
-    return isinstance(exc, _OUTAGES) or (
-        name.startswith("asyncpg.") and "Connect" in type(exc).__name__
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or (exc.orig is not None and _is_outage(exc.orig))
+    kind = type(exc)
+    return kind.__module__.startswith("asyncpg") and any(
+        word in kind.__name__ for word in _ASYNCPG_OUTAGE_WORDS
     )
 
 
