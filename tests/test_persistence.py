@@ -392,3 +392,15 @@ async def test_a_wrong_statement_is_logged_not_mistaken_for_an_outage(tmp_path: 
         assert not layer.down and not layer.pending, "waiting would not fix it: not queued"
     finally:
         await layer.engine.dispose()
+
+
+async def test_closing_during_an_outage_stops_waiting_and_says_what_is_lost(outage, caplog):
+    layer = StreamchatDataLayer(Database.parse(outage.url), notify_unsaved=None, retry_s=0.2)
+    assert await layer.prepare()
+    await asyncio.to_thread(outage.stop)
+    await layer.update_thread(str(uuid.uuid4()), name="never saved")
+    recovery = layer._recovery
+    assert recovery is not None and not recovery.done()
+    await layer.close()
+    assert recovery.cancelled()
+    assert "1 history writes were never saved" in caplog.text

@@ -23,6 +23,7 @@ CHAINLIT_AUTH_SECRET nothing is stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -408,6 +409,19 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
             self._told.clear()
             log.info("chat history database is back: %d queued writes saved", replayed)
             return
+
+    async def close(self) -> None:
+        """At shutdown (Chainlit calls it): stop waiting for the database; what is still
+        queued is lost with this process, and the log says how much."""
+        if self._recovery is not None and not self._recovery.done():
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+        if self.pending:
+            log.error(
+                "%d history writes were never saved: the database stayed down", len(self.pending)
+            )
+        await super().close()
 
     async def _deferred(self, method: Callable[..., Awaitable[object]], *args: Any) -> bool:
         """Run a write that also reads; queued whole if the database is down. True if it ran."""
