@@ -141,3 +141,33 @@ def test_the_login_page_refuses_with_429_on_every_replica_after_too_many_failure
         assert int(refused.headers["retry-after"]) > 0
         assert "Too many failed logins" in refused.text
 
+
+def test_the_middleware_counts_refusals_and_refuses_before_the_route():
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from streamchat.hosting.login_throttle import LoginThrottleMiddleware
+
+    checked: list[str] = []
+
+    async def login(request: Request) -> JSONResponse:
+        form = await request.form()
+        checked.append(str(form.get("password")))
+        ok = form.get("password") == "right one"
+        return JSONResponse({}, status_code=200 if ok else 401)
+
+    app = Starlette(routes=[Route("/login", login, methods=["POST"])])
+    app.add_middleware(
+        LoginThrottleMiddleware, throttle=LoginThrottle(LoginLimits(3, 60.0), MemoryFailures())
+    )
+    client = TestClient(app)
+    assert client.post("/login", data={"username": "a", "password": "x"}).status_code == 401
+    # Not a form: the route answers, and the address's count goes up all the same.
+    assert client.post("/login", content=b"\xff not a form").status_code == 401
+    assert client.post("/login", data={"username": "a", "password": "y"}).status_code == 401
+    refused = client.post("/login", data={"username": "a", "password": "right one"})
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    assert "right one" not in checked, "a throttled attempt never reaches the password check"

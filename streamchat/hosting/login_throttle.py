@@ -217,8 +217,11 @@ class LoginThrottleMiddleware:
         async def replay() -> Message:
             return replayed.pop() if replayed else await receive()
 
-        form = await Request(scope, _once(bytes(body))).form()
-        user = str(form.get("username") or "")
+        try:
+            form = await Request(scope, _once(bytes(body))).form()
+            user = str(form.get("username") or "")
+        except Exception:  # not a form: the route refuses it; counted by address only
+            user = ""
         client = scope.get("client")
         address = str(client[0]) if client else None
         try:
