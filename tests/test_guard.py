@@ -450,3 +450,14 @@ def test_devanagari_and_urdu_digits_count_as_digits():
     normalizer = Normalizer()
     normalizer.feed("२३४५ ۶۷۸۹")
     assert normalizer.window(0) == "2345 6789"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Mobile: +92 300 1234567. 0000 more", "Mobile: +92 300 1234567 0000 more"],
+)
+@pytest.mark.parametrize("sizes", [[1], [5], [100_000]])
+def test_a_phone_number_followed_by_more_digits_is_still_caught(text, sizes):
+    released, guard = run_default(text, sizes, action="stop")
+    assert guard.stopped and guard.record.violations[-1].kind == "phone"
+    assert released == "Mobile: "

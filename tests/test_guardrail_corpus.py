@@ -18,6 +18,7 @@ from streamchat.guardrails import (
     build_policies,
 )
 from streamchat.guardrails.policies import default_blocklist, label
+from streamchat.offline.lessons import lessons
 from tests.guardrail_corpus import NEGATIVES, POSITIVES
 
 POLICIES = (PiiPolicy(), SecretsPolicy(), BlocklistPolicy(default_blocklist()))
@@ -85,6 +86,27 @@ def test_code_and_prose_that_only_name_secrets_pass_untouched(text, size):
     assert guard.record.violations == [], [v.kind for v in guard.record.violations]
     assert released == text
     assert guard.record.check_errors == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(st.sampled_from(NEGATIVES), min_size=2, max_size=4),
+    joiner=st.sampled_from(["\n", " ", "\n\n", ". "]),
+    sizes=st.lists(st.integers(1, 30), min_size=1, max_size=5),
+)
+def test_negatives_side_by_side_still_pass_untouched(texts, joiner, sizes):
+    text = joiner.join(texts)
+    released, guard = stream(text, sizes)
+    assert guard.record.violations == [], [v.kind for v in guard.record.violations]
+    assert released == text
+
+
+@pytest.mark.parametrize("language", ["en", "hinglish"])
+def test_the_offline_models_own_lessons_pass_untouched(language):
+    for lesson in lessons(language):
+        released, guard = stream(lesson.body, [4])
+        assert guard.record.violations == [], (lesson.name, guard.record.violations)
+        assert released == lesson.body
 
 
 prose = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ,.:=\n", max_size=60)

@@ -326,29 +326,29 @@ class PiiPolicy:
 
     def _phones(self, text: str, taken: list[Match]) -> list[Match]:
         phones: list[Match] = []
-        # phonenumbers is the costly part: only phone-shaped runs of 7-15 digits are given to
-        # it, and the verdict for a run is cached (overlapping windows see it many times).
+        # phonenumbers is the costly part: only phone-shaped runs are given to it (cut at a
+        # sentence end, "... 1234567. 0000", and back to at most 15 digits), and the verdict for
+        # a run is cached (overlapping windows see it many times).
         for candidate in _PHONE_CANDIDATE.finditer(text):
-            raw = candidate.group()
-            if (
-                not 7 <= len(_DIGITS.findall(raw)) <= 15
-                or _DATE_OR_TIME.search(raw)
-                or _IP_ADDRESS.search(raw)
-            ):
-                continue
-            # Only separators after it: the run may still grow, so keep the verdict open.
-            at_end = not text[candidate.end() :].strip(" ().-")
-            for start, end in _phone_spans_trimmed(raw, self.phone_regions):
-                stop = candidate.end() if at_end else candidate.start() + end
-                match = Match(candidate.start() + start, stop, "phone")
-                if not any(m.start < match.end and match.start < m.end for m in taken + phones):
-                    phones.append(match)
+            for part in _SENTENCE_PART.finditer(candidate.group()):
+                raw, base = part.group(), candidate.start() + part.start()
+                digits = len(_DIGITS.findall(raw))
+                if digits < 7 or _DATE_OR_TIME.search(raw) or _IP_ADDRESS.search(raw):
+                    continue
+                # Only separators after it: the run may still grow, so keep the verdict open.
+                at_end = not text[base + len(raw) :].strip(" ().-")
+                for start, end in _phone_spans_trimmed(raw, self.phone_regions, digits):
+                    stop = base + len(raw) if at_end else base + end
+                    match = Match(base + start, stop, "phone")
+                    if not any(m.start < match.end and match.start < m.end for m in taken + phones):
+                        phones.append(match)
         return phones
 
 
 # A run that could hold a phone number: digits with spaces, dots, dashes or brackets; not a
 # group inside a UUID, a hash or a version number.
 _PHONE_CANDIDATE = re.compile(r"(?<![\w+.-])\+?\(?\d[\d ().-]{5,22}\d(?![\w])")
+_SENTENCE_PART = re.compile(r"(?:[^.]|\.(?! ))+")
 _IP_ADDRESS = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 # Dates and times are digit runs too: "2024-01-15 12" is a valid US number to phonenumbers.
 _DATE_OR_TIME = re.compile(
@@ -357,11 +357,19 @@ _DATE_OR_TIME = re.compile(
 )
 
 
-def _phone_spans_trimmed(raw: str, regions: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+def _phone_spans_trimmed(
+    raw: str, regions: tuple[str, ...], digits: int
+) -> tuple[tuple[int, int], ...]:
     """Phone numbers in a run, also when more digits follow the number after a space
-    ("+1 415 555 0123 45"): the run is tried whole, then cut back at each separator."""
-    spans = _phone_spans(raw, regions)
+    ("+1 415 555 0123 45"): the run is tried whole (once it has at most 15 digits), then cut back
+    at each separator."""
     cut = len(raw)
+    while digits > 15:  # more numbers after a space; a long run joined by dashes is an id
+        cut = raw.rfind(" ", 0, cut)
+        if cut <= 0:
+            return ()
+        digits = len(_DIGITS.findall(raw, 0, cut))
+    spans = _phone_spans(raw[:cut], regions)
     while not spans:
         cut = max(raw.rfind(" ", 0, cut), raw.rfind("-", 0, cut))
         if cut <= 0:
