@@ -100,9 +100,12 @@ def cluster(upstream: OfflineServer) -> Iterator[tuple[str, AppProcess, AppProce
     )
     with redis_server() as redis_url:
         env = {"OPENAI_BASE_URL": upstream.base_url, "REDIS_URL": redis_url}
-        with AppProcess(env) as one, AppProcess(env) as two:
-            with nginx_proxy([one.port, two.port]) as proxy_url:
-                yield proxy_url, one, two
+        with (
+            AppProcess(env) as one,
+            AppProcess(env) as two,
+            nginx_proxy([one.port, two.port]) as proxy_url,
+        ):
+            yield proxy_url, one, two
 
 
 async def test_socketio_sessions_stick_to_one_replica_through_nginx(cluster):
