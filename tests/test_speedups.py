@@ -65,6 +65,7 @@ def test_with_speedups_on_every_one_is_installed(word):
     assert seen["c_tasks"] and seen["loop"] == "uvloop"
     assert seen["updates"] and seen["fast"]
     assert set(seen["status"]) == {
+        "C tasks",
         "event loop",
         "quiet server",
         "websocket compression",
@@ -126,6 +127,7 @@ def test_install_with_speedups_off_changes_nothing_and_says_why(monkeypatch):
         before
     )
     assert {s.name for s in states} == {
+        "C tasks",
         "event loop",
         "quiet server",
         "websocket compression",
@@ -141,6 +143,7 @@ def test_install_with_speedups_off_changes_nothing_and_says_why(monkeypatch):
 def test_socket_updates_step_aside_for_a_socketio_server_they_do_not_know(monkeypatch):
     from streamchat.speedups import eventloop, serving
 
+    monkeypatch.setattr(eventloop, "use_c_tasks", lambda: False)
     monkeypatch.setattr(eventloop, "install_loop", lambda wanted: eventloop.LoopChoice("asyncio"))
     monkeypatch.setattr(serving, "install_quiet_server", lambda: None)
     monkeypatch.setattr(serving, "install_websocket_compression", lambda on: None)
@@ -149,6 +152,9 @@ def test_socket_updates_step_aside_for_a_socketio_server_they_do_not_know(monkey
         "socket updates", False, "this engine.io server keeps no dictionary of sockets"
     )
     assert speedups.browser_updates(object(), object()) is None
+    assert states["C tasks"] == speedups.Status(
+        "C tasks", False, "this Python keeps them elsewhere"
+    )
 
 
 def test_the_status_is_logged_once(caplog):

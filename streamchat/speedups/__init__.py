@@ -61,13 +61,20 @@ def install(speedups: Speedups, *, sio: Any = None) -> tuple[Status, ...]:
     global _installed
     _installed = speedups
     if not speedups.enabled:
-        for name in ("event loop", "quiet server", "websocket compression", "socket updates"):
+        for name in (
+            "C tasks",
+            "event loop",
+            "quiet server",
+            "websocket compression",
+            "socket updates",
+        ):
             _record(name, SWITCHED_OFF)
         fast_stream_module(enabled=False)
         return status()
 
     from streamchat.speedups import eventloop, serving
 
+    _record("C tasks", None if eventloop.use_c_tasks() else "this Python keeps them elsewhere")
     _record("event loop", eventloop.install_loop(speedups.event_loop).problem)
     _record("quiet server", serving.install_quiet_server())
     _record(
