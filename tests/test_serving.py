@@ -251,6 +251,10 @@ def test_new_server_makes_uvicorns_own_with_speedups_switched_off(monkeypatch):
     assert type(new_server(uvicorn.Config(_hello))) is serving._UVICORN_SERVER
 
 
+def test_new_server_makes_uvicorns_own_when_asked_for_a_plain_one():
+    assert type(new_server(uvicorn.Config(_hello), quiet=False)) is serving._UVICORN_SERVER
+
+
 def test_the_app_has_chainlit_start_a_quiet_server():
     # In `chainlit run`'s order: its cli first, then the app.
     probe = "import chainlit.cli\nimport app\nprint(chainlit.cli.uvicorn.Server.__name__)"

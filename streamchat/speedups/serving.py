@@ -91,12 +91,12 @@ def _ticks_as_expected(server_class: Any) -> bool:
     return list(inspect.signature(on_tick).parameters) == ["self", "counter"]
 
 
-def new_server(config: uvicorn.Config) -> uvicorn.Server:
-    """A QuietServer for `config`, or uvicorn's own server when its tick is not the one known
-    or speed-ups are switched off."""
+def new_server(config: uvicorn.Config, *, quiet: bool = True) -> uvicorn.Server:
+    """A QuietServer for `config`, or uvicorn's own server when `quiet` is False, its tick is
+    not the one known, or the app installed speed-ups switched off."""
     from streamchat.speedups import quiet_servers_on
 
-    if quiet_servers_on() and _ticks_as_expected(_UVICORN_SERVER):
+    if quiet and quiet_servers_on() and _ticks_as_expected(_UVICORN_SERVER):
         return QuietServer(config)
     return _UVICORN_SERVER(config)
 
