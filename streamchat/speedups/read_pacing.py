@@ -1,25 +1,12 @@
-"""Reading a provider's stream at the pace of the screen: what arrives between two updates is
-read in one go.
+"""Reading a provider's stream at the pace of the screen: what arrives between two UI updates
+is read in one go.
 
-A provider sends a chunk per token, and every chunk that arrives wakes the server to read it.
-On a server that is not busy otherwise, that wake-up is most of what a token costs (caches are
-cold each time). The screen gets at most one update per STREAM_FLUSH_MS, so a chunk read
-sooner only waits in the coalescer. `SocketHold` lets it wait in the kernel instead: after an
-update it raises the socket's receive low-water mark (SO_RCVLOWAT), so the kernel does not
-report the socket readable for the few chunks that arrive before the next update is due, and
-lowers it again on time. The kernel then reports everything that came meanwhile, and one
-wake-up reads it all.
-
-Nothing is held back for long or for good: an update's text is never later than its due time
-(plus RELEASE_LATE_S), the end of a stream and a connection error are reported at once whatever
-the mark, and so is more than HOLD_BYTES of data.
-
-Runs that watch every chunk as it arrives (the classroom's chunk log and timeline, the CLI's
---raw) are not paced: when chunks arrive is what they show.
-
-Linux 4.18 and newer only: there lowering the mark wakes a reader that is waiting for the
-socket (the kernel checks at once whether enough has arrived). Elsewhere `SocketHold.attach`
-returns None and streams are read chunk by chunk, as they arrive.
+Every chunk that arrives wakes the server to read it, yet the screen gets at most one update
+per STREAM_FLUSH_MS. After an update `SocketHold` raises the socket's receive low-water mark
+(SO_RCVLOWAT) so the kernel keeps the next chunks until the update is due, then lowers it: one
+wake-up reads them all. The end of a stream, an error and more than HOLD_BYTES are reported at
+once. Linux 4.18+ only (lowering the mark wakes a waiting reader); elsewhere `attach` returns
+None. Runs that show when chunks arrive (chunk log, timeline, the CLI's --raw) are not paced.
 """
 
 from __future__ import annotations
