@@ -376,10 +376,25 @@ def test_pieces_arriving_faster_than_a_ui_update_are_checked_together():
 
     policy = Counting()
     guard = Guard([policy], check_every_chars=32, check_every_s=0.04, clock=lambda: 1.0)
+    released = ""
     for piece in split("x" * 3200, [1]):
-        guard.feed(piece)
-    assert policy.checks <= 3200 / 32 + 1
+        released += guard.feed(piece).release
+    # Each piece is checked until the first text is out (no delay to the first token); then
+    # at most one check per 32 characters.
+    first_out = len(guard.max_match * "x") + 1
+    assert policy.checks <= first_out + 3200 / 32 + 1
+    assert released, "text is released while it streams"
     assert guard.finish().release, "finish releases what is still held"
+
+
+def test_the_first_text_is_released_at_the_first_check_that_allows_it():
+    guard = Guard(POLICIES, check_every_chars=1000, check_every_s=10.0, clock=lambda: 1.0)
+    released = ""
+    for piece in split("Hello there, and welcome", [3]):
+        released += guard.feed(piece).release
+        if released:
+            break
+    assert released.strip() == "Hello", "after the first word, not after 1000 characters"
 
 
 DEFAULT = (PiiPolicy(), SecretsPolicy(), BlocklistPolicy(["darn"]))

@@ -178,10 +178,12 @@ class Guard:
             return self._feed_buffered()
         now = self._clock()
         self._arrivals.append((self._norm.original_length, now))
-        # The checks cost about the same for a character or a sentence: a feed that comes
-        # soon after the last check, with little new text, waits for the next one.
+        # The checks cost about the same for a character or a sentence: once the first text is
+        # out (no delay to the first token), a feed that comes soon after the last check, with
+        # little new text, waits for the next one.
         if (
-            len(self._norm) - self._scanned < self.check_every_chars
+            self._released > 0
+            and len(self._norm) - self._scanned < self.check_every_chars
             and now - self._last_check < self.check_every_s
         ):
             return GuardStep()
