@@ -77,6 +77,7 @@ class Runtime:
                 tokens_per_second=self.settings.offline_tps,
                 first_token_delay_ms=self.settings.offline_ttft_ms,
                 default_fault=self.settings.offline_fault,
+                quiet=self.settings.speedups,
             )
             # start() blocks until the server accepts connections; keep the loop free meanwhile.
             base_url = await asyncio.to_thread(server.start)

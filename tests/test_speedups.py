@@ -189,3 +189,17 @@ def test_a_speedups_value_it_cannot_follow_is_reported_and_the_default_kept():
     (problem,) = choices.problems
     assert problem.startswith("STREAM_SPEEDUPS must be true or false")
     assert problem.endswith("Using the default, true.")
+
+
+@pytest.mark.parametrize(("word", "quiet"), [("off", False), ("on", True)])
+async def test_the_offline_model_runs_on_uvicorns_own_server_with_speedups_off(word, quiet):
+    from streamchat.runtime import Runtime
+    from streamchat.speedups.serving import QuietServer
+
+    runtime = Runtime(Settings.from_env({"STREAM_SPEEDUPS": word}))
+    await runtime.start()
+    try:
+        assert runtime.offline_server is not None
+        assert isinstance(runtime.offline_server._server, QuietServer) is quiet
+    finally:
+        await runtime.aclose()

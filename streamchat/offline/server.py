@@ -434,6 +434,7 @@ class OfflineServer:
         default_fault: str | None = None,
         api_key: str | None = None,
         moderation_fault: str | None = None,
+        quiet: bool = True,
     ) -> None:
         if tokens_per_second <= 0:
             raise ValueError("tokens_per_second must be positive")
@@ -446,6 +447,7 @@ class OfflineServer:
         if default_fault:
             parse_fault(default_fault)  # fail now, with the reason, not at the first request
         self.host = host
+        self._quiet = quiet  # False: uvicorn's own server (STREAM_SPEEDUPS=off)
         self._requested_port = port
         self.tps = tokens_per_second
         self.first_token_delay_s = max(first_token_delay_ms, 0.0) / 1000
@@ -483,7 +485,7 @@ class OfflineServer:
             timeout_graceful_shutdown=1,
         )
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        self._server = new_server(config)
+        self._server = new_server(config, quiet=self._quiet)
         self._thread = threading.Thread(
             target=self._run, name=f"offline-model-{self.port}", daemon=True
         )
