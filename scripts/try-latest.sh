@@ -37,7 +37,12 @@ pip freeze --exclude-editable | sort -f > "$venv/../latest.txt"
 comm -13 <(grep -v '^#' constraints.txt | sort -f) "$venv/../latest.txt" || true
 
 echo "== speed-ups on these versions"
-python3 -c "from streamchat.speedups import report; print(report())" || true
+python3 -c "
+import chainlit.cli  # what chainlit run has imported before it loads app.py
+import app  # installs the speed-ups, each checking what it patches
+from streamchat import speedups
+speedups.fast_stream_module()
+print('\\n'.join(s.describe() for s in speedups.status()))" || true
 
 status=0
 echo "== fast tier, speed-ups on"
