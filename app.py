@@ -28,7 +28,7 @@ from streamchat.core.errors import ConfigError
 from streamchat.core.sinks import ChainlitSink
 from streamchat.faces.web import mount
 from streamchat.hosting.auth import AuthConfig
-from streamchat.hosting.limits import LimitExceeded, limit_key
+from streamchat.hosting.limits import LimitExceeded, client_address, limit_key
 from streamchat.hosting.login_throttle import LoginLimits, LoginThrottle, LoginThrottleMiddleware
 from streamchat.hosting.persistence import (
     UNSAVED_NOTICE,
@@ -47,7 +47,7 @@ from streamchat.languages import LANGUAGES
 from streamchat.logs import configure_logging
 from streamchat.pipeline import GuardrailPanel
 from streamchat.runtime import Runtime, settings_or_error
-from streamchat.settings import SpeedupChoices, load_env_file
+from streamchat.settings import SpeedupChoices, install_forwarded_allow_ips, load_env_file
 from streamchat.speedups import Speedups, browser_updates, install, log_status
 from streamchat.speedups.eventloop import loop_name
 
@@ -70,6 +70,9 @@ install(
 )
 # Settings read at import that could not be followed: logged at startup, shown in each chat.
 _setup_problems = list(_speedup_choices.problems)
+# Whose X-Forwarded-For uvicorn believes (rate limits count per client address): set before
+# `chainlit run` makes uvicorn's configuration, which reads it.
+install_forwarded_allow_ips(_environ)
 
 # Login callbacks must exist when Chainlit starts, so this one setting is read at import.
 _auth = AuthConfig.from_env(_environ)
@@ -378,7 +381,7 @@ async def _within_limits(work: Callable[[], Awaitable[object]]) -> None:
         await work()
         return
     user = context.session.user
-    address = (context.session.environ or {}).get("REMOTE_ADDR")
+    address = client_address((context.session.environ or {}).get("asgi.scope"))
     try:
         lease = await limiter.admit(limit_key(user.identifier if user else None, address))
     except LimitExceeded as exc:

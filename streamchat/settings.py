@@ -236,6 +236,12 @@ VARIABLES: dict[str, Variable] = {
             choices=("redis", "rediss", "unix"),
             hint="redis://localhost:6379/0",
         ),
+        Variable(
+            "FORWARDED_ALLOW_IPS",
+            "list",
+            "",
+            "Proxies whose X-Forwarded-For names the client.",
+        ),
         Variable("ALLOW_ORIGINS", "list", "", "Other sites whose pages may call the app."),
         Variable("IMAGE_SOURCES", "list", "", "Other sites answers may show images from."),
         Variable(
@@ -289,6 +295,16 @@ def load_env_file(path: str | os.PathLike[str] = ".env") -> dict[str, str]:
     """
     file_values = {k: v for k, v in dotenv_values(path).items() if v is not None}
     return {**file_values, **os.environ}
+
+
+def install_forwarded_allow_ips(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Have uvicorn (which `chainlit run` starts after loading the app) take a client's address
+    from X-Forwarded-For only when the connection comes from a proxy in FORWARDED_ALLOW_IPS.
+    uvicorn reads that variable from the process environment and trusts loopback when it is
+    unset, so any local process could claim any address; here unset means no proxy at all."""
+    proxies = ConfigReader(environ).items("FORWARDED_ALLOW_IPS")
+    os.environ["FORWARDED_ALLOW_IPS"] = ",".join(proxies)
+    return proxies
 
 
 class ConfigReader:

@@ -257,8 +257,10 @@ class ChainlitClient:
         access_token: str | None = None,
         thread_id: str = "",
         offer_deflate: bool = True,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self.app_url = app_url
+        self.headers = dict(headers or {})  # sent with the connection, e.g. X-Forwarded-For
         self.session_id = str(uuid.uuid4())
         self.chat_profile = chat_profile
         self.access_token = access_token  # the login cookie's value, when login is on
@@ -286,6 +288,7 @@ class ChainlitClient:
         """Connect and start the chat; `restored`: a browser back on a session that has
         already been used (same `session_id`), which Chainlit picks up where it was."""
         headers = {"Cookie": f"access_token={self.access_token}"} if self.access_token else {}
+        headers.update(self.headers)
         await self.sio.connect(
             self.app_url,
             headers=headers,

@@ -34,7 +34,7 @@ from streamchat.faces.sse import (
 )
 from streamchat.faces.sse_redis import EventsDropped, RedisMirror, StoreUnavailable, UnknownStream
 from streamchat.hosting.auth import request_identity
-from streamchat.hosting.limits import LimitExceeded, limit_key
+from streamchat.hosting.limits import LimitExceeded, client_address, limit_key
 from streamchat.pipeline import check_temperature, length_problem
 from streamchat.runtime import Runtime
 from streamchat.settings import Settings
@@ -307,7 +307,7 @@ class StreamEndpoint:
         lease = None
         if runtime.limiter is not None:
             user = request_identity(http_request.headers.get("authorization"), http_request.cookies)
-            address = http_request.client.host if http_request.client else None
+            address = client_address(http_request.scope)
             try:
                 lease = await runtime.limiter.admit(limit_key(user, address))
             except LimitExceeded as exc:

@@ -20,7 +20,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,14 @@ class RateLimits:
     @property
     def enabled(self) -> bool:
         return any((self.requests_per_minute, self.concurrent_streams, self.tokens_per_day))
+
+
+def client_address(scope: Mapping[str, Any] | None) -> str | None:
+    """The client's address from an ASGI scope: the connection's peer, or what a trusted proxy
+    said (uvicorn has put it there). Not engine.io's REMOTE_ADDR: that is 127.0.0.1 for every
+    Socket.IO client."""
+    client = (scope or {}).get("client")
+    return str(client[0]) if client else None
 
 
 def limit_key(user: str | None, client_ip: str | None) -> str:
