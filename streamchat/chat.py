@@ -25,6 +25,7 @@ from streamchat.pipeline import (
     check_model_name,
     check_system_prompt,
     check_temperature,
+    well_formed,
 )
 
 
@@ -214,6 +215,7 @@ class ChatSession:
         tells the hold-back story). On Stop (cancellation) the partial answer is recorded
         before CancelledError goes on.
         """
+        text = well_formed(text)
         async with self._lock:
             refused = await self.pipeline.screen(text, sink, self.guardrail_config)
             if refused is not None:

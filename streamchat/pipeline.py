@@ -56,6 +56,16 @@ NO_GUARDRAILS = GuardrailConfig(policies=())
 # --- the checks on what people submit: one function each -----------------------------------
 
 
+def well_formed(text: str) -> str:
+    """`text` with every lone surrogate (JSON can carry one as `\\ud800`; UTF-8 cannot) made
+    U+FFFD, so it can be encoded, sent upstream and kept in the history."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def length_problem(what: str, text: str, limit: int) -> str | None:
     """Why `text` is refused for its length (`what` names it, e.g. "Your message"), or None."""
     if len(text) <= limit:

@@ -221,3 +221,28 @@ async def test_metrics_endpoint_counts_the_streams(client):
     assert metrics.status_code == 200
     assert 'streamchat_streams_total{reason="complete"}' in metrics.text
     assert "streamchat_first_token_seconds_bucket" in metrics.text
+
+
+@pytest.mark.parametrize("last_event_id", ["x:\u00b2", "x:" + "9" * 5000, "x:\u0661"])
+async def test_crafted_event_ids_are_an_unknown_stream_not_a_server_error(client, last_event_id):
+    response = await client.get("/api/stream", params={"last_event_id": last_event_id})
+    assert response.status_code == 404
+    assert "no longer available" in response.json()["error"]["message"]
+
+
+async def test_an_empty_last_event_id_starts_a_stream(client):
+    events = await read_all(
+        client, "GET", "/api/stream", params={"prompt": "What is a token?", "last_event_id": ""}
+    )
+    assert text_of(events) and events[-1].event == "done"
+
+
+async def test_a_lone_surrogate_in_a_message_is_replaced_and_answered(client, upstream):
+    upstream.records.clear()
+    body = '{"messages": [{"role": "user", "content": "What is a token? \\ud800"}]}'
+    events = await read_all(
+        client, "POST", "/api/stream", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert events[-1].event == "done" and events[-1].data["reason"] == "complete"
+    record = (await upstream_requests(upstream, 1, within=5))[0]
+    assert record.messages[-1]["content"] == "What is a token? \ufffd"

@@ -59,3 +59,12 @@ def test_mounting_twice_adds_the_route_once():
     mount(app, metrics=ProcessMetrics())
     mount(app, metrics=ProcessMetrics())
     assert [getattr(r, "path", "") for r in app.router.routes].count("/metrics") == 1
+
+
+def test_a_bearer_that_is_not_ascii_is_refused_not_a_server_error():
+    app = app_with_catch_all()
+    runtime = Runtime(Settings.from_env({"METRICS_TOKEN": "s3cret-token"}))
+    mount(app, metrics=ProcessMetrics(), runtime=runtime)
+    client = TestClient(app, raise_server_exceptions=False)
+    refused = client.get("/metrics", headers={"Authorization": "Bearer s3cr\u00e9t".encode()})
+    assert refused.status_code == 401

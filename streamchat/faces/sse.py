@@ -55,14 +55,16 @@ def encode_retry(milliseconds: int) -> bytes:
 
 
 KEEPALIVE_BYTES = b": keep-alive\n\n"
+_MAX_SEQ_DIGITS = 18
 
 
 def parse_event_id(value: str | None) -> tuple[str, int] | None:
-    """`"abc123:17"` -> ("abc123", 17); anything else -> None."""
+    """`"abc123:17"` -> ("abc123", 17); anything else -> None (digits only in ASCII, and no
+    more than a stream could ever number)."""
     if not value:
         return None
     stream_id, _, seq = value.strip().rpartition(":")
-    if not stream_id or not seq.isdigit():
+    if not stream_id or not (seq.isascii() and seq.isdigit()) or len(seq) > _MAX_SEQ_DIGITS:
         return None
     return stream_id, int(seq)
 

@@ -35,7 +35,7 @@ from streamchat.faces.sse import (
 from streamchat.faces.sse_redis import EventsDropped, RedisMirror, StoreUnavailable, UnknownStream
 from streamchat.hosting.auth import request_identity
 from streamchat.hosting.limits import LimitExceeded, client_address, limit_key
-from streamchat.pipeline import check_temperature, length_problem
+from streamchat.pipeline import check_temperature, length_problem, well_formed
 from streamchat.runtime import Runtime
 from streamchat.settings import Settings
 
@@ -79,7 +79,10 @@ def mount(
 def _bearer_matches(request: Request, token: str) -> bool:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip(), token)
+    # As bytes: compare_digest refuses a str that is not ASCII, and a header may be anything.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )
 
 
 def _insert_before_catch_all(app: FastAPI, routes: list[APIRoute]) -> None:
@@ -190,7 +193,7 @@ class StreamEndpoint:
         params = request.query_params
         prompt = params.get("prompt", "")
         try:
-            messages = [ChatMessage("user", self._check_prompt(prompt))]
+            messages = [ChatMessage("user", self._check_prompt(well_formed(prompt)))]
             return await self._start(
                 request, messages, params.get("model"), params.get("temperature")
             )
@@ -248,8 +251,8 @@ class StreamEndpoint:
         """A request with Last-Event-ID resumes that stream, whatever else it asks. The id may
         also come as `?last_event_id=` (a closed EventSource cannot send the header)."""
         header = request.headers.get("last-event-id") or request.query_params.get("last_event_id")
-        if header is None:
-            return None
+        if not header:
+            return None  # none, or blank (EventSource's own first request): a new stream
         parsed = parse_event_id(header)
         event_log = self.hub.get(parsed[0]) if parsed else None
         gone = _error(404, "That stream is no longer available (it ended too long ago). Ask again.")
@@ -377,7 +380,7 @@ class StreamEndpoint:
                     f"messages[{position}] must be an object with a role (system, user or "
                     "assistant) and a string content.",
                 )
-            messages.append(ChatMessage(item["role"], item["content"]))
+            messages.append(ChatMessage(item["role"], well_formed(item["content"])))
         if messages[-1].role != "user":
             raise BadStreamRequest(400, "The last message must be the user's (role: user).")
         self._check_prompt(messages[-1].content)
