@@ -26,6 +26,7 @@ from tests.conftest import require_component
 from tests.databases import redis_server
 from tests.harness import AppProcess, ChainlitClient, free_port, upstream_ended, upstream_requests
 from tests.test_sse_integration import Received, sse_events, text_of
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -126,8 +127,12 @@ async def test_socketio_sessions_stick_to_one_replica_through_nginx(cluster):
             },
             wait_timeout=10,
         )
-        await client.sleep(0.5)  # the upgrade to websocket happens in the background
-        assert client.transport() == "websocket"
+        # The upgrade to websocket happens in the background, through nginx to the same replica.
+        await eventually(
+            lambda client=client: client.transport() == "websocket",
+            within=10,
+            what="the websocket upgrade",
+        )
         await client.disconnect()
     chat = await ChainlitClient(proxy_url).connect()
     try:
