@@ -204,6 +204,19 @@ NEGATIVES: list[str] = [
     "uvicorn app:app --host 127.0.0.1 --port 8000 --workers 4",
     "Connect to 192.168.1.100:6379 or 10.0.0.12 on the private network.",
     "pip install python-stdnum==2.2 phonenumbers==9.0.43 chainlit==2.12.0",
+    "env:\n  GITHUB_TOKEN: ${{ secrets.GITHUB_TOKEN }}\n"
+    "  OPENAI_API_KEY: ${{ secrets.OPENAI_API_KEY }}",
+    "- name: DB_PASSWORD\n  valueFrom:\n    secretKeyRef:\n"
+    "      name: db-secret\n      key: password",
+    'curl -H "Authorization: Bearer $TOKEN" https://api.example.com/v1/items',
+    "curl -H 'Authorization: Bearer YOUR_API_KEY' https://api.openai.com/v1/models",
+    "jwt.decode(token, key=public_key, algorithms=['RS256'], audience='api://default')",
+    "secret = secrets.token_urlsafe(32)",
+    "aws configure set aws_secret_access_key $AWS_SECRET_ACCESS_KEY",
+    "SESSION_SECRET=change-me-in-production",
+    "Run `openssl genrsa -out key.pem 2048` to create a private key file.",
+    "image: ghcr.io/streamchat/app@sha256:"
+    "3f2a9c81b7d04e6a5c1b2d3e4f5a6b7c8d9e0f1234567890abcdef12345678",
     # documentation of key formats
     "OpenAI keys start with `sk-` (project keys with `sk-proj-`), Anthropic keys with "
     "`sk-ant-`, AWS access key ids with `AKIA` and 16 more capitals or digits, GitHub tokens "
@@ -226,6 +239,13 @@ NEGATIVES: list[str] = [
     "Population of Mumbai is about 2,04,11,000 and PIN code 400001.",
     "Epoch 1733300000 is 4 Dec 2024; in ms that is 1733300000000.",
     "The ratio was 12345 to 67890 over 3 years, roughly 0.18.",
+    "SELECT * FROM orders WHERE id = 1234567 AND total > 25000;",
+    "Ek lakh pachees hazaar (₹1,25,000) ka loan 12% byaaj par, EMI ₹4,150 har mahine.",
+    "Train 12951 Mumbai Rajdhani, PNR 4521367890, coach B4 seat 32.",
+    "Mera pin code 110001 hai aur ghar ka number 221B.",
+    "Latitude 28.6139, longitude 77.2090 (New Delhi).",
+    "Version 10.0.19045.3693 of Windows, build 22631.2861.",
+    "The tokenizer maps 'hello' to token id 15339 and ' world' to 1917.",
     # Hinglish and Urdu prose that uses secret words
     "Success ka secret: consistency aur mehnat. Roz thoda thoda seekho.",
     "Token: authentication ke liye use hota hai, har request ke saath bhejna padta hai.",

@@ -407,6 +407,7 @@ _MOBILE_OR_EITHER = frozenset(
 # x, * or dots, "your_..._here", and the words people put where a password goes.
 _PLACEHOLDER_PARTS = re.compile(
     r"(?i)<[^>]*>|\$\{|\{\{|\{[A-Za-z_]+\}|^\$[A-Za-z_]+$|x{4,}|\*{3,}|\.{3}|…|your[_-]?|"
+    r"change[_-]?me|replace[_-]?me|insecure|not[_-]?a[_-]?(?:real[_-]?)?secret|"
     r"[_-]here\b|^(?:changeme|example|placeholder|redacted|null|none|true|false|password|"
     r"passwd|pass|pwd|secret|token|api[_-]?key|dummy|test|sample|foobar|hunter2)$"
 )
