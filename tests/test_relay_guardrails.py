@@ -120,3 +120,17 @@ async def test_a_message_over_the_length_limit_is_refused_before_sending():
     assert result.error is not None
     assert "too long (11 characters; the limit is 10)" in result.error.user_message
     assert (await chat.answer("x" * 10, MemorySink())).text == "never"
+
+
+async def test_redact_through_the_relay_never_writes_a_fragment_of_a_private_key():
+    body = "\n".join(("MIIEow" + "Kq8vLm2ZxR4tYw9PbN3c" * 3)[:64] for _ in range(10))
+    key = f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----"
+    text = f"Here is the key:\n{key}\nKeep it safe, and rotate it if it was shared."
+    sink = MemorySink()
+    result = await StreamRun(
+        ScriptedSource(tokens(text, 5)), sink, guard=guard(GUARDRAIL_ACTION="redact")
+    ).run(REQUEST)
+    assert result.reason is EndReason.COMPLETE
+    assert sink.text == text.replace(key, "[secret removed]")
+    written = "".join(sink.writes)
+    assert "MIIEow" not in written and "PRIVATE KEY" not in written
