@@ -246,3 +246,33 @@ async def test_a_lone_surrogate_in_a_message_is_replaced_and_answered(client, up
     assert events[-1].event == "done" and events[-1].data["reason"] == "complete"
     record = (await upstream_requests(upstream, 1, within=5))[0]
     assert record.messages[-1]["content"] == "What is a token? \ufffd"
+
+
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "chunked"])
+async def test_a_huge_body_is_refused_before_it_is_read_whole(app, client, declare_length):
+    chunk = b"a" * 65_536
+    total = 800  # 50 MiB
+    start, end = b'{"messages": [{"role": "user", "content": "', b'"}]}'
+
+    async def body() -> AsyncIterator[bytes]:
+        yield start
+        for _ in range(total):
+            yield chunk
+        yield end
+
+    headers = {"Content-Type": "application/json"}
+    if declare_length:
+        headers["Content-Length"] = str(len(start) + total * len(chunk) + len(end))
+    peak_before = peak_memory_kib(app.pid)
+    response = await client.post("/api/stream", content=body(), headers=headers)
+    assert response.status_code == 413, response.text
+    assert "too large" in response.json()["error"]["message"]
+    grown_mib = (peak_memory_kib(app.pid) - peak_before) / 1024
+    assert grown_mib < 20, f"the app's peak memory grew by {grown_mib:.0f} MiB"
+
+
+def peak_memory_kib(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1])

@@ -207,8 +207,9 @@ class StreamEndpoint:
         if resumed is not None:
             return resumed
         try:
+            raw = await self._read_body(request)
             try:
-                body = json.loads(await request.body() or b"null")
+                body = json.loads(raw or b"null")
             except ValueError:
                 raise BadStreamRequest(400, "The request body is not valid JSON.") from None
             if not isinstance(body, dict):
@@ -351,6 +352,29 @@ class StreamEndpoint:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The body, refused (413) as soon as it is known to be larger than any acceptable
+        request: by its Content-Length before reading, and by counting while reading (a chunked
+        body declares no length), so a huge body is never held in memory."""
+        limit = self._max_body_bytes()
+        too_large = BadStreamRequest(413, f"The request body is too large (over {limit} bytes).")
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared[:20]) > limit:
+            raise too_large
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _max_body_bytes(self) -> int:
+        # The longest conversation accepted (_check_messages), each character written the
+        # longest way JSON can (\uXXXX), and room for the rest of the object.
+        return self._max_chars() * 4 * 6 + 65_536
 
     def _max_chars(self) -> int:
         return self.runtime.settings.max_input_chars if self.runtime else 32_000
