@@ -1,11 +1,12 @@
 """Policies: what counts as a violation. Each finds matches in a window of normalised text and
-declares `max_match`, the longest text one match can span, so the guard knows how much overlap
-to rescan and how much to hold back.
+declares `max_match`, the longest text one match can span, so the guard knows how much to rescan
+and how much to hold back.
 
 Detection uses well-kept libraries where they exist: phonenumbers (Google's libphonenumber) for
 phone numbers, python-stdnum for the checksums of card numbers (Luhn), IBANs and national IDs,
 pyahocorasick for linear-time multi-word search, and the token shapes of detect-secrets'
-plugins for secrets. Every pattern is bounded, so a match never outgrows `max_match`.
+plugins and the providers' documentation for secrets. A cheap first question (four digits, an
+@, a known prefix, a secret's name before : or =) spares most text the full set of patterns.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ class Match:
 class Policy(Protocol):
     """Finds violations in normalised text. `max_match`: the longest text one match can span.
     A policy may also set `open_ended = True` when its matches are capped at max_match rather
-    than naturally bounded; a capped match then stops the stream instead of being redacted.
-    And it may define `hold_from(text) -> int`: the position in `text` (the newest max_match
-    characters) from which a match still in progress could start; text before it can be
-    released at once. Without it, hold mode holds the full max_match characters."""
+    than naturally bounded, with `continuations` (kind -> pattern whose match ends the value)
+    so that redact passes over the rest of a capped value, and `always_continues` (kinds whose
+    match is only the start of the value, as a PEM header); without a continuation a capped
+    match stops the stream instead of being redacted. And it may define
+    `hold_from(text) -> int`: the position in `text` (the newest max_match characters) from
+    which a match still in progress could start; text before it can be released at once.
+    Without it, hold mode holds the full max_match characters."""
 
     name: str
     max_match: int
