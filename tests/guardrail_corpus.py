@@ -257,5 +257,6 @@ NEGATIVES: list[str] = [
     "Streaming mein har token alag se aata hai, isliye jawab dheere dheere dikhta hai.",
     "Aap ka sawal acha hai! Chaliye dekhte hain ke streaming kaise kaam karti hai.",
     "Yeh class assistants aur classic passes ke baare mein hai.",
+    "Niki Lauda won in 1975 and 1977; Randi Zuckerberg spoke at Lund University.",
     "Ullu banaya, kutta bhaunk raha tha, aur class mein sab has rahe the.",
 ]
