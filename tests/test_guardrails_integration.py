@@ -68,10 +68,16 @@ async def test_pii_in_the_answer_stops_the_stream_and_never_reaches_the_ui(stop_
 
 
 @pytest.mark.parametrize(
-    ("kind", "label"),
-    [("card", "[card number removed]"), ("phone", "[phone number removed]")],
+    ("kind", "label", "fragment"),
+    [
+        ("card", "[card number removed]", "4111"),
+        ("phone", "[phone number removed]", "555 0123"),
+        ("secret", "[secret removed]", "Q7xLm"),
+    ],
 )
-async def test_redact_replaces_the_match_and_the_answer_goes_on(redact_app, upstream, kind, label):
+async def test_redact_replaces_the_match_and_the_answer_goes_on(
+    redact_app, upstream, kind, label, fragment
+):
     chat = await ChainlitClient(redact_app.url).connect()
     try:
         upstream.records.clear()
@@ -80,7 +86,7 @@ async def test_redact_replaces_the_match_and_the_answer_goes_on(redact_app, upst
         final = strip_footer(answer.final_assistant_text())
         assert label in final
         assert final.endswith("easy to tell from a complete one."), "the answer went on"
-        assert "4111" not in json.dumps([e.data for e in chat.events])
+        assert fragment not in json.dumps([e.data for e in chat.events])
         assert record.completed
     finally:
         await chat.close()
