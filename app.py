@@ -25,6 +25,7 @@ except ImportError:
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.classroom import ui as classroom_ui
 from streamchat.core.errors import ConfigError
+from streamchat.core.paint import PAINTED_EVENT, PaintAcks
 from streamchat.core.sinks import ChainlitSink
 from streamchat.faces.web import mount
 from streamchat.hosting.auth import AuthConfig
@@ -154,6 +155,7 @@ async def startup() -> None:
     if _origin_error is not None:
         log.error("%s Only this app's own pages may connect.", _origin_error)
     if _runtime is not None:
+        _paint_acks.max_hold_s = _runtime.settings.stream_paint_hold_ms / 1000
         await _runtime.start()
     await _prepare_database()
 
@@ -198,13 +200,24 @@ def _action(name: str, label: str) -> cl.Action:
     return cl.Action(name=name, label=label, payload={})
 
 
+# Pages with public/paint_ack.js say which stream updates they have painted (core/paint.py).
+_paint_acks = PaintAcks()
+
+
+@sio.on(PAINTED_EVENT)
+async def stream_painted(_sid: str, data: object = None) -> None:
+    _paint_acks.receive(data)
+
+
 def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
+    message = message or cl.Message(content="")
     return ChainlitSink(
-        message or cl.Message(content=""),
+        message,
         notify_error=_show_error,
         make_action=_action,
         show_metrics=chat.options.show_metrics,
         updates=_socket_updates(),
+        paint=_paint_acks.track(message.id),
     )
 
 

@@ -151,6 +151,14 @@ VARIABLES: dict[str, Variable] = {
         Variable("TEMPERATURE", "number", "0.7", "Sampling temperature.", 0, 2),
         Variable("MAX_TOKENS", "whole", "", "Upper bound of tokens per answer.", low=1),
         Variable("STREAM_FLUSH_MS", "number", "40", "Least ms between UI updates.", 0, 5000),
+        Variable(
+            "STREAM_PAINT_HOLD_MS",
+            "number",
+            "2000",
+            "Longest ms a UI update waits for the browser to paint the last one.",
+            0,
+            60000,
+        ),
         Variable("STREAM_READ_PACING", "flag", "true", "Read chunks once per UI update."),
         Variable(
             "EVENT_LOOP",
@@ -423,6 +431,7 @@ class Settings:
     connect_timeout_s: float = 5.0
     retries: int = 2
     stream_flush_ms: float = 40.0
+    stream_paint_hold_ms: float = 2000.0  # an update waits this long at most for a paint (paint.py)
     read_pacing: bool = True  # leave chunks in the kernel until the next UI update (pacing.py)
     speedups: bool = True  # STREAM_SPEEDUPS: off, only public APIs (streamchat/speedups)
     stream_resumes: int = 1
@@ -472,6 +481,7 @@ class Settings:
             connect_timeout_s=read.number("OPENAI_CONNECT_TIMEOUT_S"),
             retries=read.whole("STREAM_RETRIES") or 0,
             stream_flush_ms=read.number("STREAM_FLUSH_MS"),
+            stream_paint_hold_ms=read.number("STREAM_PAINT_HOLD_MS"),
             read_pacing=read.flag("STREAM_READ_PACING"),
             speedups=read.flag("STREAM_SPEEDUPS"),
             stream_resumes=read.whole("STREAM_RESUMES") or 0,

@@ -148,3 +148,25 @@ def test_image_sources_are_read_and_checked():
     for bad in ("*", "https:", "'unsafe-inline'", "data:", "https://x.example/path"):
         with pytest.raises(ConfigError, match="IMAGE_SOURCES"):
             ContentSecurityPolicy.from_env({"IMAGE_SOURCES": bad})
+
+
+CHAINLIT_HEAD = (
+    b'<html><head><link rel="preconnect" href="https://fonts.googleapis.com" />\n'
+    b'<link href="https://fonts.googleapis.com/css2?family=Inter" rel="stylesheet" />\n'
+    b'<link rel="stylesheet" href="https://cdn.jsdelivr.net/npm/katex/katex.min.css" />\n'
+    b'<link rel="icon" href="/favicon" /><link rel="stylesheet" href="/public/style.css">'
+    b"<script>window.a = 1;</script></head></html>"
+)
+
+
+@pytest.mark.parametrize("gzip_page", [False, True])
+def test_a_page_loses_its_links_to_other_sites_and_styles_come_from_the_app_only(gzip_page):
+    response = served(lambda: HTMLResponse(CHAINLIT_HEAD), gzip_page=gzip_page).get("/")
+    assert "googleapis" not in response.text and "jsdelivr" not in response.text
+    assert '<link rel="icon" href="/favicon" />' in response.text
+    assert 'href="/public/style.css"' in response.text
+    assert int(response.headers["content-length"]) == len(response.content) or gzip_page
+    policy = response.headers["content-security-policy"]
+    assert "style-src 'self' 'unsafe-inline';" in policy
+    assert "font-src 'self' data:;" in policy
+    assert "googleapis" not in policy and "jsdelivr" not in policy and "gstatic" not in policy

@@ -1,8 +1,10 @@
-"""Coalescing UI updates (backpressure): at most one write per interval per stream.
+"""Coalescing UI updates (backpressure): at most one write per interval per stream, and, for a
+browser that says what it has painted, none before it has painted the last one.
 
 Chainlit emits one Socket.IO event per `stream_token`, and the browser re-renders the whole
 message for each. Merging tokens into fewer, larger writes cuts server CPU and browser work;
-sending the first token at once keeps time to first token.
+sending the first token at once keeps time to first token. Waiting for the browser's paint
+(core/paint.py) keeps the screen at most one update behind the model, however long the answer.
 """
 
 from __future__ import annotations
@@ -10,12 +12,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from streamchat.core.sinks import Sink
 
 if TYPE_CHECKING:
     from streamchat.core.relay import StreamResult
+
+
+class Paint(Protocol):
+    """What a sink may offer as `paint` (a `MessagePaint`): whether its client is still painting
+    the last update, and a call back once it has."""
+
+    def holding(self) -> bool: ...
+
+    def when_painted(self, callback: Callable[[], None]) -> None: ...
+
+    def cancel(self) -> None: ...
 
 
 class CoalescingSink:
@@ -27,6 +40,10 @@ class CoalescingSink:
     - `replace` and `finish` send what is waiting first, so order holds;
     - while the inner sink is busy (a slow client), new text merges into the next write instead
       of queueing one update per token.
+
+    - when the inner sink has a `paint` (see `Paint`) that is holding, a due update waits until
+      the client has painted the last one, then goes with everything that came meanwhile;
+      `replace` and `finish` never wait for it.
 
     `interval_s = 0` passes every write straight through (per-token updates).
 
@@ -55,6 +72,8 @@ class CoalescingSink:
         self.max_chars = max_chars
         self._clock = clock
         self._would_wait: Callable[[], bool] | None = getattr(inner, "would_wait", None)
+        self._paint: Paint | None = getattr(inner, "paint", None)
+        self._awaiting_paint = False
         self._pending: list[str] = []
         self._pending_chars = 0
         self._last_flush: float | None = None
@@ -67,9 +86,15 @@ class CoalescingSink:
     def next_write_at(self) -> float | None:
         """When text written now would be sent (on this sink's clock), or None for at once:
         before the first write, with `interval_s = 0`, and while a write for a slow client is
-        under way (text merges into the one after it, whenever that is)."""
+        under way or the client is painting (text merges into the one after it, whenever that
+        is)."""
         last = self._last_flush
-        if last is None or self.interval_s <= 0 or self._flushing is not None:
+        if (
+            last is None
+            or self.interval_s <= 0
+            or self._flushing is not None
+            or self._awaiting_paint
+        ):
             return None
         return last + self.interval_s
 
@@ -82,8 +107,8 @@ class CoalescingSink:
             return
         self._pending.append(text)
         self._pending_chars += len(text)
-        if self._flushing is not None:
-            return  # merges into the write after the one under way
+        if self._flushing is not None or self._awaiting_paint:
+            return  # merges into the write after the one under way, or after the paint
         last = self._last_flush
         if self.interval_s <= 0:
             await self._flush()
@@ -92,6 +117,8 @@ class CoalescingSink:
             or self._pending_chars >= self.max_chars
             or self._clock() >= last + self.interval_s
         ):
+            if last is not None and self._held_for_paint():
+                return
             if self._writes_at_once(first=last is None):
                 await self._flush()
             else:
@@ -114,6 +141,28 @@ class CoalescingSink:
             self._stop()
             await self.inner.finish(result)
 
+    def _held_for_paint(self) -> bool:
+        """Whether the client is still painting the last update; if so, the next one is sent
+        when it has (`_painted`)."""
+        paint = self._paint
+        if paint is None or not paint.holding():
+            return False
+        if not self._awaiting_paint:
+            self._awaiting_paint = True
+            paint.when_painted(self._painted)
+        return True
+
+    def _painted(self) -> None:
+        self._awaiting_paint = False
+        if not self._pending or self._flushing is not None or self._last_flush is None:
+            return
+        remaining = self._last_flush + self.interval_s - self._clock()
+        if remaining > 0:
+            if self._timer is None:
+                self._arm(remaining)
+        else:
+            self._flush_in_background()
+
     def _writes_at_once(self, *, first: bool) -> bool:
         if self._would_wait is None:
             return first  # a sink that does not say: only the first token in the caller's task
@@ -127,14 +176,19 @@ class CoalescingSink:
 
     def _due(self) -> None:
         self._timer = None
-        if not self._pending or self._flushing is not None or self._last_flush is None:
+        if (
+            not self._pending
+            or self._flushing is not None
+            or self._awaiting_paint
+            or self._last_flush is None
+        ):
             return
         # Armed for earlier text, which a later token may have sent since: this text may
         # not be due yet.
         remaining = self._last_flush + self.interval_s - self._clock()
         if remaining > 0:
             self._arm(remaining)
-        else:
+        elif not self._held_for_paint():
             self._flush_in_background()
 
     def _flush_in_background(self) -> None:
@@ -147,7 +201,12 @@ class CoalescingSink:
             self._flush_error = exc
         finally:
             self._flushing = None
-        if self._pending and self._timer is None and self._last_flush is not None:
+        if (
+            self._pending
+            and self._timer is None
+            and not self._awaiting_paint
+            and self._last_flush is not None
+        ):
             self._arm(self._last_flush + self.interval_s - self._clock())
 
     async def _settle(self) -> None:
@@ -157,6 +216,9 @@ class CoalescingSink:
             await asyncio.shield(flushing)
 
     def _stop(self) -> None:
+        if self._awaiting_paint and self._paint is not None:
+            self._paint.cancel()
+        self._awaiting_paint = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from streamchat.core.history import answer_metadata
+from streamchat.core.paint import MessagePaint
 from streamchat.core.types import EndReason
 
 if TYPE_CHECKING:
@@ -100,6 +101,10 @@ class ChainlitSink:
     `updates`, when given, sends the stream's later tokens to this one browser (app.py passes
     a `SocketUpdates`); the message's content is kept as `stream_token` keeps it, and the
     stream's start, retractions and end still go through Chainlit.
+
+    `paint`, when given (a `MessagePaint` of app.py's `PaintAcks`), counts every `stream_token`
+    update sent, so the CoalescingSink in front can hold the next one until the browser has
+    painted it (core/paint.py).
     """
 
     def __init__(
@@ -110,9 +115,11 @@ class ChainlitSink:
         make_action: Callable[[str, str], Any] | None = None,
         show_metrics: bool = False,
         updates: UpdateChannel | None = None,
+        paint: MessagePaint | None = None,
     ) -> None:
         self.message = message
         self._updates = updates
+        self.paint = paint
         self._notify_error = notify_error
         self._make_action = make_action
         self._show_metrics = show_metrics
@@ -126,6 +133,8 @@ class ChainlitSink:
     async def write(self, text: str) -> None:
         self._streamed = True
         message = self.message
+        if self.paint is not None and text and message.streaming:
+            self.paint.sending()  # a stream_token update (the first text is stream_start)
         if self._updates is None or not message.streaming or not text:
             await message.stream_token(text)
             return
@@ -141,6 +150,8 @@ class ChainlitSink:
     async def replace(self, text: str) -> None:
         self._streamed = True
         if text:
+            if self.paint is not None and self.message.streaming:
+                self.paint.sending()
             await self.message.stream_token(text, is_sequence=True)
         else:
             # stream_token ignores empty text, so retracting everything is an update.

@@ -3,7 +3,8 @@
 Every response carries a Content-Security-Policy: images only from the app itself, `data:` and
 the sites in `IMAGE_SOURCES` (so a Markdown image in a model's answer cannot carry chat text to
 another site), scripts only from the app plus the inline scripts of the page being served (their
-hashes are computed from the page itself), and no framing by other sites.
+hashes are computed from the page itself), stylesheets and fonts from the app only (the page's
+links to Google Fonts and a KaTeX CDN are taken out), and no framing by other sites.
 
 `ALLOW_ORIGINS` lists the origins (scheme://host[:port]) of other sites whose pages may call the
 app: its HTTP API (CORS) and its Socket.IO endpoint (the Origin header of the websocket
@@ -59,8 +60,9 @@ class ContentSecurityPolicy:
 
     `image_sources`: other origins images may come from (IMAGE_SOURCES), beside the app itself
     and `data:`. Chainlit's frontend needs `'unsafe-eval'` (custom elements such as the
-    classroom's token view are compiled in the browser), inline styles, and the stylesheets and
-    fonts its page links to (Google Fonts, KaTeX on jsDelivr).
+    classroom's token view are compiled in the browser) and inline styles. Stylesheets and fonts
+    come from the app only: the links Chainlit's page has to Google Fonts and to KaTeX on
+    jsDelivr are taken out of it (`self_contained_page`), so a page load asks no other site.
     """
 
     image_sources: tuple[str, ...] = ()
@@ -79,8 +81,8 @@ class ContentSecurityPolicy:
         directives = (
             "default-src 'self'",
             f"script-src {scripts}",
-            "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com https://cdn.jsdelivr.net",
-            "font-src 'self' data: https://fonts.gstatic.com https://cdn.jsdelivr.net",
+            "style-src 'self' 'unsafe-inline'",
+            "font-src 'self' data:",
             f"img-src {images}",
             "media-src 'self' data: blob:",
             "connect-src 'self'",
@@ -102,6 +104,18 @@ def _image_source(value: str) -> str:
         "IMAGE_SOURCES must be a comma-separated list of sites images may come from, such as "
         f"https://images.example.com or *.example.com (got {value!r})."
     )
+
+
+# A <link> to another site (stylesheet, font, preconnect): Chainlit's page has them for Google
+# Fonts and KaTeX's CSS (the app turns LaTeX off and uses the system's fonts).
+_OUTSIDE_LINK = re.compile(
+    rb"<link\b[^>]*\bhref\s*=\s*[\"']?(?:https?:)?//[^>]*>\s*", re.IGNORECASE
+)
+
+
+def self_contained_page(page: bytes) -> bytes:
+    """The page without its links to other sites, so loading it makes no request elsewhere."""
+    return _OUTSIDE_LINK.sub(b"", page)
 
 
 def inline_script_hashes(page: bytes) -> list[str]:
@@ -216,12 +230,17 @@ async def _send_page(held: list[Message], policy: ContentSecurityPolicy, send: S
     complete = not bodies[-1].get("more_body", False)
     hashes: list[str] = []
     if complete:
-        hashes = inline_script_hashes(
-            _decoded(b"".join(m.get("body", b"") for m in bodies), headers)
-        )
+        raw = b"".join(m.get("body", b"") for m in bodies)
+        page = _decoded(raw, headers)
+        hashes = inline_script_hashes(page)
+        if page and (kept := self_contained_page(page)) != page:
+            body = _encoded(kept, headers)
+            headers = [(k, v) for k, v in headers if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            bodies = [{"type": "http.response.body", "body": body}]
     await send({**start, "headers": _with_security(headers, policy.header(hashes))})
-    for body in bodies:
-        await send(body)
+    for message in bodies:
+        await send(message)
 
 
 def _with_security(headers: list[tuple[bytes, bytes]], policy: str) -> list[tuple[bytes, bytes]]:
@@ -254,6 +273,16 @@ def _is_html(headers: list[tuple[bytes, bytes]]) -> bool:
         key.lower() == b"content-type" and value.lower().startswith(b"text/html")
         for key, value in headers
     )
+
+
+def _encoded(page: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """`page` encoded back the way the response says its body is (see `_decoded`)."""
+    encoding = next((v.lower() for k, v in headers if k.lower() == b"content-encoding"), b"")
+    if encoding == b"gzip":
+        return gzip.compress(page)
+    if encoding == b"deflate":
+        return zlib.compress(page)
+    return page
 
 
 def _decoded(body: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:

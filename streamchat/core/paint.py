@@ -1,0 +1,117 @@
+"""Which stream updates a browser has painted, so the next one is sent only then.
+
+The browser re-renders a whole message for each update, so a long answer sent at a fixed rate
+outruns it and the screen falls behind. With public/paint_ack.js loaded, the page tells the
+server how many `stream_token` updates of a message it has painted; the CoalescingSink holds
+the next update until the last one is on screen and sends everything that arrived meanwhile in
+one piece. A page that never answers is paced as before: nothing is held until a first
+acknowledgement arrives, and an update waits at most `max_hold_s` for one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+PAINTED_EVENT = "stream_painted"  # what the page emits: {"id": message id, "n": updates painted}
+DEFAULT_MAX_HOLD_S = 2.0
+
+
+class MessagePaint:
+    """One streamed message: updates sent to its browser, and how many it says it painted.
+
+    `holding()` is True while the browser has answered at least once and has not yet painted
+    the last update sent, for at most `max_hold_s` after that update (a lost acknowledgement,
+    a hidden tab or a reconnect never stops the answer). `when_painted(callback)` calls back
+    once, when the hold ends either way.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_hold_s: float = DEFAULT_MAX_HOLD_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_hold_s = max_hold_s
+        self._clock = clock
+        self.sent = 0
+        self.painted = 0
+        self.live = False  # the browser acknowledges (public/paint_ack.js is on the page)
+        self._sent_at = 0.0
+        self._callback: Callable[[], None] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def sending(self) -> None:
+        """Count an update as it goes to the browser (every `stream_token` of the message)."""
+        self.sent += 1
+        self._sent_at = self._clock()
+
+    def acknowledge(self, painted: int) -> None:
+        """The browser has painted `painted` updates of this message."""
+        self.live = True
+        if painted > self.painted:
+            self.painted = min(painted, self.sent)
+        if not self.holding():
+            self._release()
+
+    def holding(self) -> bool:
+        return (
+            self.live
+            and self.painted < self.sent
+            and self._clock() - self._sent_at < self.max_hold_s
+        )
+
+    def when_painted(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the browser has painted the last update, or after `max_hold_s`;
+        a later call replaces the earlier callback."""
+        self._callback = callback
+        if self._deadline is None:
+            wait = self._sent_at + self.max_hold_s - self._clock()
+            self._deadline = asyncio.get_running_loop().call_later(max(wait, 0.0), self._release)
+
+    def cancel(self) -> None:
+        """Forget the callback (the stream ended)."""
+        self._callback = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _release(self) -> None:
+        callback = self._callback
+        self.cancel()
+        if callback is not None:
+            callback()
+
+
+class PaintAcks:
+    """Every message streaming in this process, by id, for the acknowledgements browsers send.
+
+    Messages are held weakly: a sink's `MessagePaint` lives as long as the sink, so nothing
+    here outlives its stream, and an acknowledgement for an unknown id is ignored.
+    """
+
+    def __init__(self, *, max_hold_s: float = DEFAULT_MAX_HOLD_S) -> None:
+        self.max_hold_s = max_hold_s
+        self._messages: weakref.WeakValueDictionary[str, MessagePaint] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def track(self, message_id: str) -> MessagePaint:
+        paint = MessagePaint(max_hold_s=self.max_hold_s)
+        self._messages[message_id] = paint
+        return paint
+
+    def receive(self, data: Any) -> None:
+        """An acknowledgement as the page sent it: `{"id": str, "n": int}`; anything else, or an
+        id not streaming here, is ignored (the payload comes from the network)."""
+        if not isinstance(data, dict):
+            return
+        message_id, painted = data.get("id"), data.get("n")
+        if not isinstance(message_id, str) or type(painted) is not int:
+            return
+        paint = self._messages.get(message_id)
+        if paint is not None:
+            paint.acknowledge(painted)

@@ -1,0 +1,96 @@
+"""The paint acknowledgements in real Chromium: the page loads public/paint_ack.js, says which
+updates it has painted, and the server sends the next update only after that word."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import AppProcess
+from tests.waiting import wait_until
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[AppProcess]:
+    # Updates as often as tokens come (1 ms) and a hold that never runs out: without the
+    # acknowledgements the page would get many updates per frame.
+    env = {
+        "OFFLINE_TPS": "1000",
+        "OFFLINE_TTFT_MS": "20",
+        "STREAM_FLUSH_MS": "1",
+        "STREAM_PAINT_HOLD_MS": "60000",
+        "SHOW_METRICS": "true",
+    }
+    with AppProcess(env) as running:
+        yield running
+
+
+def socket_event(payload: str) -> tuple[str, dict[str, object]] | None:
+    """A Socket.IO event frame (`42[name, data]`) as (name, data), or None."""
+    if not payload.startswith("42["):
+        return None
+    name, *args = json.loads(payload[2:])
+    return name, (args[0] if args and isinstance(args[0], dict) else {})
+
+
+def test_page_acknowledges_painted_updates_and_server_waits_for_each(browser, app):
+    page = browser.new_page()
+    frames: list[tuple[str, str, dict[str, object]]] = []  # (direction, event, data) in order
+
+    def record(direction: str, payload: str | bytes) -> None:
+        if isinstance(payload, str) and (event := socket_event(payload)) is not None:
+            frames.append((direction, *event))
+
+    page.on(
+        "websocket",
+        lambda ws: (
+            ws.on("framereceived", lambda p: record("in", p)),
+            ws.on("framesent", lambda p: record("out", p)),
+        ),
+    )
+    try:
+        page.goto(app.url)
+        page.locator("#chat-input").wait_for(timeout=30_000)
+        page.locator("#chat-input").fill("How do guardrails work on a stream?")
+        page.locator("#chat-submit").click()
+        wait_until(
+            lambda: any(name == "task_end" for _, name, _ in frames[3:]),
+            within=60,
+            what="the answer to end",
+            pause=page.wait_for_timeout,
+        )
+        wait_until(
+            lambda: " tok/s · " in "".join(page.locator(".ai-message").all_inner_texts()),
+            within=30,
+            what="the finished answer on the page",
+            pause=page.wait_for_timeout,
+        )
+    finally:
+        page.close()
+
+    started = [data["id"] for d, name, data in frames if d == "in" and name == "stream_start"]
+    assert started, "the answer streamed"
+    answer = started[-1]
+    updates = acked = 0
+    caught_up = False  # the page has painted every update sent before the server heard it
+    ahead: list[int] = []  # from then on: updates received beyond the last acknowledged one
+    for direction, name, data in frames:
+        if data.get("id") != answer:
+            continue
+        if direction == "in" and name == "stream_token":
+            updates += 1
+            if caught_up:
+                ahead.append(updates - acked)
+        elif direction == "out" and name == "stream_painted":
+            painted = int(str(data["n"]))
+            assert acked < painted <= updates, "acknowledged: what was received, in order"
+            acked = painted
+            caught_up = caught_up or acked == updates
+    assert updates >= 3, f"the long answer came in several updates, got {updates}"
+    assert acked == updates, "the page acknowledged every update it painted"
+    # Once the page has caught up, the server holds each update until the last is painted.
+    assert ahead and max(ahead) == 1, f"never more than one update unpainted: {ahead}"
