@@ -45,6 +45,17 @@ LABELS: dict[str, dict[str, str]] = {
         "tokens": "tokens",
         "not_streamed": "Not streamed",
         "streamed": "Streamed",
+        "tagline": "Answers stream token by token, checked by guardrails as they arrive.",
+        "offline_source": (
+            "Answering: the **offline demo model** (scripted lessons about streaming, not an "
+            "LLM). Connect a real model with `OPENAI_API_KEY` or `OPENAI_BASE_URL` in `.env`."
+        ),
+        "provider_source": "Answering: **{model}** at {where}.",
+        "settings_hint": "Model, temperature and language: the gear icon below.",
+        "classroom_tagline": (
+            "Streaming made visible: raw chunks, token boundaries, slow motion and demos "
+            "(type `/`)."
+        ),
     },
     "hinglish": {
         "raw_chunks": "Chunks jaise aaye",
@@ -60,7 +71,37 @@ LABELS: dict[str, dict[str, str]] = {
         "tokens": "tokens",
         "not_streamed": "Stream ke baghair",
         "streamed": "Stream ke saath",
+        "tagline": (
+            "Jawab token by token stream hote hain, aur aate hi guardrails unhe check karte hain."
+        ),
+        "offline_source": (
+            "Jawab de raha hai: **offline demo model** (streaming ke scripted lessons, LLM "
+            "nahi). Asli model ke liye `.env` mein `OPENAI_API_KEY` ya `OPENAI_BASE_URL` set "
+            "kijiye."
+        ),
+        "provider_source": "Jawab de raha hai: **{model}**, {where} par.",
+        "settings_hint": "Model, temperature aur zabaan: neeche gear icon mein.",
+        "classroom_tagline": (
+            "Streaming ko aankhon se dekhiye: raw chunks, token ki hadein, dheemi raftaar aur "
+            "demos (`/` likhiye)."
+        ),
     },
+}
+
+# The Chat profile's starter questions (each one a lesson of the offline demo model).
+STARTERS: dict[str, tuple[str, ...]] = {
+    "en": (
+        "What is a token?",
+        "What does stream=True do?",
+        "Why does time to first token matter?",
+        "How do guardrails work on a stream?",
+    ),
+    "hinglish": (
+        "Token kya hota hai?",
+        "stream=True kya karta hai?",
+        "Time to first token kyun ahem hai?",
+        "Stream par guardrails kaise kaam karte hain?",
+    ),
 }
 
 # Words that mark a message as Hinglish / Roman Urdu. Each is common in that register and is not
@@ -125,6 +166,25 @@ def label(key: str, language: str) -> str:
     except ValueError:
         code = DEFAULT_LANGUAGE
     return LABELS[code].get(key) or LABELS[DEFAULT_LANGUAGE][key]
+
+
+def starter_questions(language: str) -> tuple[str, ...]:
+    """The starter questions in `language` (English for an unknown one)."""
+    try:
+        return STARTERS[parse_language(language)]
+    except ValueError:
+        return STARTERS[DEFAULT_LANGUAGE]
+
+
+def ui_language(configured: str, browser: str | None) -> str:
+    """The language of the welcome screen: the configured answer language if it is not English,
+    else the browser's (Chainlit's hi-Latn reads as Hinglish), else English."""
+    if configured != DEFAULT_LANGUAGE:
+        return configured
+    try:
+        return parse_language(browser or DEFAULT_LANGUAGE)
+    except ValueError:
+        return DEFAULT_LANGUAGE
 
 
 def looks_hinglish(text: str) -> bool:

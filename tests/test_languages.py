@@ -128,6 +128,11 @@ LABEL_KEYS = {
     "tokens",
     "not_streamed",
     "streamed",
+    "tagline",
+    "offline_source",
+    "provider_source",
+    "settings_hint",
+    "classroom_tagline",
 }
 
 

@@ -36,8 +36,9 @@ from streamchat.classroom.tools import (
 from streamchat.core.errors import ConfigError
 from streamchat.core.relay import StreamResult, StreamRun
 from streamchat.core.sinks import ChainlitSink, Sink
-from streamchat.languages import label
+from streamchat.languages import label, starter_questions
 from streamchat.pipeline import check_temperature
+from streamchat.settings import Settings
 
 log = logging.getLogger("streamchat.classroom")
 
@@ -70,21 +71,58 @@ STARTERS = (
 )
 
 
-def chat_profiles() -> list[cl.ChatProfile]:
+ICON = "/public/streamchat.svg"
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerSource:
+    """Where answers come from, as the welcome screen names it: the offline demo model, or a
+    model at a provider (`where` is a host or URL without credentials)."""
+
+    offline: bool
+    model: str = ""
+    where: str = ""
+
+    @classmethod
+    def of(cls, settings: Settings) -> AnswerSource:
+        return cls(settings.offline, settings.model or "", settings.provider_label)
+
+
+def welcome(source: AnswerSource | None, language: str, *, classroom: bool = False) -> str:
+    """The welcome screen's text (Markdown): the name, what the app does, what answers."""
+    lines = ["## streamchat", label("classroom_tagline" if classroom else "tagline", language)]
+    if source is not None and source.offline:
+        lines.append(label("offline_source", language))
+    elif source is not None:
+        lines.append(
+            label("provider_source", language).format(
+                model=source.model or "default model", where=source.where
+            )
+        )
+    if not classroom:
+        lines.append(label("settings_hint", language))
+    return "\n\n".join(lines)
+
+
+def chat_profiles(source: AnswerSource | None, language: str) -> list[cl.ChatProfile]:
+    """The Chat and Classroom profiles, each with its welcome text and starters."""
     return [
         cl.ChatProfile(
             name=CHAT_PROFILE,
-            markdown_description="Chat with the model: answers stream token by token.",
+            icon=ICON,
+            markdown_description=welcome(source, language),
             default=True,
+            starters=[
+                cl.Starter(label=question, message=question, icon=ICON)
+                for question in starter_questions(language)
+            ],
         ),
         cl.ChatProfile(
             name=PROFILE,
-            markdown_description=(
-                "Make streaming visible: raw chunks, token boundaries, slow motion, "
-                "normal vs streaming, side by side, guardrail and fault demos."
-            ),
+            icon=ICON,
+            markdown_description=welcome(source, language, classroom=True),
             starters=[
-                cl.Starter(label=text, message=message, command=command)
+                cl.Starter(label=text, message=message, command=command, icon=ICON)
                 for text, message, command in STARTERS
             ],
         ),
