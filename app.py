@@ -44,7 +44,7 @@ from streamchat.hosting.security import (
     SecurityHeadersMiddleware,
     apply_origin_policy,
 )
-from streamchat.languages import LANGUAGES
+from streamchat.languages import DEFAULT_LANGUAGE, LANGUAGES, ui_language
 from streamchat.logs import configure_logging
 from streamchat.pipeline import GuardrailPanel
 from streamchat.runtime import Runtime, settings_or_error
@@ -285,14 +285,18 @@ def _settings_widgets(
             },
             initial_value=options.guardrail_mode,
             disabled=guardrails.locked or not guardrails.enabled,
-            description=guardrails.note,
         ),
     ]
 
 
 @cl.set_chat_profiles
-async def chat_profiles(_user: cl.User | None = None) -> list[cl.ChatProfile]:
-    return classroom_ui.chat_profiles()
+async def chat_profiles(
+    _user: cl.User | None = None, language: str | None = None
+) -> list[cl.ChatProfile]:
+    settings = _runtime.settings if _runtime is not None else None
+    source = classroom_ui.AnswerSource.of(settings) if settings is not None else None
+    configured = settings.language if settings is not None else DEFAULT_LANGUAGE
+    return classroom_ui.chat_profiles(source, ui_language(configured, language))
 
 
 @cl.on_chat_start
