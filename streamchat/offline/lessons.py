@@ -22,8 +22,9 @@ from streamchat.offline.moderation import DEMO_PHRASE
 
 DEMO_NOTICE = (
     "*This is streamchat's offline demo model: it streams scripted lessons about streaming, "
-    "it is not an LLM. To connect a real model, set `OPENAI_API_KEY` (or `OPENAI_BASE_URL` "
-    "for a local server such as Ollama) in `.env`.*"
+    "it is not an LLM. The app talks to it when no provider is configured, or when "
+    "`OPENAI_BASE_URL` points at this demo server. For a real model, point `OPENAI_BASE_URL` "
+    "at your provider (or leave it unset for OpenAI) and set `OPENAI_API_KEY`.*"
 )
 
 GUARDRAIL_DEMO_KINDS = ("moderation", "email", "card", "phone", "secret", "blocked_word")
@@ -111,9 +112,10 @@ _PHRASES = {
     "hinglish": _Phrases(
         notice=(
             "*Yeh streamchat ka offline demo model hai: yeh streaming ke baare mein scripted "
-            "lessons stream karta hai, yeh LLM nahi hai. Asli model jodne ke liye `.env` mein "
-            "`OPENAI_API_KEY` (ya Ollama jaise local server ke liye `OPENAI_BASE_URL`) set "
-            "kijiye.*"
+            "lessons stream karta hai, yeh LLM nahi hai. App isse tab baat karti hai jab koi "
+            "provider configure nahi hai, ya jab `OPENAI_BASE_URL` isi demo server ki taraf "
+            "hai. Asli model ke liye `OPENAI_BASE_URL` ko apne provider par set kijiye (OpenAI "
+            "ke liye khaali chhodiye) aur `OPENAI_API_KEY` dijiye.*"
         ),
         greeting=(
             "Salaam, namaste! Main offline demo model hoon. Main chhote, scripted lessons stream "
