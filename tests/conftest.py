@@ -48,18 +48,103 @@ def slow_offline_server() -> Iterator[OfflineServer]:
         yield server
 
 
-# Test files left out of the fast tier (`python -m pytest -m "not slow"`), and why. Every
-# browser test is slow too. The fast tier still starts the real app over loopback.
-SLOW_FILES = {
-    "test_many_streams.py": "a load test: hundreds of chat sessions at once",
+# The fast tier (`python -m pytest -m "not slow"`) runs the unit tests and a chosen spread of
+# integration tests that start the real app over loopback (chat, SSE, CLI, classroom,
+# guardrails). An integration test (marked `integration`) is slow unless its file is in
+# FAST_INTEGRATION; a test named in SLOW is slow wherever it is, and so is every browser test.
+# Names are node-id prefixes: a file, or a test in it.
+FAST_INTEGRATION = (
+    "tests/test_offline.py",
+    "tests/test_app_integration.py",
+    "tests/test_sse_integration.py",
+    "tests/test_guardrails_integration.py",
+    "tests/test_classroom_integration.py",
+    "tests/test_cli.py",
+)
+SLOW = {
+    "tests/test_many_streams.py": "a load test: hundreds of chat sessions at once",
+    "tests/test_tiers.py": "runs pytest five times",
+    "tests/test_app_integration.py::test_stop_ends_the_answer": "a paced answer, stopped midway",
+    "tests/test_app_integration.py::test_websocket_compression_is_declined": "an app per case",
+    "tests/test_app_integration.py::test_event_loop_setting_is_followed": "an app per case",
+    "tests/test_app_integration.py::test_a_browser_back_on_its_session": "a paced answer, twice",
+    "tests/test_app_integration.py::test_only_the_first_answer_says": "two whole answers",
+    "tests/test_app_integration.py::test_wrong_key_gets_a_401": "an app of its own",
+    "tests/test_app_integration.py::test_unreachable_provider": "an app of its own",
+    "tests/test_app_integration.py::test_bad_setting_in_the_environment": "an app of its own",
+    "tests/test_guardrails_integration.py::test_on_error_allow": "an app of its own",
+    "tests/test_guardrails_integration.py::test_a_failing_moderation_endpoint": "an app of its own",
+    "tests/test_guardrails_integration.py::test_guardrails_switched_off": "two whole answers",
+    "tests/test_guardrails_integration.py::test_redact_replaces": "an app of its own",
+    "tests/test_sse_integration.py::test_keepalive_comments_flow": "waits for keep-alives",
+    "tests/test_sse_integration.py::test_abandoned_stream_closes": "waits out a grace period",
+    "tests/test_sse_integration.py::test_post_with_messages": "a whole answer",
+    "tests/test_sse_integration.py::test_token_events_reassemble": "a whole answer",
+    "tests/test_sse_integration.py::test_metrics_endpoint_counts": "a whole answer",
+    (
+        "tests/test_sse_integration.py::"
+        "test_reconnecting_with_last_event_id_gives_exactly_the_remainder[5]"
+    ): "cut after event 1 covers resuming in the fast tier",
+    (
+        "tests/test_sse_integration.py::"
+        "test_reconnecting_with_last_event_id_gives_exactly_the_remainder[20]"
+    ): "cut after event 1 covers resuming in the fast tier",
+    "tests/test_classroom_integration.py::test_side_by_side": "two paced answers at once",
+    "tests/test_classroom_integration.py::test_slow_motion": "a paced answer",
+    "tests/test_classroom_integration.py::test_normal_vs_streaming": "two whole answers",
+    "tests/test_classroom_integration.py::test_the_language_setting": "a whole answer",
+    "tests/test_cli.py::test_interactive_mode_keeps_history": "a CLI session of two answers",
+    "tests/test_cli.py::test_language_flag_answers_in_hinglish": "two CLI runs",
+    "tests/test_cli.py::test_raw_prints_each_chunk": "a CLI run",
+    "tests/test_cli.py::test_no_stream_asks": "a CLI run",
+    "tests/test_eventloop.py::test_event_loop_setting": "an app process per case",
+    "tests/test_eventloop.py::test_chainlit_runs_on_uvloop": "an app process",
+    "tests/test_speedups.py::test_with_speedups_o": "an app process per case",
+    "tests/test_speedups.py::test_a_private_import_that_fails": "an app process",
+    "tests/test_users.py::test_cli_adds_lists_and_removes_users": "four CLI runs",
+    "tests/test_serving.py::test_the_app_has_chainlit_": "an app process per test",
+    "tests/test_serving.py::test_with_speedups_off_chainlit_starts": "an app process",
+    "tests/test_serving.py::test_a_served_date_header_moves_on": "waits for the clock to tick",
+    "tests/test_persistence.py::test_threads_steps_and_feedback_round_trip[postgresql]": (
+        "runs PostgreSQL (SQLite covers it in the fast tier)"
+    ),
+    "tests/test_persistence.py::test_feedback_only_on_answers_in_the_users_own_chats[postgresql]": (
+        "runs PostgreSQL (SQLite covers it in the fast tier)"
+    ),
+    "tests/test_persistence.py::test_replicas_starting_together": "runs PostgreSQL",
+    "tests/test_persistence.py::test_writes_during_an_outage": "stops and starts PostgreSQL",
+    "tests/test_persistence.py::test_a_database_down_at_start": "stops and starts PostgreSQL",
+    "tests/test_persistence.py::test_closing_during_an_outage": "stops and starts PostgreSQL",
 }
 
 
+def is_slow(item: pytest.Item) -> bool:
+    if item.get_closest_marker("browser") is not None:
+        return True
+    if any(item.nodeid.startswith(name) for name in SLOW):
+        return True
+    chosen = any(item.nodeid.startswith(name) for name in FAST_INTEGRATION)
+    return item.get_closest_marker("integration") is not None and not chosen
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.name in SLOW_FILES or item.get_closest_marker("browser") is not None:
+        if is_slow(item):
             item.add_marker(pytest.mark.slow)
+    # A renamed test or file must not slip from one tier to the other unnoticed.
+    files = {item.nodeid.split("::", 1)[0] for item in items}
+    stale = [
+        name
+        for name in (*SLOW, *FAST_INTEGRATION)
+        if name.split("::", 1)[0] in files
+        and not any(item.nodeid.startswith(name) for item in items)
+    ]
+    if stale:
+        message = f"tests/conftest.py names tests that were not collected: {stale}"
+        if IN_CI:
+            raise pytest.UsageError(message)
+        config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
