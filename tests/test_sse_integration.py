@@ -276,3 +276,51 @@ def peak_memory_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         line = next(line for line in status if line.startswith("VmHWM:"))
     return int(line.split()[1])
+
+
+async def first_event(http: httpx2.AsyncClient, prompt: str) -> tuple[Received, httpx2.Headers]:
+    async with http.stream("GET", "/api/stream", params={"prompt": prompt}) as response:
+        async for item in sse_events(response):
+            if isinstance(item, Received):
+                return item, response.headers
+    raise AssertionError("the stream sent no event")
+
+
+async def test_a_stream_id_alone_neither_resumes_nor_stops_someone_elses_stream(app):
+    async with (
+        httpx2.AsyncClient(base_url=app.url, timeout=30) as owner,
+        httpx2.AsyncClient(base_url=app.url, timeout=30) as stranger,
+    ):
+        first, headers = await first_event(owner, "Explain backpressure")
+        stream_id = first.id.split(":")[0]
+        token = headers["x-stream-token"]
+        assert owner.cookies["streamchat_stream"] == token
+        for attempt in (
+            stranger.get("/api/stream", headers={"Last-Event-ID": first.id}),
+            stranger.get("/api/stream", params={"last_event_id": first.id}),
+            stranger.get(
+                "/api/stream",
+                headers={"Last-Event-ID": first.id, "X-Stream-Token": "x" * 32},
+            ),
+            stranger.delete(f"/api/stream/{stream_id}"),
+        ):
+            assert (await attempt).status_code == 404
+        # The owner resumes by its cookie; a client without cookies by the token.
+        rest = await read_all(owner, "GET", "/api/stream", headers={"Last-Event-ID": first.id})
+        assert rest[-1].event == "done" and rest[-1].data["reason"] == "complete"
+        again = await read_all(
+            stranger,
+            "GET",
+            "/api/stream",
+            headers={"Last-Event-ID": first.id, "X-Stream-Token": token},
+        )
+        assert [e.id for e in again if isinstance(e, Received)] == [
+            e.id for e in rest if isinstance(e, Received)
+        ]
+        # Stopped by its owner, a stream is cancelled: the log says so without its id.
+        stopped, _ = await first_event(owner, "Explain backpressure")
+        stopped_id = stopped.id.split(":")[0]
+        assert (await owner.delete(f"/api/stream/{stopped_id}")).status_code == 200
+        log = app.log()
+        assert "SSE stream was cancelled" in log
+        assert stream_id not in log and stopped_id not in log, "a stream id was logged"

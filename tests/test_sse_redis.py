@@ -114,6 +114,14 @@ async def test_another_replica_resumes_exactly_after_the_last_event_seen(replica
     assert [e.seq for e in everything] == list(range(1, 32))
 
 
+async def test_every_replica_can_tell_whom_a_stream_belongs_to(replicas, in_redis):
+    one, two = replicas
+    event_log = one.start(producer(3), owner="digest-of-its-owner")
+    await mirror_ended(in_redis, event_log.stream_id)
+    assert await two.mirror.owner_of(event_log.stream_id) == "digest-of-its-owner"
+    assert await two.mirror.owner_of("nosuchstream") is None
+
+
 async def test_quiet_streams_get_keepalives_across_replicas(replicas, in_redis):
     one, two = replicas
     event_log = one.start(producer(2, then_wait=True))

@@ -81,6 +81,8 @@ class EventLog:
         self._changed = asyncio.Event()
         self.closed = False
         self.closed_at: float | None = None
+        # Whom the stream belongs to (a digest; see web.py): only they may resume or stop it.
+        self.owner = ""
         # Sees each event as it is appended, and None at the close (the Redis mirror).
         self.observer: Callable[[SseEvent | None], None] | None = None
 
@@ -206,11 +208,13 @@ class StreamHub:
         self._clock = clock
         self._running: dict[str, _Running] = {}
 
-    def start(self, produce: Producer) -> EventLog:
-        """Start an answer; `produce(log)` appends its events. The log is closed when it ends."""
+    def start(self, produce: Producer, *, owner: str = "") -> EventLog:
+        """Start an answer; `produce(log)` appends its events. The log is closed when it ends.
+        `owner` is kept with it (and in the shared store) for the resumes and stops to check."""
         self.store.prune(self._clock())
         stream_id = uuid.uuid4().hex[:16]
         event_log = self.store.create(stream_id)
+        event_log.owner = owner
         if self.mirror is not None:
             self.mirror.attach(event_log)
         running = _Running(task=asyncio.create_task(self._produce(event_log, produce)))
@@ -224,9 +228,11 @@ class StreamHub:
         try:
             await produce(event_log)
         except asyncio.CancelledError:
-            log.info("stream %s cancelled", event_log.stream_id)
+            # Ids only at DEBUG: with one (and its owner's token) a stream can be followed.
+            log.info("an SSE stream was cancelled")
+            log.debug("stream %s cancelled", event_log.stream_id)
         except Exception:
-            log.exception("stream %s failed", event_log.stream_id)
+            log.exception("an SSE stream failed")
             if not event_log.closed:
                 event_log.append("error", {"message": "The answer failed unexpectedly. Try again."})
         finally:
@@ -295,7 +301,8 @@ class StreamHub:
                 self._arm_grace_timer(stream_id, running)  # a client follows on another replica
                 return
             if running.followers == 0:
-                log.info("stream %s abandoned for %.0f s; cancelling", stream_id, self.grace_s)
+                log.info("an SSE stream was abandoned for %.0f s; cancelling it", self.grace_s)
+                log.debug("stream %s abandoned", stream_id)
                 running.task.cancel()
 
         if running.grace_timer is not None:

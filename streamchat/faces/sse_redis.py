@@ -11,7 +11,9 @@ Across replicas:
   (a key with a short expiry): the running replica does not abandon a stream that is followed
   elsewhere;
 - `DELETE /api/stream/{id}` on any replica publishes the id on `streamchat:sse:cancel`; the
-  replica that runs it (it holds `streamchat:sse:{id}:owner`) cancels it.
+  replica that runs it (it holds `streamchat:sse:{id}:owner`) cancels it;
+- `streamchat:sse:{id}:client` holds the digest of whom the stream belongs to, so any replica
+  can check a resume or a stop.
 
 Streams are trimmed to the newest `max_events` entries and expire `ttl_s` after their last
 event, like the in-memory store. If Redis fails while an answer runs, the answer goes on for its
@@ -74,15 +76,19 @@ class RedisMirror:
         """Mirror `event_log` into Redis, in order, from now on."""
         queue: asyncio.Queue[SseEvent | None] = asyncio.Queue()
         event_log.observer = queue.put_nowait
-        task = asyncio.create_task(self._write(event_log.stream_id, queue))
+        task = asyncio.create_task(self._write(event_log.stream_id, event_log.owner, queue))
         self._writers.add(task)
         task.add_done_callback(self._writers.discard)
 
-    async def _write(self, stream_id: str, queue: asyncio.Queue[SseEvent | None]) -> None:
+    async def _write(
+        self, stream_id: str, client_digest: str, queue: asyncio.Queue[SseEvent | None]
+    ) -> None:
         key, owner = self.key(stream_id), f"{self.key(stream_id)}:owner"
+        client = f"{key}:client"
         ttl = max(1, int(self.ttl_s))
         failed = False
         try:
+            await self._redis.set(client, client_digest, ex=ttl)
             await self._redis.set(owner, self.replica, ex=ttl)
         except Exception as exc:
             failed = self._warn(stream_id, exc)
@@ -110,6 +116,7 @@ class RedisMirror:
                                 approximate=False,
                             )
                         pipe.expire(key, ttl)
+                        pipe.expire(client, ttl)
                         if not ended:
                             pipe.expire(owner, ttl)
                         await pipe.execute()
@@ -122,10 +129,10 @@ class RedisMirror:
 
     def _warn(self, stream_id: str, exc: Exception) -> bool:
         log.warning(
-            "stream %s is not shared with other replicas: Redis failed (%s)",
-            stream_id,
+            "an SSE stream is not shared with other replicas: Redis failed (%s)",
             type(exc).__name__,
         )
+        log.debug("stream %s is not shared", stream_id)
         return True
 
     async def followed_elsewhere(self, stream_id: str) -> bool:
@@ -167,6 +174,14 @@ class RedisMirror:
             return False if await self._redis.exists(self.key(stream_id)) else None
         except Exception as exc:
             raise StoreUnavailable(str(type(exc).__name__)) from exc
+
+    async def owner_of(self, stream_id: str) -> str | None:
+        """The digest of whom `stream_id` belongs to; None if no such stream is kept."""
+        try:
+            value = await self._redis.get(f"{self.key(stream_id)}:client")
+        except Exception as exc:
+            raise StoreUnavailable(str(type(exc).__name__)) from exc
+        return value.decode() if isinstance(value, bytes) else value
 
     async def check(self, stream_id: str, after_seq: int) -> None:
         """Raise UnknownStream or EventsDropped unless the events after `after_seq` are kept;

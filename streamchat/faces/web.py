@@ -8,9 +8,12 @@ after it is never reached. `mount` inserts our routes before the catch-all.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import math
+import re
+import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, Response
@@ -40,6 +43,11 @@ from streamchat.runtime import Runtime
 from streamchat.settings import Settings
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# An anonymous client's proof that a stream is its own: a cookie (what EventSource and the demo
+# page send by themselves) or, for clients without cookies, the same value in a header.
+STREAM_COOKIE = "streamchat_stream"
+STREAM_TOKEN_HEADER = "X-Stream-Token"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{20,100}")
 _CATCH_ALL = "/{full_path:path}"
 
 
@@ -133,6 +141,38 @@ def _hub(settings: Settings) -> StreamHub:
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message}}, status_code=status)
+
+
+def _digest(owner: str) -> str:
+    return hashlib.sha256(owner.encode()).hexdigest()
+
+
+def _stream_token(request: Request) -> str | None:
+    token = request.headers.get(STREAM_TOKEN_HEADER) or request.cookies.get(STREAM_COOKIE) or ""
+    return token if _TOKEN.fullmatch(token) else None
+
+
+def _owner(request: Request) -> tuple[str, str | None]:
+    """Whom a new stream belongs to (a digest): the logged-in user, else the anonymous client,
+    with the token to hand it (a new unguessable one if it brought none)."""
+    user = request_identity(request.headers.get("authorization"), request.cookies)
+    if user:
+        return _digest(f"user:{user}"), None
+    token = _stream_token(request) or secrets.token_urlsafe(24)
+    return _digest(f"client:{token}"), token
+
+
+def _owned_by(request: Request, owner: str | None) -> bool:
+    """Whether `request` speaks for `owner`: a stream id alone never is enough."""
+    user = request_identity(request.headers.get("authorization"), request.cookies)
+    token = _stream_token(request)
+    if user:
+        presented = _digest(f"user:{user}")
+    elif token:
+        presented = _digest(f"client:{token}")
+    else:
+        return False
+    return bool(owner) and hmac.compare_digest(presented, owner or "")
 
 
 class BadStreamRequest(ValueError):
@@ -230,13 +270,20 @@ class StreamEndpoint:
     async def delete(self, request: Request, stream_id: str) -> Response:
         if denied := self._unauthorised(request):
             return denied
-        if await self.hub.cancel(stream_id):
-            return JSONResponse({"stopped": stream_id})
-        if self.hub.get(stream_id) is not None:
+        # Someone else's stream is answered as one that does not exist.
+        missing = _error(404, "No such stream (or it is not yours).")
+        event_log = self.hub.get(stream_id)
+        if event_log is not None:
+            if not _owned_by(request, event_log.owner):
+                return missing
+            if await self.hub.cancel(stream_id):
+                return JSONResponse({"stopped": stream_id})
             return JSONResponse({"stopped": stream_id, "note": "the stream had already ended"})
         if self.hub.mirror is not None:
             # Perhaps another replica runs it.
             try:
+                if not _owned_by(request, await self.hub.mirror.owner_of(stream_id)):
+                    return missing
                 running = await self.hub.mirror.request_cancel(stream_id)
             except StoreUnavailable:
                 return _error(503, "The shared stream store is unavailable. Try again shortly.")
@@ -244,7 +291,7 @@ class StreamEndpoint:
                 return JSONResponse({"stopped": stream_id})
             if running is False:
                 return JSONResponse({"stopped": stream_id, "note": "the stream had already ended"})
-        return _error(404, f"No stream with id {stream_id!r}.")
+        return missing
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -260,20 +307,22 @@ class StreamEndpoint:
         if parsed is None:
             return gone
         if event_log is None and self.hub.mirror is not None:
-            return await self._resume_elsewhere(*parsed)
-        if event_log is None:
-            return gone
+            return await self._resume_elsewhere(request, *parsed)
+        if event_log is None or not _owned_by(request, event_log.owner):
+            return gone  # someone else's stream is answered as one that does not exist
         try:
             event_log.since(parsed[1])  # checked now: follow() is lazy
         except LookupError:
             return _error(410, "Part of that stream is no longer kept. Ask again.")
         return self._response(self.hub.follow(event_log, after_seq=parsed[1]), first=b"")
 
-    async def _resume_elsewhere(self, stream_id: str, after_seq: int) -> Response:
+    async def _resume_elsewhere(self, request: Request, stream_id: str, after_seq: int) -> Response:
         """Follow a stream that another replica runs, from the shared store."""
         mirror = self.hub.mirror
         assert mirror is not None
         try:
+            if not _owned_by(request, await mirror.owner_of(stream_id)):
+                raise UnknownStream(stream_id)
             await mirror.check(stream_id, after_seq)
         except UnknownStream:
             return _error(
@@ -335,10 +384,25 @@ class StreamEndpoint:
             sink = SseSink(event_log)
             if await pipeline.screen(messages[-1].content, sink) is not None:
                 return  # refused: nothing goes upstream
-            await pipeline.run(sink, stream_id=event_log.stream_id).run(request)
+            # The logs name the run by a digest of the stream id, never the id itself.
+            log_id = _digest(event_log.stream_id)[:12]
+            await pipeline.run(sink, stream_id=log_id).run(request)
 
-        event_log = self.hub.start(produce)
-        return self._response(self.hub.follow(event_log), first=encode_retry(self.retry_ms))
+        owner, token = _owner(http_request)
+        event_log = self.hub.start(produce, owner=owner)
+        streamed = self._response(self.hub.follow(event_log), first=encode_retry(self.retry_ms))
+        if token is not None:
+            streamed.headers[STREAM_TOKEN_HEADER] = token
+            streamed.set_cookie(
+                STREAM_COOKIE,
+                token,
+                max_age=86_400,
+                path="/api/stream",
+                secure=http_request.url.scheme == "https",
+                httponly=True,
+                samesite="strict",
+            )
+        return streamed
 
     def _response(self, events: AsyncIterator[object], *, first: bytes) -> StreamingResponse:
         async def body() -> AsyncIterator[bytes]:
