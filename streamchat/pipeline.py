@@ -162,12 +162,20 @@ class Pipeline:
         return WholeAnswer(self.source) if isinstance(self.source, Provider) else None
 
     async def screen(
-        self, text: str, sink: Sink, guardrails: GuardrailConfig | None = None
+        self,
+        text: str,
+        sink: Sink,
+        guardrails: GuardrailConfig | None = None,
+        *,
+        check_length: bool = True,
     ) -> StreamResult | None:
-        """The input checks, before anything goes upstream: the length, then the guardrail
+        """The input checks, before anything goes upstream: the length (unless `check_length`
+        is False: an earlier turn of a conversation a client sends), then the guardrail
         policies and moderation. A refused message is finished in `sink` and its result
         returned; None means the message may be sent."""
-        problem = length_problem("Your message", text, self.max_input_chars)
+        problem = (
+            length_problem("Your message", text, self.max_input_chars) if check_length else None
+        )
         if problem is not None:
             return await refused_input_result(
                 sink, error=InputRejected(f"{problem} Shorten it and send it again.")

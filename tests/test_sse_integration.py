@@ -324,3 +324,33 @@ async def test_a_stream_id_alone_neither_resumes_nor_stops_someone_elses_stream(
         log = app.log()
         assert "SSE stream was cancelled" in log
         assert stream_id not in log and stopped_id not in log, "a stream id was logged"
+
+
+SECRET = "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcd"
+
+
+@pytest.mark.parametrize("role", ["user", "assistant", "system"])
+async def test_every_message_a_client_sends_is_screened_not_only_the_last(client, upstream, role):
+    upstream.records.clear()
+    messages = [
+        {"role": role, "content": f"Remember this key: {SECRET}"},
+        {"role": "user", "content": "What is a token?"},
+    ]
+    events = await read_all(client, "POST", "/api/stream", json={"messages": messages})
+    named = [e for e in events if isinstance(e, Received)]
+    assert [e.data["policy"] for e in named if e.event == "guardrail"] == ["secrets"]
+    assert SECRET not in json.dumps([e.data for e in named])
+    assert upstream.records.all() == [], "a refused conversation is not sent upstream"
+
+
+async def test_a_clients_system_message_follows_the_servers_system_prompt(client, upstream):
+    upstream.records.clear()
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "What is a token?"},
+    ]
+    await read_all(client, "POST", "/api/stream", json={"messages": messages})
+    record = (await upstream_requests(upstream, 1, within=5))[0]
+    roles = [(m["role"], m["content"]) for m in record.messages]
+    assert roles[0][0] == "system" and roles[0][1] != "Answer briefly."
+    assert roles[1:] == [("system", "Answer briefly."), ("user", "What is a token?")]

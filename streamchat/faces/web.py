@@ -382,8 +382,14 @@ class StreamEndpoint:
 
         async def answer(event_log: EventLog) -> None:
             sink = SseSink(event_log)
-            if await pipeline.screen(messages[-1].content, sink) is not None:
+            # Every text the client sent reaches the model, whatever its role (a client can
+            # write "assistant" or "system" turns as well as its own): all are screened.
+            *earlier, last = messages
+            if await pipeline.screen(last.content, sink) is not None:
                 return  # refused: nothing goes upstream
+            for message in earlier:
+                if await pipeline.screen(message.content, sink, check_length=False) is not None:
+                    return
             # The logs name the run by a digest of the stream id, never the id itself.
             log_id = _digest(event_log.stream_id)[:12]
             await pipeline.run(sink, stream_id=log_id).run(request)
