@@ -25,12 +25,17 @@ class StreamStats:
     finish_reason: str | None = None
     attempts: int = 1  # requests made for this answer: 1 + retries + resumes
     resumes: int = 0  # of which continued a broken answer
+    text_chunks: int | None = None  # chunks that carried text (1: the answer was not streamed)
 
     @property
     def tokens_per_second(self) -> float | None:
-        """Generation speed after the first token (TTFT is reported on its own)."""
+        """Generation speed after the first token (TTFT is reported on its own). An answer
+        that arrived in one piece (not streamed) was generated before its first token came, so
+        its speed is over the whole time instead."""
         if self.first_token_s is None or self.completion_tokens < 2:
             return None
+        if self.text_chunks == 1:
+            return self.completion_tokens / self.duration_s if self.duration_s > 0 else None
         generating = self.duration_s - self.first_token_s
         if generating <= 0:
             return None
@@ -103,10 +108,12 @@ class StatsRecorder:
         self._all_reported = True
         self._attempt_usage: Usage | None = None
         self._attempt_content_chunks = 0
+        self._text_chunks = 0
 
     def observe(self, delta: Delta) -> None:
         self._chunks += 1
         if delta.text:
+            self._text_chunks += 1
             self._attempt_content_chunks += 1
             if self._first_token is None:
                 self._first_token = self._clock()
@@ -154,6 +161,7 @@ class StatsRecorder:
             finish_reason=self._finish_reason,
             attempts=self._attempts,
             resumes=self._resumes,
+            text_chunks=self._text_chunks,
         )
 
 
