@@ -175,7 +175,10 @@ class ChainlitSink:
             # send() ends the stream in the UI and persists the message when a data layer is on.
             await self.message.send()
         if result.error is not None:
-            retry = [] if result.text or result.input_blocked else self._actions("retry", "Retry")
+            # No Retry for a rejected key: the same request fails again until the key is fixed
+            # (the message names the variable).
+            pointless = result.text or result.input_blocked or result.error.status == 401
+            retry = [] if pointless else self._actions("retry", "Retry")
             await self._notify_error(result.error.user_message, retry)
         elif result.reason is EndReason.GUARDRAIL and not (result.text or self._streamed):
             # Blocked before anything was shown (the user's message, or the answer's start).
