@@ -353,8 +353,13 @@ class Provider:
         """Translate an SDK error into a short message a person can act on."""
         detail = f"{type(exc).__name__}: {exc.message}"
         if (cause := _root_cause(exc)) is not exc:
-            # What the transport reported: the SDK calls every aiohttp failure a timeout.
-            detail += f" ({type(cause).__name__}{f': {cause}' if str(cause) else ''})"
+            # What the transport reported: the SDK calls every aiohttp failure a timeout, so a
+            # refused connection is logged as what it is, not as "Request timed out".
+            caused = f"{type(cause).__name__}{f': {cause}' if str(cause) else ''}"
+            if isinstance(exc, openai.APITimeoutError) and not _really_timed_out(exc):
+                detail = f"{caused} (the SDK reported it as {type(exc).__name__})"
+            else:
+                detail += f" ({caused})"
         detail = redact_secrets(detail)
         where = self.label
         if isinstance(exc, openai.APITimeoutError) and _really_timed_out(exc):
