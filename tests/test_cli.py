@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -152,3 +153,54 @@ def test_language_flag_answers_in_hinglish(offline_server):
     assert done.stdout == choose_answer(record.messages) + "\n"
     bad = run_cli("--language", "klingon", "hi")
     assert bad.returncode == 2 and "Unknown language" in bad.stderr
+
+
+def test_no_stream_stats_measure_tokens_per_second_over_the_generation(offline_server):
+    done = run_cli(
+        "--no-stream", "What is a token?", env=cli_env(OPENAI_BASE_URL=offline_server.base_url)
+    )
+    assert done.returncode == 0, done.stderr
+    speed = re.search(r"([\d.]+) tok/s", done.stderr)
+    tokens = re.search(r"(\d+) tokens", done.stderr)
+    seconds = re.search(r"· ([\d.]+) s", done.stderr)
+    assert speed and tokens and seconds, done.stderr
+    # Over the whole time, not the instant between the first and the last character.
+    assert float(speed.group(1)) <= int(tokens.group(1)) / float(seconds.group(1)) * 1.1
+
+
+def test_a_refused_connection_is_logged_as_refused_not_as_a_timeout():
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    done = run_cli("hi", env=cli_env(OPENAI_BASE_URL=url, STREAM_RETRIES="0", LOG_LEVEL="DEBUG"))
+    assert done.returncode == 1
+    assert "ConnectionRefusedError" in done.stderr
+    assert "Request timed out" not in done.stderr
+
+
+def test_ctrl_c_at_an_empty_prompt_ends_the_line_before_leaving():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamchat", "-i"],
+        cwd=REPO,
+        env=cli_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        os.set_blocking(proc.stderr.fileno(), False)
+        seen = bytearray()
+
+        def prompted() -> bool:
+            seen.extend(proc.stderr.read() or b"")
+            return seen.endswith(b"> ")
+
+        wait_until(prompted, within=30, what="the > prompt")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        os.set_blocking(proc.stderr.fileno(), True)
+        seen.extend(proc.stderr.read())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert seen.endswith(b"> \n"), bytes(seen[-40:])

@@ -186,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(run(args, sys.stdout, sys.stderr))
     except KeyboardInterrupt:
+        # Ctrl+C outside an answer (at the prompt, or while starting): end the line, so the
+        # shell's prompt starts on a line of its own.
+        sys.stderr.write("\n")
+        sys.stderr.flush()
         return EXIT_INTERRUPTED
 
 
