@@ -354,3 +354,16 @@ async def test_a_clients_system_message_follows_the_servers_system_prompt(client
     roles = [(m["role"], m["content"]) for m in record.messages]
     assert roles[0][0] == "system" and roles[0][1] != "Answer briefly."
     assert roles[1:] == [("system", "Answer briefly."), ("user", "What is a token?")]
+
+
+async def test_a_resume_after_the_done_event_answers_204_so_eventsource_stops(client):
+    events = await read_all(client, "GET", "/api/stream", params={"prompt": "What is a token?"})
+    done = events[-1]
+    assert done.event == "done"
+    again = await client.get("/api/stream", headers={"Last-Event-ID": done.id})
+    assert again.status_code == 204 and again.content == b""
+    stream_id, seq = done.id.rsplit(":", 1)
+    before_done = await read_all(
+        client, "GET", "/api/stream", headers={"Last-Event-ID": f"{stream_id}:{int(seq) - 1}"}
+    )
+    assert [e.event for e in before_done if isinstance(e, Received)] == ["done"]

@@ -122,6 +122,14 @@ async def test_every_replica_can_tell_whom_a_stream_belongs_to(replicas, in_redi
     assert await two.mirror.owner_of("nosuchstream") is None
 
 
+async def test_another_replica_tells_when_nothing_follows_an_event(replicas, in_redis):
+    one, two = replicas
+    event_log = one.start(producer(3))
+    await mirror_ended(in_redis, event_log.stream_id)
+    assert await two.mirror.ended_at(event_log.stream_id, 4)  # after "done": nothing more
+    assert not await two.mirror.ended_at(event_log.stream_id, 3)
+
+
 async def test_quiet_streams_get_keepalives_across_replicas(replicas, in_redis):
     one, two = replicas
     event_log = one.start(producer(2, then_wait=True))

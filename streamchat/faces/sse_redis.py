@@ -196,6 +196,14 @@ class RedisMirror:
         if after_seq + 1 < first_seq:
             raise EventsDropped(stream_id)
 
+    async def ended_at(self, stream_id: str, after_seq: int) -> bool:
+        """Whether the stream has ended with nothing after `after_seq`."""
+        try:
+            entries = await self._redis.xrange(self.key(stream_id), min=f"(0-{after_seq}", count=1)
+        except Exception as exc:
+            raise StoreUnavailable(str(type(exc).__name__)) from exc
+        return bool(entries) and _text(entries[0][1], "event") == END
+
     async def follow(
         self, stream_id: str, after_seq: int, *, keepalive_s: float
     ) -> AsyncIterator[object]:

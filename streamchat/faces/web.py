@@ -175,6 +175,11 @@ def _owned_by(request: Request, owner: str | None) -> bool:
     return bool(owner) and hmac.compare_digest(presented, owner or "")
 
 
+def _nothing_more() -> Response:
+    """A resume after a stream's last event: 204 is what makes EventSource stop reconnecting."""
+    return Response(status_code=204)
+
+
 class BadStreamRequest(ValueError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -311,9 +316,11 @@ class StreamEndpoint:
         if event_log is None or not _owned_by(request, event_log.owner):
             return gone  # someone else's stream is answered as one that does not exist
         try:
-            event_log.since(parsed[1])  # checked now: follow() is lazy
+            remaining = event_log.since(parsed[1])  # checked now: follow() is lazy
         except LookupError:
             return _error(410, "Part of that stream is no longer kept. Ask again.")
+        if event_log.closed and not remaining:
+            return _nothing_more()
         return self._response(self.hub.follow(event_log, after_seq=parsed[1]), first=b"")
 
     async def _resume_elsewhere(self, request: Request, stream_id: str, after_seq: int) -> Response:
@@ -324,6 +331,8 @@ class StreamEndpoint:
             if not _owned_by(request, await mirror.owner_of(stream_id)):
                 raise UnknownStream(stream_id)
             await mirror.check(stream_id, after_seq)
+            if await mirror.ended_at(stream_id, after_seq):
+                return _nothing_more()
         except UnknownStream:
             return _error(
                 404, "That stream is no longer available (it ended too long ago). Ask again."
