@@ -203,3 +203,35 @@ async def test_redis_down_keeps_local_streams_and_refuses_remote_resumes(caplog)
     messages = [r.getMessage() for r in caplog.records]
     assert any("not shared with other replicas" in m for m in messages)
     assert not any("pw" in m for m in messages)
+
+
+async def test_a_cancel_channel_outage_is_logged_once_and_its_end_once(caplog):
+    port = free_port()
+    mirror = RedisMirror(f"redis://127.0.0.1:{port}/0")
+    mirror.retry_s = 0.01
+    caplog.set_level(logging.INFO, logger="streamchat.faces.sse")
+
+    async def cancel(stream_id: str) -> bool:
+        return False
+
+    redis = None
+    try:
+        await mirror.listen_for_cancels(cancel)
+        await eventually(
+            lambda: mirror.cancel_channel_failures >= 20, within=10, what="20 failed attempts"
+        )
+        redis = await asyncio.create_subprocess_exec(
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        await eventually(
+            lambda: mirror.cancel_channel_failures == 0, within=10, what="the channel back"
+        )
+    finally:
+        await mirror.aclose()
+        if redis is not None:
+            redis.terminate()
+            await asyncio.wait_for(redis.wait(), 10)
+    messages = [r.getMessage() for r in caplog.records if "cancel channel" in r.getMessage()]
+    assert len(messages) == 2, messages
+    assert "Redis failed" in messages[0] and "answers again" in messages[1]

@@ -65,6 +65,8 @@ class RedisMirror:
         )
         self._writers: set[asyncio.Task[None]] = set()
         self._subscriber: asyncio.Task[None] | None = None
+        self.retry_s = 2.0  # between attempts to listen on the cancel channel
+        self.cancel_channel_failures = 0  # attempts failed in a row
 
     @staticmethod
     def key(stream_id: str) -> str:
@@ -149,6 +151,9 @@ class RedisMirror:
                 try:
                     async with self._redis.pubsub() as pubsub:
                         await pubsub.subscribe(CANCEL_CHANNEL)
+                        if self.cancel_channel_failures:
+                            log.info("SSE cancel channel: Redis answers again")
+                            self.cancel_channel_failures = 0
                         async for message in pubsub.listen():
                             if message.get("type") == "message":
                                 data = message["data"]
@@ -157,8 +162,15 @@ class RedisMirror:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.warning("SSE cancel channel: Redis failed (%s)", type(exc).__name__)
-                    await asyncio.sleep(2)
+                    # Said once per outage (and again when it is over), not at every retry.
+                    if not self.cancel_channel_failures:
+                        log.warning(
+                            "SSE cancel channel: Redis failed (%s); retrying every %g s",
+                            type(exc).__name__,
+                            self.retry_s,
+                        )
+                    self.cancel_channel_failures += 1
+                    await asyncio.sleep(self.retry_s)
 
         self._subscriber = asyncio.create_task(listen())
 
