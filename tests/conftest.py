@@ -50,16 +50,27 @@ def slow_offline_server() -> Iterator[OfflineServer]:
 
 # The fast tier (`python -m pytest -m "not slow"`) runs the unit tests and a chosen spread of
 # integration tests that start the real app over loopback (chat, SSE, CLI, classroom,
-# guardrails). An integration test (marked `integration`) is slow unless its file is in
-# FAST_INTEGRATION; a test named in SLOW is slow wherever it is, and so is every browser test.
+# guardrails). An integration test (marked `integration`) is slow unless FAST_INTEGRATION names
+# it or its file, so new ones start in the slow tier; a test named in SLOW is slow wherever it
+# is, and so is every browser test.
 # Names are node-id prefixes: a file, or a test in it.
 FAST_INTEGRATION = (
     "tests/test_offline.py",
     "tests/test_app_integration.py",
-    "tests/test_sse_integration.py",
-    "tests/test_guardrails_integration.py",
-    "tests/test_classroom_integration.py",
-    "tests/test_cli.py",
+    "tests/test_cli.py::test_streams_the_answer_to_stdout_and_stats_to_stderr",
+    "tests/test_cli.py::test_ctrl_c_stops_the_answer_and_closes_the_upstream",
+    "tests/test_cli.py::test_provider_error_exits_1_with_a_clear_message",
+    "tests/test_cli.py::test_bad_configuration_exits_2",
+    "tests/test_cli.py::test_missing_question_exits_2_with_usage_hint",
+    "tests/test_sse_integration.py::test_get_answers_with_an_event_stream_not_the_ui_page",
+    "tests/test_sse_integration.py::test_reconnecting_with_last_event_id_gives_exactly_the_remainder[1]",
+    "tests/test_sse_integration.py::test_bad_requests_get_clear_json_errors",
+    "tests/test_guardrails_integration.py::test_pii_in_the_answer_stops_the_stream",
+    "tests/test_guardrails_integration.py::test_a_message_with_pii_is_not_sent_upstream",
+    "tests/test_classroom_integration.py::test_the_classroom_offers_its_commands",
+    "tests/test_classroom_integration.py::test_raw_chunks_token_view_and_timeline",
+    "tests/test_classroom_integration.py::test_guardrail_demo_holds_back_and_stops",
+    "tests/test_classroom_integration.py::test_fault_demo_cuts_the_stream",
 )
 SLOW = {
     "tests/test_many_streams.py": "a load test: hundreds of chat sessions at once",
@@ -72,33 +83,9 @@ SLOW = {
     "tests/test_app_integration.py::test_wrong_key_gets_a_401": "an app of its own",
     "tests/test_app_integration.py::test_unreachable_provider": "an app of its own",
     "tests/test_app_integration.py::test_bad_setting_in_the_environment": "an app of its own",
-    "tests/test_guardrails_integration.py::test_on_error_allow": "an app of its own",
-    "tests/test_guardrails_integration.py::test_a_failing_moderation_endpoint": "an app of its own",
-    "tests/test_guardrails_integration.py::test_guardrails_switched_off": "two whole answers",
-    "tests/test_guardrails_integration.py::test_redact_replaces": "an app of its own",
-    "tests/test_sse_integration.py::test_keepalive_comments_flow": "waits for keep-alives",
-    "tests/test_sse_integration.py::test_abandoned_stream_closes": "waits out a grace period",
-    "tests/test_sse_integration.py::test_post_with_messages": "a whole answer",
-    "tests/test_sse_integration.py::test_token_events_reassemble": "a whole answer",
-    "tests/test_sse_integration.py::test_metrics_endpoint_counts": "a whole answer",
-    (
-        "tests/test_sse_integration.py::"
-        "test_reconnecting_with_last_event_id_gives_exactly_the_remainder[5]"
-    ): "cut after event 1 covers resuming in the fast tier",
-    (
-        "tests/test_sse_integration.py::"
-        "test_reconnecting_with_last_event_id_gives_exactly_the_remainder[20]"
-    ): "cut after event 1 covers resuming in the fast tier",
-    "tests/test_classroom_integration.py::test_side_by_side": "two paced answers at once",
-    "tests/test_classroom_integration.py::test_slow_motion": "a paced answer",
-    "tests/test_classroom_integration.py::test_normal_vs_streaming": "two whole answers",
-    "tests/test_classroom_integration.py::test_the_language_setting": "a whole answer",
-    "tests/test_cli.py::test_interactive_mode_keeps_history": "a CLI session of two answers",
-    "tests/test_cli.py::test_language_flag_answers_in_hinglish": "two CLI runs",
-    "tests/test_cli.py::test_raw_prints_each_chunk": "a CLI run",
-    "tests/test_cli.py::test_no_stream_asks": "a CLI run",
     "tests/test_eventloop.py::test_event_loop_setting": "an app process per case",
     "tests/test_eventloop.py::test_chainlit_runs_on_uvloop": "an app process",
+    "tests/test_eventloop.py::test_c_tasks_come_back_under_chainlit": "an app process",
     "tests/test_speedups.py::test_with_speedups_o": "an app process per case",
     "tests/test_speedups.py::test_a_private_import_that_fails": "an app process",
     "tests/test_users.py::test_cli_adds_lists_and_removes_users": "four CLI runs",
