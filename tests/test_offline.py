@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import httpx2
 import openai
 import pytest
 from hypothesis import given
@@ -69,6 +70,76 @@ async def test_max_tokens_cuts_with_finish_reason_length(client):
 async def test_unknown_model_is_a_404(client):
     with pytest.raises(openai.NotFoundError):
         await client.chat.completions.create(model="gpt-nope", messages=ask("hi"))
+
+
+@pytest.mark.parametrize(
+    ("change", "param", "code"),
+    [
+        ({"n": 2}, "n", "unsupported_value"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", None),
+        ({"tool_choice": "required"}, "tool_choice", None),
+        ({"response_format": {"type": "json_object"}}, "response_format", None),
+        ({"temperature": 5}, "temperature", "invalid_value"),
+        ({"temperature": "hot"}, "temperature", "invalid_type"),
+        ({"max_tokens": -1}, "max_tokens", "invalid_value"),
+        ({"max_tokens": "abc"}, "max_tokens", "invalid_type"),
+        ({"messages": [{"content": "hi"}]}, "messages[0].role", "invalid_value"),
+        ({"model": None}, "model", "missing_required_parameter"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "invalid_value"),
+    ],
+)
+async def test_what_the_demo_model_cannot_do_is_a_400_naming_the_parameter(
+    offline_server, change, param, code
+):
+    body = {"model": MODEL_ID, "messages": ask("What is a token?"), **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        response = await http.post(f"{offline_server.base_url}/chat/completions", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert error["code"] == (code or "unsupported_parameter")
+    assert error["message"]
+
+
+async def test_stop_ends_the_answer_before_the_first_stop_sequence(client):
+    messages = ask("What is a token?")
+    whole = choose_answer(messages)
+    stop = whole.split()[5]
+    stream = await client.chat.completions.create(
+        model=MODEL_ID, messages=messages, stream=True, stop=[stop, "no such text"]
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole[: whole.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    completion = await client.chat.completions.create(model=MODEL_ID, messages=messages, stop=stop)
+    assert completion.choices[0].message.content == text
+
+
+async def test_completions_carry_the_time_they_were_made(client):
+    before = int(time.time())
+    completion = await client.chat.completions.create(model=MODEL_ID, messages=ask("hi"))
+    assert before <= completion.created <= int(time.time())
+
+
+async def test_unknown_routes_and_wrong_methods_answer_in_json(offline_server):
+    async with httpx2.AsyncClient(timeout=10) as http:
+        missing = await http.get(f"{offline_server.base_url}/nope")
+        wrong = await http.get(f"{offline_server.base_url}/chat/completions")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_url"
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_model_is_described_only_with_the_right_key():
+    with OfflineServer(api_key="right-key", tokens_per_second=500) as guarded:
+        async with httpx2.AsyncClient(timeout=10) as http:
+            url = f"{guarded.base_url}/models/{MODEL_ID}"
+            assert (await http.get(url)).status_code == 401
+            wrong = await http.get(url, headers={"Authorization": "Bearer wrong-key"})
+            assert wrong.status_code == 401
+            right = await http.get(url, headers={"Authorization": "Bearer right-key"})
+            assert right.status_code == 200 and right.json()["id"] == MODEL_ID
 
 
 async def test_wrong_key_is_a_401_that_does_not_echo_the_key():

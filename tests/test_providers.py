@@ -629,9 +629,15 @@ async def test_the_public_path_yields_the_same_deltas_as_the_fast_path(stack):
     assert len(fast) > 10 and not any(d.more for d in public)
 
     def shape(deltas):
-        # Each answer has its own id; everything else in a chunk is the same.
+        # Each answer has its own id and time; everything else in a chunk is the same.
         return [
-            (d.text, d.index, d.finish_reason, d.usage, {**json.loads(d.raw), "id": ""})
+            (
+                d.text,
+                d.index,
+                d.finish_reason,
+                d.usage,
+                {**json.loads(d.raw), "id": "", "created": 0},
+            )
             for d in deltas
         ]
 

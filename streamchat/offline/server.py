@@ -23,6 +23,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -43,7 +44,9 @@ log = logging.getLogger("streamchat.offline")
 
 MODEL_ID = "streamchat-demo"
 FAULT_HEADER = "x-streamchat-fault"
+# When the model was made (/v1/models); each completion carries the time it was made.
 _CREATED = 1_732_406_400
+_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 @dataclass
@@ -58,6 +61,7 @@ class RequestRecord:
     body: dict[str, Any]
     headers: dict[str, str]
     started_at: float = field(default_factory=time.time)
+    created: int = field(default_factory=lambda: int(time.time()))  # the answer's `created`
     ended_at: float | None = None
     tokens_sent: int = 0
     chunks_sent: int = 0  # data: events with a JSON chunk (not [DONE]), as the client saw them
@@ -112,18 +116,144 @@ class DropConnection(Exception):
     """Raised inside a streaming response to cut the connection without finishing it."""
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+def _error(
+    status: int,
+    message: str,
+    kind: str,
+    code: str | None = None,
+    param: str | None = None,
+) -> JSONResponse:
+    """OpenAI's error shape: `param` names the parameter at fault, `code` says what is wrong."""
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": None, "code": code}},
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
         status_code=status,
     )
 
 
-def _chunk(completion_id: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+class BadRequest(ValueError):
+    """A request OpenAI's API would refuse with 400, naming the parameter."""
+
+    def __init__(self, message: str, param: str | None, code: str | None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+    def response(self) -> JSONResponse:
+        return _error(400, str(self), "invalid_request_error", self.code, self.param)
+
+
+def _check_request(body: dict[str, Any]) -> None:
+    """Refuse, as OpenAI does, what is malformed, and what this model cannot do rather than
+    ignoring it silently (several answers, tools, structured output). Raises BadRequest."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list.", "messages", "invalid_type")
+    for position, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(
+                f"messages[{position}] must be an object.", f"messages[{position}]", "invalid_type"
+            )
+        if message.get("role") not in _ROLES:
+            raise BadRequest(
+                f"messages[{position}].role must be one of {', '.join(_ROLES)}.",
+                f"messages[{position}].role",
+                "invalid_value",
+            )
+        content = message.get("content")
+        if not (content is None or isinstance(content, str | list)):
+            raise BadRequest(
+                f"messages[{position}].content must be a string or a list of parts.",
+                f"messages[{position}].content",
+                "invalid_type",
+            )
+    if body.get("model") in (None, ""):
+        raise BadRequest(
+            "You must provide a model parameter.", "model", "missing_required_parameter"
+        )
+    temperature = body.get("temperature")
+    if temperature is not None:
+        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+            raise BadRequest("'temperature' must be a number.", "temperature", "invalid_type")
+        if not 0 <= temperature <= 2:
+            raise BadRequest(
+                f"Invalid 'temperature': {temperature}. It must be from 0 to 2.",
+                "temperature",
+                "invalid_value",
+            )
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(f"'{name}' must be an integer.", name, "invalid_type")
+        if value < 1:
+            raise BadRequest(
+                f"Invalid '{name}': {value}. It must be at least 1.", name, "invalid_value"
+            )
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise BadRequest(
+            "The demo model writes one answer per request: 'n' must be 1.", "n", "unsupported_value"
+        )
+    if body.get("tools"):
+        raise BadRequest("The demo model cannot call tools.", "tools", "unsupported_parameter")
+    if body.get("tool_choice") not in (None, "none"):
+        raise BadRequest(
+            "The demo model cannot call tools.", "tool_choice", "unsupported_parameter"
+        )
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise BadRequest(
+            'The demo model writes text only: \'response_format\' must be {"type": "text"}.',
+            "response_format",
+            "unsupported_parameter",
+        )
+    _stop_sequences(body)
+
+
+def _stop_sequences(body: dict[str, Any]) -> list[str]:
+    """`stop` as a list: up to four non-empty strings. Raises BadRequest."""
+    stop = body.get("stop")
+    if stop is None:
+        return []
+    sequences = [stop] if isinstance(stop, str) else stop
+    if (
+        not isinstance(sequences, list)
+        or not 1 <= len(sequences) <= 4
+        or not all(isinstance(item, str) and item for item in sequences)
+    ):
+        raise BadRequest(
+            "'stop' must be a string or a list of up to 4 strings.", "stop", "invalid_value"
+        )
+    return sequences
+
+
+def _cut_at_stop(tokens: list[str], sequences: list[str]) -> tuple[list[str], bool]:
+    """The tokens before the first stop sequence (which is not sent), and whether one was
+    found."""
+    text = "".join(tokens)
+    cut = min((found for s in sequences if (found := text.find(s)) >= 0), default=-1)
+    if cut < 0:
+        return tokens, False
+    kept: list[str] = []
+    length = 0
+    for token in tokens:
+        if length + len(token) >= cut:
+            if cut > length:
+                kept.append(token[: cut - length])
+            break
+        kept.append(token)
+        length += len(token)
+    return kept, True
+
+
+def _chunk(
+    completion_id: str, delta: dict[str, Any], finish: str | None = None, *, created: int
+) -> bytes:
     body = {
         "id": completion_id,
         "object": "chat.completion.chunk",
-        "created": _CREATED,
+        "created": created,
         "model": MODEL_ID,
         "system_fingerprint": "fp_streamchat_demo",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
@@ -145,8 +275,20 @@ class _Handler:
                 Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
                 Route("/v1/chat/completions", self.completions, methods=["POST"]),
                 Route("/v1/moderations", self.moderations, methods=["POST"]),
-            ]
+            ],
+            # Unknown routes and wrong methods answer in OpenAI's JSON shape, as the API does.
+            exception_handlers={HTTPException: self.http_error},
         )
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        if status == 405:
+            message = f"{request.method} is not allowed on {request.url.path}."
+            return _error(405, message, "invalid_request_error", "method_not_allowed")
+        if status == 404:
+            message = f"Unknown request URL: {request.method} {request.url.path}."
+            return _error(404, message, "invalid_request_error", "unknown_url")
+        return _error(status, str(getattr(exc, "detail", "")), "invalid_request_error")
 
     def _authorised(self, request: Request) -> bool:
         expected = self.server.api_key
@@ -172,6 +314,10 @@ class _Handler:
         )
 
     async def model(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return _error(
+                401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"
+            )
         if request.path_params["model_id"] != MODEL_ID:
             return _error(
                 404, "The model does not exist.", "invalid_request_error", "model_not_found"
@@ -212,13 +358,11 @@ class _Handler:
             return _error(400, "The request body is not valid JSON.", "invalid_request_error")
         if not isinstance(body, dict):
             return _error(400, "The request body must be a JSON object.", "invalid_request_error")
-        messages = body.get("messages")
-        if (
-            not isinstance(messages, list)
-            or not messages
-            or not all(isinstance(m, dict) for m in messages)
-        ):
-            return _error(400, "'messages' must be a non-empty list.", "invalid_request_error")
+        try:
+            _check_request(body)
+        except BadRequest as exc:
+            return exc.response()
+        messages: list[dict[str, Any]] = body["messages"]
         model = body.get("model")
         if model != MODEL_ID:
             return _error(
@@ -226,6 +370,7 @@ class _Handler:
                 f"The model '{model}' does not exist. This server offers '{MODEL_ID}'.",
                 "invalid_request_error",
                 "model_not_found",
+                "model",
             )
         try:
             fault = self._fault(request, messages)
@@ -251,7 +396,7 @@ class _Handler:
             record.end()
             return self._fault_response(fault)
 
-        tokens = tokenize(choose_answer(messages))
+        tokens, _ = _cut_at_stop(tokenize(choose_answer(messages, body.get("temperature"))), _stop_sequences(body))
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if isinstance(limit, int) and 0 < limit < len(tokens):
@@ -315,7 +460,7 @@ class _Handler:
             {
                 "id": record.request_id,
                 "object": "chat.completion",
-                "created": _CREATED,
+                "created": record.created,
                 "model": MODEL_ID,
                 "system_fingerprint": "fp_streamchat_demo",
                 "choices": [
@@ -349,8 +494,9 @@ class _Handler:
     ) -> AsyncIterator[bytes]:
         cid = record.request_id
         interval = 1.0 / self.server.tps
+        created = record.created
         try:
-            yield _chunk(cid, {"role": "assistant", "content": ""})
+            yield _chunk(cid, {"role": "assistant", "content": ""}, created=created)
             record.chunks_sent += 1
             await asyncio.sleep(self.server.first_token_delay_s)
             for position, token in enumerate(tokens):
@@ -367,16 +513,16 @@ class _Handler:
                         )
                 if position:
                     await asyncio.sleep(interval)
-                yield _chunk(cid, {"content": token})
+                yield _chunk(cid, {"content": token}, created=created)
                 record.tokens_sent += 1
                 record.chunks_sent += 1
-            yield _chunk(cid, {}, finish)
+            yield _chunk(cid, {}, finish, created=created)
             record.chunks_sent += 1
             if include_usage:
                 usage = {
                     "id": cid,
                     "object": "chat.completion.chunk",
-                    "created": _CREATED,
+                    "created": created,
                     "model": MODEL_ID,
                     "system_fingerprint": "fp_streamchat_demo",
                     "choices": [],
