@@ -205,3 +205,23 @@ async def test_the_sink_would_wait_exactly_when_its_browser_is_backlogged():
     assert not sink.would_wait()
     updates.full = True
     assert sink.would_wait()
+
+
+async def test_every_stream_token_update_is_counted_for_the_paint_but_not_the_stream_start():
+    from streamchat.core.paint import MessagePaint
+
+    async def notify(text: str, actions: list) -> None:
+        raise AssertionError(text)
+
+    for updates in (None, RecordingUpdates()):  # Chainlit's own emit, or the update channel
+        message, paint = StreamingFakeMessage(), MessagePaint()
+        sink = ChainlitSink(message, notify_error=notify, updates=updates, paint=paint)
+        assert sink.paint is paint, "what the CoalescingSink in front looks for"
+        await sink.write("a")  # stream_start: the page shows it with the message
+        assert paint.sent == 0
+        await sink.write("b")
+        await sink.write("c")
+        await sink.replace("ab")  # a retraction is a stream_token update too
+        assert paint.sent == 3
+        await sink.finish(result("ab", EndReason.COMPLETE))
+        assert paint.sent == 3, "the final message is not a stream_token"

@@ -1,0 +1,343 @@
+"""What a person sees: a long Markdown answer streamed into Chainlit's page in real Chromium.
+
+A local OpenAI-compatible upstream (this script, run with --upstream) streams the project's own
+long Markdown answer (the offline model's lessons, the README's configuration table, code from
+streamchat/core, the architecture's rules: headings, lists, fenced code, tables; about 4,000
+word-piece tokens) at a fixed pace. Each app is started with `chainlit run` (tests/harness.py)
+and opened in Debian's Chromium through Playwright. The page records, with a MutationObserver
+on the answer and a PerformanceObserver for long tasks (> 50 ms on the main thread):
+- first text: from the click on Send to the answer's first text on the page;
+- last word: from the upstream's last chunk to the answer's last word on the page;
+- longest freeze: the longest time the answer did not grow, between its first and last word;
+- busy: main-thread time in long tasks while the answer streamed; longest task: how long an
+  input (a key press, Stop) could wait at worst.
+Apps: streamchat with its defaults (updates paced by the page's paint acknowledgements),
+streamchat with STREAM_PAINT_HOLD_MS=0 (updates paced by time alone), and the per-token
+baseline (benchmarks/baseline_app.py). Run: python benchmarks/browser_render.py [--tps 100,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from streamchat.offline.lessons import lessons  # noqa: E402
+from streamchat.offline.tokens import tokenize  # noqa: E402
+from tests.harness import AppProcess, free_port  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+LAST_WORD = "Fin-of-the-long-answer"
+QUESTION = "Please write the long guide to streaming."
+
+
+def long_answer() -> str:
+    """The project's own long Markdown answer, ending with LAST_WORD."""
+    parts = ["# Streaming LLM answers: the long guide\n"]
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    code = {
+        "coalesce.py": (REPO / "streamchat/core/coalesce.py").read_text(),
+        "paint.py": (REPO / "streamchat/core/paint.py").read_text(),
+    }
+    architecture = (REPO / "docs/architecture.md").read_text()
+    rules = [line for line in architecture.splitlines() if line.startswith("- **")]
+    for index, lesson in enumerate(lessons()):
+        parts.append(f"## {index + 1}. {lesson.title}\n\n{lesson.body.strip()}\n")
+        if index % 3 == 0:
+            chunk = rows[index * 3 : index * 3 + 8] or rows[:8]
+            parts.append("| Variable | Default | Meaning |\n|---|---|---|\n" + "\n".join(chunk))
+        if index % 3 == 1:
+            name, source = list(code.items())[(index // 3) % 2]
+            lines = source.splitlines()[20 + index * 4 : 56 + index * 4]
+            parts.append(f"From `{name}`:\n\n```python\n" + "\n".join(lines) + "\n```\n")
+        if index % 3 == 2:
+            parts.append("Rules every front end relies on:\n\n" + "\n".join(rules) + "\n")
+    parts.append(f"That is the whole guide. {LAST_WORD}")
+    return "\n\n".join(parts)
+
+
+def answer_tokens(target: int) -> list[str]:
+    """The answer as the upstream streams it, about `target` chunks of the size a model's
+    tokens have (the offline tokenizer's pieces, joined to at least 4 characters): the guide,
+    its body again until it is long enough, then the last word."""
+    guide = long_answer()
+    body, _, ending = guide.rpartition("That is the whole guide.")
+    text = body
+    while len(text) < target * 5.5:
+        text += body.partition("\n\n")[2]  # again, without the title
+    chunks: list[str] = []
+    for piece in tokenize(text[: int(target * 5.5)] + "\n\nThat is the whole guide." + ending):
+        if chunks and len(chunks[-1]) < 4:
+            chunks[-1] += piece
+        else:
+            chunks.append(piece)
+    return chunks
+
+
+# ---- the upstream: its own process, so the browser and the apps do not share its loop ----
+
+
+def serve_upstream(port: int, tps: float, tokens: int) -> None:
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    pieces = answer_tokens(tokens)
+    sent: dict[str, list[float]] = {}
+
+    def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
+        body = {
+            "id": "chatcmpl-render",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "bench",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+    async def models(request: Request) -> Response:
+        model = {"id": "bench", "object": "model", "created": 0, "owned_by": "bench"}
+        return JSONResponse({"object": "list", "data": [model]})
+
+    async def completions(request: Request) -> Response:
+        body = json.loads(await request.body())
+        question = str(body["messages"][-1]["content"])
+        times = sent.setdefault(question, [])
+
+        async def stream():
+            yield chunk({"role": "assistant", "content": ""})
+            start = time.time()
+            for index, piece in enumerate(pieces):
+                delay = start + index / tps - time.time()  # a schedule, not fixed sleeps
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                times.append(time.time())
+                yield chunk({"content": piece})
+            yield chunk({}, "stop")
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def record(request: Request) -> Response:
+        times = sent.get(request.query_params["q"], [])
+        first, last = (times[0], times[-1]) if times else (None, None)
+        return JSONResponse({"first": first, "last": last, "count": len(times)})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", completions, methods=["POST"]),
+            Route("/_sent", record),
+        ]
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def start_upstream(tps: float, tokens: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--upstream", str(port), "--tps", str(tps),
+         "--tokens", str(tokens)],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx2.get(f"{url}/v1/models", timeout=1)
+            return proc, url
+        except httpx2.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the benchmark upstream did not start")
+
+
+# ---- the page's own record ----
+
+RECORDER = """
+(() => {
+  const bench = { clickAt: null, firstTextAt: null, lastWordAt: null, grew: [], longTasks: [] };
+  window.__bench = bench;
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      bench.longTasks.push([performance.timeOrigin + entry.startTime, entry.duration]);
+    }
+  }).observe({ type: "longtask", buffered: true });
+  let seen = 0;
+  const observe = () => {
+    new MutationObserver(() => {
+      if (bench.clickAt === null || bench.lastWordAt !== null) return;
+      const answers = document.querySelectorAll(".ai-message .message-content");
+      const answer = answers[answers.length - 1];
+      if (!answer) return;
+      const text = answer.textContent || "";
+      if (text.length > seen) {
+        const now = Date.now();
+        seen = text.length;
+        bench.grew.push(now);
+        if (bench.firstTextAt === null) bench.firstTextAt = now;
+        if (text.includes("LAST_WORD")) bench.lastWordAt = now;
+      }
+    }).observe(document.body, { childList: true, subtree: true, characterData: true });
+    document.addEventListener("click", (event) => {
+      if (event.target.closest && event.target.closest("#chat-submit")) bench.clickAt = Date.now();
+    }, true);
+  };
+  if (document.body) observe(); else addEventListener("DOMContentLoaded", observe);
+})();
+""".replace("LAST_WORD", LAST_WORD)
+
+
+@dataclass
+class Run:
+    app: str
+    tps: float
+    first_text_s: float | None
+    last_word_s: float | None  # after the upstream's last chunk; None: not within the wait
+    freeze_s: float | None
+    busy_s: float
+    longest_task_s: float
+    provider_s: float
+
+
+def measure(
+    browser: Any, app: AppProcess, upstream: str, name: str, tps: float, tokens: int, wait_s: float
+) -> Run:
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    try:
+        page.add_init_script(RECORDER)
+        page.goto(app.url)
+        page.locator("#chat-input").wait_for(timeout=60_000)
+        question = f"{QUESTION} ({name}, {tps:g} tok/s, {time.time():.3f})"
+        page.locator("#chat-input").fill(question)
+        page.locator("#chat-submit").click()
+        with contextlib.suppress(Exception):  # not within the wait: reported as such
+            page.wait_for_function(
+                "window.__bench.lastWordAt !== null", timeout=(tokens / tps + wait_s) * 1000
+            )
+        record = page.evaluate("window.__bench")
+    finally:
+        page.close()
+    sent = httpx2.get(f"{upstream}/_sent", params={"q": question}, timeout=10).json()
+    click, first, last = record["clickAt"], record["firstTextAt"], record["lastWordAt"]
+    end = last if last is not None else time.time() * 1000
+    grew = [t for t in record["grew"] if t <= end]
+    freeze = max((b - a for a, b in itertools.pairwise(grew)), default=None)
+    tasks = [(at, d) for at, d in record["longTasks"] if click is not None and click <= at <= end]
+    return Run(
+        app=name,
+        tps=tps,
+        first_text_s=(first - click) / 1000 if first is not None and click is not None else None,
+        last_word_s=(last / 1000 - sent["last"]) if last is not None and sent["last"] else None,
+        freeze_s=freeze / 1000 if freeze is not None else None,
+        busy_s=sum(d for _, d in tasks) / 1000,
+        longest_task_s=max((d for _, d in tasks), default=0.0) / 1000,
+        provider_s=(sent["last"] - sent["first"]) if sent["first"] else 0.0,
+    )
+
+
+def fmt(value: float | None, unit: str = "s") -> str:
+    return "never" if value is None else f"{value:.2f} {unit}"
+
+
+def report(runs: list[Run], tokens: int, chars: int) -> None:
+    print(f"\nanswer: {tokens} tokens, {chars} characters of Markdown; one browser, one answer")
+    header = "| app | pace | first text | last word after provider | longest freeze | busy (long tasks) | longest task |"  # noqa: E501
+    print(header)
+    print("|---|---|---|---|---|---|---|")
+    for run in runs:
+        print(
+            f"| {run.app} | {run.tps:g} tok/s | {fmt(run.first_text_s)} | "
+            f"{fmt(run.last_word_s)} | {fmt(run.freeze_s)} | {run.busy_s:.2f} s | "
+            f"{run.longest_task_s * 1000:.0f} ms |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--tps", default="100,200,1000", help="provider paces, tokens/s")
+    parser.add_argument("--tokens", type=int, default=4000, help="about this many tokens")
+    parser.add_argument("--wait", type=float, default=60, help="s to wait after the provider")
+    parser.add_argument("--apps", default="paint,time,baseline", help="which apps, in order")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per app and pace")
+    parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.upstream:
+        serve_upstream(args.upstream, float(args.tps), args.tokens)
+        return
+    from playwright.sync_api import sync_playwright
+
+    tokens = answer_tokens(args.tokens)
+    print(f"the answer: {len(tokens)} tokens, {len(''.join(tokens))} characters")
+    choices = {
+        "paint": ("streamchat (paced by paint)", REPO / "app.py", {}),
+        "time": (
+            "streamchat, STREAM_PAINT_HOLD_MS=0",
+            REPO / "app.py",
+            {"STREAM_PAINT_HOLD_MS": "0"},
+        ),
+        "baseline": ("baseline (stream_token per chunk)", REPO / "benchmarks/baseline_app.py", {}),
+    }
+    runs: list[Run] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            for tps in [float(t) for t in args.tps.split(",")]:
+                upstream, url = start_upstream(tps, args.tokens)
+                try:
+                    for key in args.apps.split(","):
+                        name, path, extra = choices[key]
+                        env = {
+                            "OPENAI_BASE_URL": f"{url}/v1",
+                            "OPENAI_API_KEY": "not-needed",
+                            "OPENAI_MODEL": "bench",
+                            "STREAM_RETRIES": "0",
+                            "LOG_LEVEL": "WARNING",
+                            **extra,
+                        }
+                        with AppProcess(env, app_path=path) as app:
+                            for _ in range(args.repeat):
+                                run = measure(browser, app, url, name, tps, len(tokens), args.wait)
+                                runs.append(run)
+                                print(run, flush=True)
+                finally:
+                    upstream.kill()
+                    upstream.wait()
+        finally:
+            browser.close()
+    report(runs, len(tokens), len("".join(tokens)))
+    lags = [r.last_word_s for r in runs if r.last_word_s is not None]
+    if lags:
+        print(f"median last-word lag over all runs: {statistics.median(lags):.2f} s")
+
+
+if __name__ == "__main__":
+    main()
