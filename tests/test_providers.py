@@ -554,6 +554,27 @@ async def test_http_errors_become_short_messages_without_the_key(
     assert "Traceback" not in error.user_message
 
 
+async def test_a_generic_400_shows_the_providers_own_words_without_secrets(path):
+    said = f"Model 'gpt-x' is not served by this proxy\n(key {SECRET})"
+
+    def handler(req):
+        return error_response(400, said)
+
+    with pytest.raises(BadRequest) as info:
+        await collect(provider_with(handler, path, OPENAI_API_KEY=SECRET))
+    message = info.value.user_message
+    assert "refused the request (400)" in message
+    assert "Model 'gpt-x' is not served by this proxy (key [redacted])" in message
+    assert SECRET not in message and "\n" not in message
+
+
+async def test_a_missing_model_does_not_point_to_one_face(path):
+    with pytest.raises(ModelNotFound) as info:
+        await collect(provider_with(lambda req: error_response(404, "no such model"), path))
+    assert "chat settings" not in info.value.user_message
+    assert "OPENAI_MODEL" in info.value.user_message
+
+
 async def test_rate_limit_reports_retry_after(path):
     def handler(req):
         return error_response(429, "slow down", headers={"retry-after": "7"})

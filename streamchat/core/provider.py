@@ -400,7 +400,7 @@ class Provider:
             name = f"'{model}' " if model else ""
             return ModelNotFound(
                 f"The model {name}was not found at {where} (404). "
-                "Pick another model in the chat settings or set OPENAI_MODEL.",
+                "Choose another model, or set OPENAI_MODEL.",
                 status=status,
                 detail=detail,
             )
@@ -422,12 +422,26 @@ class Provider:
                 status=status,
                 detail=detail,
             )
+        said = _provider_message(exc.body)
         return BadRequest(
-            f"The model provider refused the request ({status}). "
-            "Check the model and settings, then try again.",
+            f"The model provider refused the request ({status})"
+            + (f': "{said}". ' if said else ". ")
+            + "Check the model and settings, then try again.",
             status=status,
             detail=detail,
         )
+
+
+def _provider_message(body: object, limit: int = 300) -> str | None:
+    """The provider's own words from an error body (OpenAI's `{"error": {"message"}}`, or the
+    plain text a proxy sends), fit to show a person: secrets redacted, on one line, bounded.
+    None when there is nothing readable (no body, an HTML page)."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    message = error.get("message") if isinstance(error, dict) else error
+    if not isinstance(message, str) or message.lstrip().startswith("<"):
+        return None
+    text = " ".join(redact_secrets(message).split())
+    return (text[: limit - 1] + "…" if len(text) > limit else text) or None
 
 
 class _Ending:
