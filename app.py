@@ -482,6 +482,12 @@ async def on_stop_lane(action: cl.Action) -> None:
         await _classroom(chat).stop_lane(str(action.payload.get("lane", "")))
 
 
+@cl.on_stop
+async def on_stop() -> None:
+    # Chainlit has cancelled the answer's task; the screen must stop growing now.
+    await classroom_ui.after_stop()
+
+
 @cl.on_chat_end
 async def on_chat_end() -> None:
     # Chainlit keeps every session's chat_context in a process-wide dict and never drops it;

@@ -3,12 +3,15 @@ the client-side fault and the normal-vs-streaming race, against scripted and off
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
 import pytest
 
 from streamchat.classroom.tools import (
+    CHART_CONFIG,
+    MUTED,
     ChunkLog,
     DroppingSource,
     PacedSink,
@@ -19,8 +22,9 @@ from streamchat.classroom.tools import (
     race_table,
     token_view,
 )
+from streamchat.core.metrics import StreamStats
 from streamchat.core.provider import Provider, WholeAnswer
-from streamchat.core.relay import Resilience, StreamRun
+from streamchat.core.relay import Resilience, StreamResult, StreamRun
 from streamchat.core.sinks import MemorySink
 from streamchat.core.types import ChatMessage, ChatRequest, EndReason, Usage
 from streamchat.offline import OfflineServer
@@ -113,8 +117,22 @@ async def test_the_timeline_marks_the_milestones_and_counts_tokens():
     figure = timeline.figure(title="t", tokens_label="tokens")
     steps = figure.data[0]
     assert list(steps.y) == [0, 1, 2, 3]
-    labels = list(figure.data[1].text)
-    assert labels == ["request sent", "first chunk", "first token", "done"]
+    notes = figure.layout.annotations
+    assert [note.text.split(" (")[0] for note in notes] == [
+        "request sent",
+        "first chunk",
+        "first token",
+        "done",
+    ]
+    assert len({note.y for note in notes}) == 4, "each label on its own row: none overlap"
+
+
+def test_the_timeline_follows_the_theme_and_has_no_toolbar():
+    figure = Timeline(first_chunk_s=0.05, first_token_s=0.1, done_s=0.3, token_times=(0.1, 0.2))
+    layout = figure.figure().layout
+    assert layout.paper_bgcolor == layout.plot_bgcolor == "rgba(0,0,0,0)", "no white box"
+    assert layout.font.color == MUTED
+    assert CHART_CONFIG["displayModeBar"] is False
 
 
 def test_speeds_parse_and_explain_bad_values():
@@ -148,6 +166,35 @@ async def test_a_factor_stretches_the_arrival_times():
     await paced.write("b c")  # arrives over (0, 1]: its pieces count as at 0.5 and 1.0
     assert inner.text == "ab c"
     assert paced.show_times == [0.0, 2.0, 4.0], "four times the arrival times"
+
+
+class CountingSink(MemorySink):
+    """A memory sink that says when it has been written `count` times."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.count = count
+        self.reached = asyncio.Event()
+
+    async def write(self, text: str) -> None:
+        await super().write(text)
+        if len(self.writes) >= self.count:
+            self.reached.set()
+
+
+async def test_stop_in_slow_motion_shows_nothing_more_and_ends_with_what_was_shown():
+    inner = CountingSink(2)
+    paced = PacedSink(inner, Speed(words_per_second=2))
+    writing = asyncio.create_task(paced.write("one two three four five six"))
+    await asyncio.wait_for(inner.reached.wait(), timeout=5)  # "two " half a second after "one "
+    paced.stop()
+    await asyncio.wait_for(writing, timeout=1)  # at once, not in the two seconds left
+    await paced.write("seven eight")
+    assert inner.text == "one two "
+    stats = StreamStats(0.0, 1.0, 8, 0, False, 8)
+    everything = "one two three four five six seven eight"
+    await paced.finish(StreamResult("s", everything, EndReason.STOPPED_BY_USER, stats))
+    assert inner.result is not None and inner.result.text == "one two "
 
 
 async def test_slow_motion_streams_a_real_answer_unchanged(provider):

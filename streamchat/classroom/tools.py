@@ -15,6 +15,7 @@ Everything here is front-end neutral and works with any provider:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
@@ -209,28 +210,43 @@ class Timeline:
         if self.first_token_s is not None:
             milestones.append(("first token", self.first_token_s))
         milestones.append(("done", self.done_s))
-        for _, at in milestones:
-            figure.add_vline(x=at, line_dash="dot", line_width=1)
-        figure.add_trace(
-            go.Scatter(
-                x=[at for _, at in milestones],
-                y=[0] * len(milestones),
-                mode="markers+text",
-                text=[name for name, _ in milestones],
-                textposition="top right",
-                name="milestones",
-                showlegend=False,
+        for row, (name, at) in enumerate(milestones):
+            figure.add_vline(x=at, line_dash="dot", line_width=1, line_color=MUTED)
+            # Each label on a row of its own: milestones a few ms apart never overlap.
+            figure.add_annotation(
+                x=at,
+                y=1 - row * 0.12,
+                xref="x",
+                yref="paper",
+                text=f"{name} ({at:.2f} s)",
+                showarrow=False,
+                xanchor="right" if name == "done" else "left",
+                xshift=-4 if name == "done" else 4,
+                font={"size": 12},
             )
-        )
+        grid = {"gridcolor": GRID, "zerolinecolor": GRID, "linecolor": GRID}
         figure.update_layout(
             title=title,
-            xaxis_title="seconds since the request was sent",
-            yaxis_title=tokens_label,
+            xaxis={"title": "seconds since the request was sent", **grid},
+            yaxis={"title": tokens_label, **grid},
             height=320,
-            margin={"l": 50, "r": 20, "t": 50, "b": 50},
+            margin={"l": 60, "r": 20, "t": 50, "b": 50},
             showlegend=False,
+            # Transparent, with mid-grey text: readable on the light and the dark theme alike
+            # (public/style.css sets each theme's own text colour over it).
+            paper_bgcolor="rgba(0,0,0,0)",
+            plot_bgcolor="rgba(0,0,0,0)",
+            font={"color": MUTED},
         )
         return figure
+
+
+# Chart colours that read on Chainlit's light and dark themes.
+MUTED = "#8b949e"
+GRID = "rgba(139, 148, 158, 0.25)"
+
+# What the browser's Plotly is told: no toolbar over the chart (it covered the plot).
+CHART_CONFIG = {"displayModeBar": False, "responsive": True}
 
 
 # --- slow motion -----------------------------------------------------------------------------
@@ -284,6 +300,9 @@ class PacedSink:
 
     Nothing is lost or reordered; `replace` and `finish` wait for the text before them.
     The caller's writes wait too, so a coalescing sink in front merges text meanwhile.
+
+    `stop()` (the user pressed Stop) ends the pacing at once: no more text reaches the screen,
+    and `finish` ends the answer with the text shown so far, not with what was still queued.
     """
 
     def __init__(
@@ -303,11 +322,23 @@ class PacedSink:
         self._next_show: float | None = None
         self.pieces_shown = 0
         self.show_times: list[float] = []  # when each piece reached `inner` (for benchmarks)
+        self.shown = ""  # the text on screen
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        """Show nothing more: the user stopped the answer."""
+        self._stopped.set()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
 
     async def start(self) -> None:
         await self.inner.start()
 
     async def write(self, text: str) -> None:
+        if self.stopped:
+            return
         arrived = self._clock()
         if self._first_arrival is None:
             self._first_arrival = self._last_arrival = arrived
@@ -317,7 +348,10 @@ class PacedSink:
             # The pieces of one write came in over the time since the previous write.
             came = previous + (arrived - previous) * (position + 1) / len(pieces)
             await self._wait_turn(came)
+            if self.stopped:
+                return
             await self.inner.write(piece)
+            self.shown += piece
             self.pieces_shown += 1
             self.show_times.append(self._clock())
 
@@ -334,13 +368,27 @@ class PacedSink:
             due = self._next_show if self._next_show is not None else now
             gap = 1.0 / self.speed.words_per_second
         if due > now:
-            await self._sleep(due - now)
+            await self._pause(due - now)
         self._next_show = max(due, now) + gap
 
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the user stops the answer meanwhile."""
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        stopping = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait((sleeping, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (sleeping, stopping):
+                waiter.cancel()
+
     async def replace(self, text: str) -> None:
+        self.shown = text
         await self.inner.replace(text)
 
     async def finish(self, result: StreamResult) -> None:
+        if self.stopped and result.text.startswith(self.shown):
+            # Stopped in slow motion: the answer is what the user saw, not what was queued.
+            result = dataclasses.replace(result, text=self.shown)
         await self.inner.finish(result)
 
 

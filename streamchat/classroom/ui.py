@@ -10,8 +10,10 @@ demo and fault demo. The "Slow motion" setting paces every classroom answer on s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -23,6 +25,7 @@ from chainlit.input_widget import Select, Slider
 
 from streamchat.chat import ChatSession
 from streamchat.classroom.tools import (
+    CHART_CONFIG,
     SPEEDS,
     ChunkLog,
     DroppingSource,
@@ -136,7 +139,6 @@ def is_classroom() -> bool:
 @dataclass
 class _Lane:
     task: asyncio.Task[Any] | None = None
-    action: cl.Action | None = None
 
 
 @dataclass
@@ -148,6 +150,7 @@ class ClassroomState:
     second_temperature: float = 1.2
     answers: OrderedDict[str, tuple[ChunkLog, StreamResult]] = field(default_factory=OrderedDict)
     lanes: dict[str, _Lane] = field(default_factory=dict)
+    paced: weakref.WeakSet[PacedSink] = field(default_factory=weakref.WeakSet)
 
     def remember(self, answer_id: str, chunks: ChunkLog, result: StreamResult) -> None:
         self.answers[answer_id] = (chunks, result)
@@ -198,13 +201,13 @@ def settings_widgets(chat: ChatSession, models: list[str]) -> list[object]:
         ),
         Select(
             id="second_model",
-            label=f"{label('side_by_side', language)}: second model",
+            label=f"{label('side_by_side', language)}: {label('second_model', language)}",
             values=values or [chat.options.model or "default"],
             initial_value=current.second_model or (values[0] if values else "default"),
         ),
         Slider(
             id="second_temperature",
-            label=f"{label('side_by_side', language)}: second temperature",
+            label=f"{label('side_by_side', language)}: {label('second_temperature', language)}",
             initial=current.second_temperature,
             min=0,
             max=2,
@@ -230,6 +233,25 @@ async def start() -> None:
     )
 
 
+# What Chainlit shows on Stop before anything else; the answer's own marker says it better.
+CHAINLIT_STOP_NOTICE = "Task manually stopped."
+
+
+async def after_stop() -> None:
+    """Chainlit's on_stop: the screen stops at once (slow-motion answers show nothing more),
+    and Chainlit's own "Task manually stopped." bubble goes, as the stopped answer ends with
+    "(Stopped by you after N tokens.)"."""
+    current = cl.user_session.get("classroom")
+    if isinstance(current, ClassroomState):
+        for paced in list(current.paced):
+            paced.stop()
+        current.paced.clear()
+    for message in reversed(cl.chat_context.get()):
+        if message.type == "assistant_message" and message.content == CHAINLIT_STOP_NOTICE:
+            await message.remove()
+            break
+
+
 SinkFactory = Callable[[cl.Message], ChainlitSink]
 ErrorShower = Callable[[str], Awaitable[None]]
 
@@ -248,7 +270,11 @@ class Classroom:
         return self.chat.options.language
 
     def _paced(self, sink: Sink) -> Sink:
-        return sink if self.state.speed.is_real_time else PacedSink(sink, self.state.speed)
+        if self.state.speed.is_real_time:
+            return sink
+        paced = PacedSink(sink, self.state.speed)
+        self.state.paced.add(paced)  # so Stop ends its pacing (`after_stop`)
+        return paced
 
     async def handle(self, text: str, command: str | None) -> None:
         handlers = {
@@ -282,7 +308,7 @@ class Classroom:
             return
         self.state.remember(message.id, chunks, result)
         step = cl.Step(
-            name=f"{label('raw_chunks', self.language)} ({chunks.count})",
+            name=label("raw_chunks_step", self.language).format(count=chunks.count),
             type="tool",
             parent_id=message.id,
             show_input=False,
@@ -326,6 +352,8 @@ class Classroom:
         title = label("timeline", self.language)
         figure = timeline.figure(title=title, tokens_label=label("tokens", self.language))
         element = cl.Plotly(name="timeline", figure=figure, display="inline")
+        # Chainlit's Plotly view reads a "config" beside the figure's data and layout.
+        element.content = json.dumps({**json.loads(element.content), "config": CHART_CONFIG})
         summary = result.stats.summary()
         await cl.Message(
             content=f"**{title}**: {summary}", elements=[element], parent_id=answer_id
@@ -366,47 +394,69 @@ class Classroom:
 
     async def side_by_side(self, text: str) -> None:
         """The same question to two models (or settings), streaming at the same time, each
-        with its own metrics and its own Stop."""
+        message headed by what its lane is, each lane with its own Stop (LaneControls)."""
         question = text.strip() or "What is a token?"
         options = self.chat.options
         second_model = self.state.second_model or options.model
         setups = [
-            (f"{options.model or 'model'} · t={options.temperature:g}", {}),
+            ("A", options.model, options.temperature, {}),
             (
-                f"{second_model or 'model'} · t={self.state.second_temperature:g}",
+                "B",
+                second_model,
+                self.state.second_temperature,
                 {"model": second_model, "temperature": self.state.second_temperature},
             ),
         ]
+        lanes = [
+            {
+                "id": uuid.uuid4().hex[:12],
+                "name": f"{letter} · {model or 'default model'} · temperature {temperature:g}",
+                "state": "streaming",
+            }
+            for letter, model, temperature, _ in setups
+        ]
+        controls = cl.CustomElement(
+            name="LaneControls",
+            props={"lanes": lanes, "stop": label("stop_lane", self.language)},
+            display="inline",
+        )
+        controls_shown = asyncio.Event()
 
-        async def lane(name: str, changes: dict[str, Any]) -> StreamResult | None:
-            lane_id = uuid.uuid4().hex[:12]
-            message = cl.Message(content="", author=name)
+        async def lane(letter: str, about: dict[str, Any], changes: dict[str, Any]) -> None:
+            # An author name Chainlit can fetch an avatar for (letters, digits, spaces).
+            message = cl.Message(content="", author=f"Lane {letter}")
             chunks = ChunkLog()
-            entry = _Lane(task=asyncio.current_task())
-            self.state.lanes[lane_id] = entry
-
-            async def offer_stop() -> None:
-                # The lane's message exists from its first text on: its Stop goes under it.
-                entry.action = cl.Action(
-                    name="stop_lane", label=f"Stop {name}", payload={"lane": lane_id}, icon="square"
-                )
-                await entry.action.send(for_id=message.id)
-
-            sink = _FirstWriteHook(self.make_sink(message), offer_stop)
+            sink = _Headed(self.make_sink(message), f"**{about['name']}**\n\n")
             run: StreamRun = self.chat.new_run(sink, chunks)
+            result: StreamResult | None = None
             try:
+                await controls_shown.wait()  # the lanes' messages come after their controls
                 result = await run.run(self.chat.request_for(question, **changes))
             except asyncio.CancelledError:
-                return None
+                pass  # stopped: the run has finished the lane's message
             finally:
-                self.state.lanes.pop(lane_id, None)
-                if entry.action is not None:
-                    await entry.action.remove()
-            await self._views(message, chunks, result)
-            return result
+                self.state.lanes.pop(about["id"], None)
+                about["state"] = "stopped" if result is None else result.reason.value
+                controls.props = {**controls.props, "lanes": lanes}
+                await controls.update()
+            if result is not None:
+                await self._views(message, chunks, result)
 
-        tasks = [asyncio.create_task(lane(name, changes)) for name, changes in setups]
+        tasks = [
+            asyncio.create_task(lane(letter, about, changes))
+            for (letter, _, _, changes), about in zip(setups, lanes, strict=True)
+        ]
+        # Stoppable from the moment their Stop buttons can be seen.
+        for about, task in zip(lanes, tasks, strict=True):
+            self.state.lanes[about["id"]] = _Lane(task=task)
         try:
+            await cl.Message(
+                content=f"**{label('side_by_side', self.language)}**: "
+                + "; ".join(f"**{lane['name']}**" for lane in lanes),
+                elements=[controls],
+                metadata={"classroom": "side_by_side"},
+            ).send()
+            controls_shown.set()
             await asyncio.gather(*tasks, return_exceptions=True)
         except asyncio.CancelledError:
             for task in tasks:
@@ -485,24 +535,26 @@ class Classroom:
         await cl.Message(content=f"**{label('fault_demo', self.language)}**: {story}").send()
 
 
-class _FirstWriteHook:
-    """Runs `hook` right after the first text reaches `inner`."""
+class _Headed:
+    """Puts `heading` above the answer in `inner` (a side-by-side lane's name), whatever is
+    written, retracted or finished."""
 
-    def __init__(self, inner: Sink, hook: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, inner: Sink, heading: str) -> None:
         self.inner = inner
-        self._hook: Callable[[], Awaitable[None]] | None = hook
+        self.heading = heading
+        self._headed = False
 
     async def start(self) -> None:
         await self.inner.start()
 
     async def write(self, text: str) -> None:
+        if text and not self._headed:
+            self._headed, text = True, self.heading + text
         await self.inner.write(text)
-        if self._hook is not None and text:
-            hook, self._hook = self._hook, None
-            await hook()
 
     async def replace(self, text: str) -> None:
-        await self.inner.replace(text)
+        self._headed = True
+        await self.inner.replace(self.heading + text)
 
     async def finish(self, result: StreamResult) -> None:
-        await self.inner.finish(result)
+        await self.inner.finish(replace(result, text=self.heading + result.text))
