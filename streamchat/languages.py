@@ -33,6 +33,12 @@ _ALIASES = {
 LABELS: dict[str, dict[str, str]] = {
     "en": {
         "raw_chunks": "Raw chunks",
+        # A step's name: Chainlit shows it after "Used" ("Used 408 raw chunks"), and asks for
+        # an avatar by it, so it keeps to letters, digits, spaces, dots and hyphens.
+        "raw_chunks_step": "{count} raw chunks",
+        "second_model": "second model",
+        "second_temperature": "second temperature",
+        "stop_lane": "Stop",
         "token_view": "Token boundaries",
         "slow_motion": "Slow motion",
         "compare": "Normal vs streaming",
@@ -59,6 +65,10 @@ LABELS: dict[str, dict[str, str]] = {
     },
     "hinglish": {
         "raw_chunks": "Chunks jaise aaye",
+        "raw_chunks_step": "{count} raw chunks jaise aaye",
+        "second_model": "doosra model",
+        "second_temperature": "doosra temperature",
+        "stop_lane": "Rokiye",
         "token_view": "Tokens kahan tootte hain",
         "slow_motion": "Dheemi raftaar",
         "compare": "Normal aur streaming ka muqabla",

@@ -83,7 +83,7 @@ async def test_raw_chunks_token_view_and_timeline(classroom, upstream):
     steps = [m for m in answer.messages() if m.get("type") == "tool"]
     assert steps, "a raw chunks step under the answer"
     step = steps[-1]
-    assert step["name"] == f"Raw chunks ({record.chunks_sent})", "one per upstream chunk"
+    assert step["name"] == f"{record.chunks_sent} raw chunks", "one per upstream chunk"
     lines = step["output"].splitlines()
     assert lines[0].startswith("#1 ") and '"role":"assistant"' in lines[0]
     assert re.search(r"… \d+ more chunks …", step["output"])
@@ -166,19 +166,48 @@ async def test_normal_vs_streaming_shows_streamed_text_first(classroom, upstream
     assert "| **Streamed** |" in table and "Time to first visible text" in table
 
 
+def lane_controls(events: list) -> list[dict]:
+    """The lanes of the last LaneControls element sent (their names, ids and states)."""
+    sent = [e for e in events if e.name == "element" and e.data.get("name") == "LaneControls"]
+    return sent[-1].data["props"]["lanes"]
+
+
+async def post_action(client, action: dict) -> None:
+    """What the LaneControls element's button does: POST /project/action."""
+    cookies = {"access_token": client.access_token} if client.access_token else None
+    async with httpx2.AsyncClient(base_url=client.app_url, timeout=30, cookies=cookies) as http:
+        response = await http.post(
+            "/project/action", json={"sessionId": client.session_id, "action": action}
+        )
+        response.raise_for_status()
+
+
 async def test_side_by_side_streams_interleave_and_each_has_its_own_stop(classroom, upstream):
     upstream.records.clear()
     answer = await classroom.ask(QUESTION, command="SideBySide")
     lanes = tokens_by_message(answer.events)
     assert len(set(lanes)) == 2
     assert runs(lanes) > 6, "the two answers stream at the same time, not one after the other"
-    stops = [e for e in answer.events if e.name == "action" and e.data["name"] == "stop_lane"]
-    assert len(stops) == 2
-    await upstream_requests(upstream, 2)
+    controls = lane_controls(answer.events)
+    assert [lane["name"][0] for lane in controls] == ["A", "B"], "each lane says what it is"
+    assert all("temperature" in lane["name"] for lane in controls)
+    records = await upstream_requests(upstream, 2)
+    texts = {
+        r.body["temperature"]: choose_answer(r.messages, r.body["temperature"]) for r in records
+    }
+    assert len(set(texts.values())) == 2, (
+        "the offline model answers differently at each temperature"
+    )
 
     # Stop one lane: it ends as stopped, the other finishes.
     mark = await classroom.send(QUESTION, command="SideBySide")
-    await click_action(classroom.app_url, classroom, "stop_lane", start=mark)
+    event = await classroom.wait_for(
+        lambda e: e.name == "element" and e.data.get("name") == "LaneControls", start=mark
+    )
+    first_lane = event.data["props"]["lanes"][0]["id"]
+    # As a person would: once the lanes are streaming.
+    await classroom.wait_for(lambda e: e.name == "stream_start", start=mark)
+    await post_action(classroom, {"name": "stop_lane", "payload": {"lane": first_lane}})
     answer = await classroom.finished(mark)
     # A lane stopped right after its first text has a stream_start and no stream_token yet.
     streamed = {e.data["id"] for e in answer.events if e.name in ("stream_start", "stream_token")}
@@ -219,6 +248,6 @@ async def test_the_language_setting_switches_answers_to_hinglish(classroom, upst
         assert text == choose_answer(record.messages)
         assert text != choose_answer([{"role": "user", "content": QUESTION}])
         step = next(m for m in answer.messages() if m.get("type") == "tool")
-        assert not step["name"].startswith("Raw chunks"), "tool labels follow the language"
+        assert step["name"].endswith("raw chunks jaise aaye"), "tool labels follow the language"
     finally:
         await classroom.change_settings({"language": "en"})

@@ -116,6 +116,10 @@ HINGLISH_DEMO_QUESTIONS = {
 }
 LABEL_KEYS = {
     "raw_chunks",
+    "raw_chunks_step",
+    "second_model",
+    "second_temperature",
+    "stop_lane",
     "token_view",
     "slow_motion",
     "compare",
