@@ -372,9 +372,33 @@ def _answer_to(question: str, language: str) -> str:
     return f"## {lesson.title}\n\n{lesson.body}"
 
 
-def _fresh_answer(messages: list[dict[str, object]]) -> str:
+# Above this temperature the demo model tells its lesson the short way, so two answers at
+# different temperatures (the classroom's side by side) differ visibly, as a real model's would.
+WARM_TEMPERATURE = 1.0
+_WARM_NOTES = {
+    "en": (
+        "*At temperature {t:g} a real model picks less likely words, so its wording changes "
+        "from run to run. This scripted demo model shows the difference by telling the lesson "
+        "the short way.*"
+    ),
+    "hinglish": (
+        "*Temperature {t:g} par asli model kam mumkin alfaaz bhi chunta hai, is liye har baar "
+        "uski wording badal jaati hai. Yeh scripted demo model yeh farq lesson ko chhota karke "
+        "dikhata hai.*"
+    ),
+}
+
+
+def _told_warm(answer: str, temperature: float, language: str) -> str:
+    """The short telling: a note on temperature, the heading and the first paragraph."""
+    parts = answer.split("\n\n")
+    kept = parts[:2] if parts and parts[0].startswith("#") else parts[:1]
+    return "\n\n".join([_WARM_NOTES[language].format(t=temperature), *kept])
+
+
+def _fresh_answer(messages: list[dict[str, object]], temperature: float | None = None) -> str:
     """The answer to the conversation as it stands (its last user message), in the language
-    the conversation asks for."""
+    the conversation asks for (told the short way above WARM_TEMPERATURE)."""
     language = language_from_messages(messages)
     question = ""
     for message in reversed(messages):
@@ -382,11 +406,15 @@ def _fresh_answer(messages: list[dict[str, object]]) -> str:
             question = str(message["content"])
             break
     answer = _answer_to(question, language)
+    if temperature is not None and temperature > WARM_TEMPERATURE:
+        answer = _told_warm(answer, temperature, language)
     first = not any(m.get("role") == "assistant" for m in messages)
     return f"{_PHRASES[language].notice}\n\n{answer}" if first else answer
 
 
-def _continuation(messages: list[dict[str, object]]) -> str | None:
+def _continuation(
+    messages: list[dict[str, object]], temperature: float | None = None
+) -> str | None:
     """When asked to continue a cut-off answer: the rest of it, starting (as real models do)
     by repeating its last few words. None when the request is not a continuation."""
     if not messages:
@@ -403,7 +431,7 @@ def _continuation(messages: list[dict[str, object]]) -> str | None:
         partial, earlier = str(messages[-2].get("content") or ""), messages[:-2]
     else:
         return None
-    intended = _fresh_answer(earlier)
+    intended = _fresh_answer(earlier, temperature)
     shared = len(partial) if intended.startswith(partial) else _common_prefix(intended, partial)
     if shared == 0 or shared >= len(intended):
         return None  # unrelated, or already complete: answer the message afresh
@@ -426,9 +454,10 @@ def _common_prefix(a: str, b: str) -> int:
     return size
 
 
-def choose_answer(messages: list[dict[str, object]]) -> str:
-    """The text the offline model streams for these request messages."""
-    continuation = _continuation(messages)
+def choose_answer(messages: list[dict[str, object]], temperature: object = None) -> str:
+    """The text the offline model streams for these request messages at this temperature."""
+    warmth = float(temperature) if isinstance(temperature, int | float) else None
+    continuation = _continuation(messages, warmth)
     if continuation is not None:
         return continuation
-    return _fresh_answer(messages)
+    return _fresh_answer(messages, warmth)
