@@ -197,6 +197,17 @@ async def test_stop_in_slow_motion_shows_nothing_more_and_ends_with_what_was_sho
     assert inner.result is not None and inner.result.text == "one two "
 
 
+async def test_stop_after_the_model_finished_but_before_slow_motion_showed_it_all():
+    inner = MemorySink()
+    paced = PacedSink(inner, Speed(words_per_second=1000))
+    await paced.write("one two ")
+    paced.stop()
+    stats = StreamStats(0.0, 1.0, 3, 0, False, 3)
+    await paced.finish(StreamResult("s", "one two three", EndReason.COMPLETE, stats))
+    assert inner.result is not None
+    assert inner.result.text == "one two " and inner.result.reason is EndReason.STOPPED_BY_USER
+
+
 async def test_slow_motion_streams_a_real_answer_unchanged(provider):
     inner = MemorySink()
     paced = PacedSink(inner, Speed(words_per_second=1000))

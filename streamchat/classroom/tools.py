@@ -27,7 +27,7 @@ from typing import Any
 from streamchat.core.errors import StreamBroken
 from streamchat.core.relay import DeltaSource, ReadPace, StreamResult, StreamRun
 from streamchat.core.sinks import Sink
-from streamchat.core.types import ChatRequest, Delta
+from streamchat.core.types import ChatRequest, Delta, EndReason
 
 # --- raw chunks and tokens -------------------------------------------------------------------
 
@@ -386,9 +386,11 @@ class PacedSink:
         await self.inner.replace(text)
 
     async def finish(self, result: StreamResult) -> None:
-        if self.stopped and result.text.startswith(self.shown):
-            # Stopped in slow motion: the answer is what the user saw, not what was queued.
-            result = dataclasses.replace(result, text=self.shown)
+        if self.stopped and result.text.startswith(self.shown) and result.text != self.shown:
+            # Stopped in slow motion: the answer is what the user saw, not what was queued,
+            # and it was stopped by the user even if the model had already finished.
+            stopped = EndReason.STOPPED_BY_USER if result.reason is EndReason.COMPLETE else None
+            result = dataclasses.replace(result, text=self.shown, reason=stopped or result.reason)
         await self.inner.finish(result)
 
 
