@@ -295,6 +295,7 @@ async def test_a_stream_id_alone_neither_resumes_nor_stops_someone_elses_stream(
         stream_id = first.id.split(":")[0]
         token = headers["x-stream-token"]
         assert owner.cookies["streamchat_stream"] == token
+        assert headers["access-control-expose-headers"] == "X-Stream-Token"
         for attempt in (
             stranger.get("/api/stream", headers={"Last-Event-ID": first.id}),
             stranger.get("/api/stream", params={"last_event_id": first.id}),

@@ -408,6 +408,8 @@ class StreamEndpoint:
         streamed = self._response(self.hub.follow(event_log), first=encode_retry(self.retry_ms))
         if token is not None:
             streamed.headers[STREAM_TOKEN_HEADER] = token
+            # Readable by pages of other origins allowed by ALLOW_ORIGINS, too.
+            streamed.headers["Access-Control-Expose-Headers"] = STREAM_TOKEN_HEADER
             streamed.set_cookie(
                 STREAM_COOKIE,
                 token,
