@@ -46,7 +46,9 @@ def actual_modules() -> set[str]:
 
 def test_the_layout_block_names_every_module_and_no_other():
     documented, actual = documented_modules(), actual_modules()
-    assert not actual - documented, f"missing from docs/architecture.md: {sorted(actual - documented)}"
+    assert not actual - documented, (
+        f"missing from docs/architecture.md: {sorted(actual - documented)}"
+    )
     assert not documented - actual, f"named but gone: {sorted(documented - actual)}"
 
 
