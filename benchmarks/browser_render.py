@@ -286,6 +286,9 @@ def main() -> None:
     parser.add_argument("--wait", type=float, default=60, help="s to wait after the provider")
     parser.add_argument("--apps", default="paint,time,baseline", help="which apps, in order")
     parser.add_argument("--repeat", type=int, default=1, help="runs per app and pace")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="VAR=VALUE", help="for the streamchat apps"
+    )
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
@@ -323,6 +326,8 @@ def main() -> None:
                             "LOG_LEVEL": "WARNING",
                             **extra,
                         }
+                        if path.name == "app.py":
+                            env.update(pair.split("=", 1) for pair in args.set)
                         with AppProcess(env, app_path=path) as app:
                             for _ in range(args.repeat):
                                 run = measure(browser, app, url, name, tps, len(tokens), args.wait)

@@ -194,7 +194,6 @@ def test_acknowledgements_from_the_network_are_checked_and_unknown_ids_ignored()
     assert not paint.live
     acks.receive({"id": "m1", "n": 99})
     assert paint.live and paint.painted == 2, "never more than was sent"
-    assert not paint.holding()
 
 
 def test_a_finished_message_is_not_kept_for_acknowledgements():
@@ -224,3 +223,35 @@ def test_holding_ends_when_the_page_has_painted_every_update_sent():
     paint.sending()
     clock.now += NEVER
     assert not paint.holding(), "the hold runs out"
+
+
+def test_after_a_slow_paint_the_page_rests_as_long_before_the_next_update():
+    clock = FakeClock()
+    paint = MessagePaint(max_hold_s=NEVER, clock=clock)
+    paint.sending()
+    paint.acknowledge(0)
+    clock.now += 0.3
+    paint.acknowledge(1)  # painted 0.3 s after it was sent
+    clock.now += 0.2
+    assert paint.holding(), "the page has its rest"
+    clock.now += 0.11
+    assert not paint.holding()
+
+
+async def test_a_held_update_goes_when_the_page_has_had_its_rest():
+    paint_clock = FakeClock()
+    inner = BrowserSink(MessagePaint(max_hold_s=NEVER, clock=paint_clock))
+    sink = CoalescingSink(inner, interval_s=1e-9)
+    await sink.write("a")
+    await sink.write("b")
+    inner.paint.acknowledge(0)  # the page acknowledges; "b" not painted yet
+    await sink.write("c")
+    paint_clock.now += 0.2
+    inner.paint.acknowledge(1)  # painted after 0.2 s: the page rests 0.2 s
+    await sink.write("d")
+    assert inner.writes == ["a", "b"], "held through the rest"
+    inner.wrote.clear()
+    await asyncio.wait_for(inner.wrote.wait(), 5)
+    assert inner.writes == ["a", "b", "cd"]
+    await sink.finish(RESULT)
+    assert no_stray_tasks()

@@ -4,7 +4,9 @@ The browser re-renders a whole message for each update, so a long answer sent at
 outruns it and the screen falls behind. With public/paint_ack.js loaded, the page tells the
 server how many `stream_token` updates of a message it has painted; the CoalescingSink holds
 the next update until the last one is on screen and sends everything that arrived meanwhile in
-one piece. A page that never answers is paced as before: nothing is held until a first
+one piece. After each paint the page also gets as long again to itself (the time the update
+took to be painted), so its main thread stays free for typing and Stop as a long answer grows
+costly to render. A page that never answers is paced as before: nothing is held until a first
 acknowledgement arrives, and an update waits at most `max_hold_s` for one.
 """
 
@@ -25,8 +27,9 @@ class MessagePaint:
 
     `holding()` is True while the browser has answered at least once and has not yet painted
     the last update sent, for at most `max_hold_s` after that update (a lost acknowledgement,
-    a hidden tab or a reconnect never stops the answer). `when_painted(callback)` calls back
-    once, when the hold ends either way.
+    a hidden tab or a reconnect never stops the answer); then, once it has, for as long as the
+    update took from sending to painted (the page's rest). `when_painted(callback)` calls back
+    once, when the hold ends.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class MessagePaint:
         self.painted = 0
         self.live = False  # the browser acknowledges (public/paint_ack.js is on the page)
         self._sent_at = 0.0
+        self._rest_until = 0.0
         self._callback: Callable[[], None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
@@ -52,25 +56,35 @@ class MessagePaint:
     def acknowledge(self, painted: int) -> None:
         """The browser has painted `painted` updates of this message."""
         self.live = True
-        if painted > self.painted:
-            self.painted = min(painted, self.sent)
-        if not self.holding():
-            self._release()
+        if painted <= self.painted:
+            return
+        self.painted = min(painted, self.sent)
+        if self.painted == self.sent:
+            now = self._clock()
+            self._rest_until = now + min(now - self._sent_at, self.max_hold_s)
+        if self._callback is not None:
+            self._schedule()  # at the end of the rest, or now
 
     def holding(self) -> bool:
-        return (
-            self.live
-            and self.painted < self.sent
-            and self._clock() - self._sent_at < self.max_hold_s
-        )
+        return self.live and self._clock() < self._hold_ends()
+
+    def _hold_ends(self) -> float:
+        if self.painted < self.sent:
+            return self._sent_at + self.max_hold_s
+        return self._rest_until
 
     def when_painted(self, callback: Callable[[], None]) -> None:
-        """Call `callback` once the browser has painted the last update, or after `max_hold_s`;
-        a later call replaces the earlier callback."""
+        """Call `callback` once the hold ends: the browser has painted the last update and had
+        its rest, or `max_hold_s` passed; a later call replaces the earlier callback."""
         self._callback = callback
         if self._deadline is None:
-            wait = self._sent_at + self.max_hold_s - self._clock()
-            self._deadline = asyncio.get_running_loop().call_later(max(wait, 0.0), self._release)
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        wait = max(self._hold_ends() - self._clock(), 0.0)
+        self._deadline = asyncio.get_running_loop().call_later(wait, self._release)
 
     def cancel(self) -> None:
         """Forget the callback (the stream ended)."""
