@@ -64,6 +64,7 @@ class ChatOptions:
     system_prompt: str
     max_tokens: int | None = None
     show_metrics: bool = True  # a stats line (TTFT, tokens, tokens/s) under each answer
+    show_reasoning: bool = True  # a reasoning model's thinking shown apart from the answer
     guardrails_on: bool = True
     guardrail_mode: str = "hold"
     language: str = DEFAULT_LANGUAGE  # the answers' language (languages.LANGUAGES)
@@ -83,6 +84,8 @@ class ChatOptions:
             changes["system_prompt"] = check_system_prompt(values["system_prompt"])
         if "show_metrics" in values:
             changes["show_metrics"] = bool(values["show_metrics"])
+        if "show_reasoning" in values:
+            changes["show_reasoning"] = bool(values["show_reasoning"])
         if "guardrails_on" in values:
             changes["guardrails_on"] = bool(values["guardrails_on"])
         if "language" in values:
@@ -175,6 +178,7 @@ class ChatSession:
             guardrails=guardrails or self.guardrail_config,
             source=source,
             on_delta=on_delta,
+            show_reasoning=self.options.show_reasoning,
         )
 
     def request(self, extra_headers: Mapping[str, str] | None = None) -> ChatRequest:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from streamchat.core.coalesce import CoalescingSink
 from streamchat.core.errors import ConfigError, InputRejected
@@ -155,6 +156,7 @@ class Pipeline:
     resilience: Resilience = field(default_factory=Resilience)
     max_input_chars: int = 32_000
     metrics: ProcessMetrics = PROCESS_METRICS
+    show_reasoning: bool = True  # a reasoning model's thinking shown (always out of the answer)
 
     def unstreamed(self) -> DeltaSource | None:
         """The same provider asked without streaming (for comparisons); None when the source
@@ -194,9 +196,12 @@ class Pipeline:
         source: DeltaSource | None = None,
         on_delta: Callable[[Delta], None] | None = None,
         stream_id: str | None = None,
+        show_reasoning: bool | None = None,
     ) -> StreamRun:
         """A run, not yet started: `source` (or the pipeline's) -> guard -> coalescer -> `sink`,
-        with moderation when the guardrails ask for it."""
+        with moderation when the guardrails ask for it. A reasoning model's thinking takes the
+        same way beside the answer, through a guard of its own (`show_reasoning`: a chat's
+        choice, else the pipeline's)."""
         run = StreamRun(
             source or self.source,
             CoalescingSink(sink, interval_s=self.flush_interval_s),
@@ -204,10 +209,12 @@ class Pipeline:
             resilience=self.resilience,
             metrics=self.metrics,
             on_delta=on_delta,
+            show_reasoning=self.show_reasoning if show_reasoning is None else show_reasoning,
         )
         config = self.guardrails if guardrails is None else guardrails
         if config.enabled:
             run.guard = build_guard(config, stream_id=run.stream_id)
+            run.reasoning_guards = partial(build_guard, config, stream_id=run.stream_id)
             if config.moderated:
                 run.moderator = self.moderator
         return run

@@ -155,6 +155,7 @@ class Runtime:
             system_prompt=self.settings.system_prompt,
             max_tokens=self.settings.max_tokens,
             show_metrics=self.settings.show_metrics,
+            show_reasoning=self.settings.show_reasoning,
             guardrail_mode=self.settings.guardrails.mode,
             language=self.settings.language,
         )
@@ -178,6 +179,7 @@ class Runtime:
                 first_token_timeout_s=settings.first_token_timeout_s,
             ),
             max_input_chars=settings.max_input_chars,
+            show_reasoning=settings.show_reasoning,
         )
 
     async def available_models(self) -> list[str]:

@@ -263,6 +263,7 @@ VARIABLES: dict[str, Variable] = {
         Variable("LOGIN_WINDOW_S", "number", "300", "Login throttle window (seconds).", 1, 86_400),
         # Operations
         Variable("SHOW_METRICS", "flag", "true", "Stats line under each answer."),
+        Variable("SHOW_REASONING", "flag", "true", "A reasoning model's thinking shown apart."),
         Variable("MAX_INPUT_CHARS", "whole", "32000", "Longest question accepted.", 1, 10_000_000),
         Variable(
             "ANSWER_LANGUAGE",
@@ -443,6 +444,7 @@ class Settings:
     log_level: str = "INFO"
     metrics_token: str | None = field(default=None, repr=False)
     show_metrics: bool = True
+    show_reasoning: bool = True
     max_input_chars: int = 32_000
     max_history_tokens: int | None = 8_000  # None: the whole history is always sent
     language: str = DEFAULT_LANGUAGE  # the answers' language; each chat can change it
@@ -493,6 +495,7 @@ class Settings:
             log_level=read.choice("LOG_LEVEL"),
             metrics_token=read.text("METRICS_TOKEN"),
             show_metrics=read.flag("SHOW_METRICS"),
+            show_reasoning=read.flag("SHOW_REASONING"),
             max_input_chars=read.whole("MAX_INPUT_CHARS") or 0,
             language=_language(read),
             rate_limits=RateLimits(

@@ -141,6 +141,42 @@ class CoalescingSink:
             self._stop()
             await self.inner.finish(result)
 
+    # --- a reasoning model's thinking, coalesced the same way, apart from the answer --------
+
+    _thinking: CoalescingSink | None = None  # made at the first thinking
+
+    async def reasoning(self, text: str) -> None:
+        """Thinking, for an inner sink that shows it (`reasoning`): merged into updates like
+        the answer's, in a coalescer of its own."""
+        if self._thinking is None:
+            if not callable(getattr(self.inner, "reasoning", None)):
+                return
+            self._thinking = CoalescingSink(
+                _ThinkingAsText(self.inner),
+                interval_s=self.interval_s,
+                max_chars=self.max_chars,
+                clock=self._clock,
+            )
+        await self._thinking.write(text)
+
+    async def reasoning_replace(self, text: str) -> None:
+        if self._thinking is not None:
+            await self._thinking.replace(text)
+
+    async def reasoning_done(self) -> None:
+        """The thinking ended: what waits of it is sent before the answer starts."""
+        thinking, self._thinking = self._thinking, None
+        if thinking is None:
+            return
+        try:
+            await thinking._settle()
+            await thinking._flush()
+        finally:
+            thinking._stop()
+        done = getattr(self.inner, "reasoning_done", None)
+        if done is not None:
+            await done()
+
     def _held_for_paint(self) -> bool:
         """Whether the client is still painting the last update; if so, the next one is sent
         when it has (`_painted`)."""
@@ -248,3 +284,28 @@ class CoalescingSink:
                 # From the end of the write: a client that took long to accept it gets the
                 # next update a whole interval later, with everything that came meanwhile.
                 self._last_flush = self._clock()
+
+
+class _ThinkingAsText:
+    """A sink's thinking methods as a Sink, so a CoalescingSink can pace them."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self._would_wait: Callable[[], bool] | None = getattr(inner, "would_wait", None)
+
+    async def start(self) -> None:
+        return None
+
+    def would_wait(self) -> bool:
+        return self._would_wait() if self._would_wait is not None else False
+
+    async def write(self, text: str) -> None:
+        await self.inner.reasoning(text)  # type: ignore[attr-defined]
+
+    async def replace(self, text: str) -> None:
+        replace = getattr(self.inner, "reasoning_replace", None)
+        if replace is not None:
+            await replace(text)
+
+    async def finish(self, result: StreamResult) -> None:
+        return None

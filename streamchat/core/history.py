@@ -15,8 +15,15 @@ from streamchat.core.types import ChatMessage, EndReason
 METADATA_KEY = "streamchat"
 
 
-def answer_metadata(text: str, reason: EndReason, stream_id: str) -> dict[str, Any]:
-    return {METADATA_KEY: {"text": text, "reason": reason.value, "stream_id": stream_id}}
+def answer_metadata(
+    text: str, reason: EndReason, stream_id: str, reasoning: str = ""
+) -> dict[str, Any]:
+    """The answer as stored; a reasoning model's thinking is kept beside it (shown again in a
+    resumed chat, never sent upstream)."""
+    stored: dict[str, Any] = {"text": text, "reason": reason.value, "stream_id": stream_id}
+    if reasoning:
+        stored["reasoning"] = reasoning
+    return {METADATA_KEY: stored}
 
 
 @dataclass(frozen=True, slots=True)

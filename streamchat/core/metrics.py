@@ -26,6 +26,10 @@ class StreamStats:
     attempts: int = 1  # requests made for this answer: 1 + retries + resumes
     resumes: int = 0  # of which continued a broken answer
     text_chunks: int | None = None  # chunks that carried text (1: the answer was not streamed)
+    # A reasoning model's thinking: when its first piece came (first_token_s is the answer's),
+    # and its tokens (of completion_tokens: reported by the provider, or one per chunk).
+    first_reasoning_s: float | None = None
+    reasoning_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -36,7 +40,9 @@ class StreamStats:
             return None
         if self.text_chunks == 1:
             return self.completion_tokens / self.duration_s if self.duration_s > 0 else None
-        generating = self.duration_s - self.first_token_s
+        # A reasoning model generates from its first thinking token on.
+        started = min(self.first_token_s, self.first_reasoning_s or self.first_token_s)
+        generating = self.duration_s - started
         if generating <= 0:
             return None
         return (self.completion_tokens - 1) / generating
@@ -44,10 +50,14 @@ class StreamStats:
     def summary(self) -> str:
         """A compact line for people: `TTFT 0.31 s · 120 tokens · 29.8 tok/s · 4.30 s`."""
         parts = []
+        if self.first_reasoning_s is not None:
+            parts.append(f"thinking from {self.first_reasoning_s:.2f} s")
         if self.first_token_s is not None:
             parts.append(f"TTFT {self.first_token_s:.2f} s")
         approx = "" if self.usage_reported else "~"
         parts.append(f"{approx}{self.completion_tokens} tokens")
+        if self.reasoning_tokens:
+            parts.append(f"{approx}{self.reasoning_tokens} thinking")
         if (speed := self.tokens_per_second) is not None:
             parts.append(f"{speed:.1f} tok/s")
         parts.append(f"{self.duration_s:.2f} s")
@@ -70,6 +80,10 @@ class StreamStats:
             "finish_reason": self.finish_reason,
             "attempts": self.attempts,
             "resumes": self.resumes,
+            "first_reasoning_s": None
+            if self.first_reasoning_s is None
+            else round(self.first_reasoning_s, 4),
+            "reasoning_tokens": self.reasoning_tokens,
         }
 
 
@@ -109,9 +123,16 @@ class StatsRecorder:
         self._attempt_usage: Usage | None = None
         self._attempt_content_chunks = 0
         self._text_chunks = 0
+        self._first_reasoning: float | None = None
+        self._banked_reasoning = 0
+        self._attempt_reasoning_chunks = 0
 
     def observe(self, delta: Delta) -> None:
         self._chunks += 1
+        if delta.reasoning:
+            self._attempt_reasoning_chunks += 1
+            if self._first_reasoning is None:
+                self._first_reasoning = self._clock()
         if delta.text:
             self._text_chunks += 1
             self._attempt_content_chunks += 1
@@ -127,6 +148,8 @@ class StatsRecorder:
         completion, prompt, reported = self._attempt_totals()
         self._banked_completion += completion
         self._banked_prompt += prompt
+        self._banked_reasoning += self._attempt_reasoning()
+        self._attempt_reasoning_chunks = 0
         self._all_reported = self._all_reported and reported
         self._attempt_usage = None
         self._attempt_content_chunks = 0
@@ -142,7 +165,14 @@ class StatsRecorder:
         # Without reported usage, one content chunk is one token: true for OpenAI, Ollama,
         # vLLM and llama.cpp, which send a chunk per token. An attempt that failed before any
         # text cost nothing we can see.
-        return self._attempt_content_chunks, 0, self._attempt_content_chunks == 0
+        chunks = self._attempt_content_chunks + self._attempt_reasoning_chunks
+        return chunks, 0, chunks == 0
+
+    def _attempt_reasoning(self) -> int:
+        usage = self._attempt_usage
+        if usage is not None and usage.reasoning_tokens:
+            return usage.reasoning_tokens
+        return self._attempt_reasoning_chunks
 
     @property
     def first_token_seen(self) -> bool:
@@ -162,6 +192,10 @@ class StatsRecorder:
             attempts=self._attempts,
             resumes=self._resumes,
             text_chunks=self._text_chunks,
+            first_reasoning_s=None
+            if self._first_reasoning is None
+            else self._first_reasoning - self._started,
+            reasoning_tokens=self._banked_reasoning + self._attempt_reasoning(),
         )
 
 

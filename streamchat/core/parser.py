@@ -113,16 +113,18 @@ class ChunkParser:
         return chunk, payload
 
     def _delta(self, chunk: dict[str, Any], payload: str, more: bool = False) -> Delta:
-        text = ""
+        text = reasoning = ""
         finish_reason = None
         for choice in chunk.get("choices") or ():
             # We ask for one choice; some servers still number it. Ignore others defensively.
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            content = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(content, str):
-                text = content
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str):
+                    text = content
+                reasoning = thinking_of(delta)
             if choice.get("finish_reason"):
                 finish_reason = str(choice["finish_reason"])
         reported = chunk.get("usage")  # on one chunk at most, if at all
@@ -138,6 +140,7 @@ class ChunkParser:
             usage=usage,
             raw=payload,
             more=more,
+            reasoning=reasoning,
         )
         self._index += 1
         return delta_obj
@@ -147,12 +150,25 @@ def _usage(value: object) -> Usage | None:
     if not isinstance(value, dict):
         return None
     try:
+        details = value.get("completion_tokens_details")
+        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
         return Usage(
             prompt_tokens=int(value.get("prompt_tokens") or 0),
             completion_tokens=int(value.get("completion_tokens") or 0),
+            reasoning_tokens=int(reasoning or 0),
         )
     except (TypeError, ValueError):
         return None
+
+
+def thinking_of(delta: dict[str, Any]) -> str:
+    """A delta's thinking: `reasoning_content` (DeepSeek, vLLM, LM Studio) or `reasoning`
+    (OpenRouter, Ollama); empty when it has none."""
+    for key in ("reasoning_content", "reasoning"):
+        value = delta.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
 
 
 def _stream_error(error: object) -> ProviderError:

@@ -36,7 +36,7 @@ from streamchat.core.errors import (
     StreamBroken,
     redact_secrets,
 )
-from streamchat.core.parser import ChunkParser
+from streamchat.core.parser import ChunkParser, thinking_of
 from streamchat.core.relay import ReadPace
 from streamchat.core.types import ChatRequest, Delta, Usage
 
@@ -502,7 +502,7 @@ async def _sdk_deltas(
 
 def _delta_of(chunk: ChatCompletionChunk, index: int) -> Delta:
     """A typed chunk as a Delta, read defensively (empty `choices`, None content, usage-only)."""
-    text = ""
+    text = reasoning = ""
     finish_reason = None
     for choice in chunk.choices or ():
         # We ask for one choice; some servers still number it. Ignore others defensively.
@@ -511,18 +511,27 @@ def _delta_of(chunk: ChatCompletionChunk, index: int) -> Delta:
         content = choice.delta.content if choice.delta is not None else None
         if isinstance(content, str):
             text = content
+        if choice.delta is not None and choice.delta.model_extra:
+            # Thinking is not in the SDK's types: servers send it as extra fields.
+            reasoning = thinking_of(choice.delta.model_extra)
         if choice.finish_reason:
             finish_reason = str(choice.finish_reason)
     reported = chunk.usage
-    usage = (
-        Usage(reported.prompt_tokens or 0, reported.completion_tokens or 0) if reported else None
-    )
+    usage = None
+    if reported:
+        details = reported.completion_tokens_details
+        usage = Usage(
+            reported.prompt_tokens or 0,
+            reported.completion_tokens or 0,
+            (details.reasoning_tokens or 0) if details else 0,
+        )
     return Delta(
         text=text,
         index=index,
         finish_reason=finish_reason,
         usage=usage,
         raw=chunk.to_json(indent=None),
+        reasoning=reasoning,
     )
 
 

@@ -28,6 +28,7 @@ from streamchat.core.metrics import (
 )
 from streamchat.core.overlap import OverlapRemover
 from streamchat.core.sinks import Sink
+from streamchat.core.thinking import ThinkTagSplitter
 from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason
 from streamchat.guardrails import Guard, GuardStep, Violation
 from streamchat.guardrails.moderation import ModerationGate, Moderator
@@ -63,6 +64,8 @@ class StreamResult:
     violation: Violation | None = None
     input_blocked: bool = False  # the user's message was blocked; nothing was sent upstream
     dropped_messages: int = 0  # older history left out of the request to fit the context
+    reasoning: str = ""  # the thinking shown beside the answer (a reasoning model's)
+    reasoning_unclosed: bool = False  # the reply opened a <think> tag and never closed it
 
     def history_note(self) -> str | None:
         """Said under an answer whose request left out older messages."""
@@ -94,6 +97,10 @@ class StreamResult:
         if self.stats.resumes:
             times = "once" if self.stats.resumes == 1 else f"{self.stats.resumes} times"
             return f"Resumed {times} after the stream broke."
+        if not self.text and (self.reasoning or self.stats.first_reasoning_s is not None):
+            if self.reasoning_unclosed:
+                return "The model was still thinking when its reply ended: no answer came."
+            return "The model only thought: no answer came."
         return None
 
 
@@ -246,6 +253,8 @@ class StreamRun:
         on_delta: Callable[[Delta], None] | None = None,
         guard: Guard | None = None,
         moderator: Moderator | None = None,
+        reasoning_guards: Callable[[], Guard] | None = None,
+        show_reasoning: bool = True,
     ) -> None:
         self.source = source
         self.sink = sink
@@ -257,6 +266,16 @@ class StreamRun:
         )
         self._pace = self._read_pace if self._next_write_at is not None else None
         self.guard = guard  # checks the text between the upstream and the sink; kept across resumes
+        # A reasoning model's thinking: checked by a guard of its own (the same policies, mode
+        # and action), shown through the sink's `reasoning` when the sink has one and
+        # `show_reasoning` allows; never part of the answer or its history.
+        # One guard per thinking phase (a resumed answer may think again), from this factory.
+        self.reasoning_guards = reasoning_guards
+        self._reasoning_guard: Guard | None = None  # the current phase's
+        self.show_reasoning = show_reasoning and callable(getattr(sink, "reasoning", None))
+        self._thought: list[str] = []  # the thinking shown
+        self._thinking_open = False  # thinking came, and the sink was not yet told it ended
+        self._unclosed = False
         # The moderation policy: judges what the guard releases, sentence by sentence.
         self.moderator = moderator
         self.gate: ModerationGate | None = None
@@ -325,6 +344,7 @@ class StreamRun:
         while True:
             try:
                 await self._attempt(attempt_request, stats, remover)
+                await self._end_thinking()
                 if self.guard is not None:
                     await self._apply(self.guard.finish())
                 if (flagged := await self._moderation_outcome()) is not None:
@@ -390,9 +410,11 @@ class StreamRun:
     ) -> None:
         """One request. Raises StreamBroken(cause="stalled") when the provider goes quiet."""
         policy = self.resilience
-        got_text = False
+        got_text = False  # answer or thinking: a long think is data, not a stall
         # The text of Deltas that came in one network read, passed on together after the last.
         batch: list[str] = []
+        thoughts: list[str] = []  # and their thinking, passed on before it
+        splitter = ThinkTagSplitter()  # inline <think> tags, per request
         try:
             async with asyncio.timeout(None) as scope:
                 with StallWatch(scope) as watch:
@@ -412,23 +434,35 @@ class StreamRun:
                             except StopAsyncIteration:
                                 break
                             except ProviderError:
-                                if batch:  # what came before the failure is still shown
-                                    await self._check("".join(batch))
+                                # What came before the failure is still shown.
+                                await self._pass_on(thoughts, batch)
                                 raise
                             finally:
                                 watch.disarm()
-                            stats.observe(delta)
                             if self._on_delta is not None:
-                                self._on_delta(delta)
+                                self._on_delta(delta)  # as it came (raw views)
+                            if delta.text and not splitter.passing:
+                                answer, tagged = splitter.feed(delta.text)
+                                if tagged or answer != delta.text:
+                                    delta = replace(
+                                        delta, text=answer, reasoning=delta.reasoning + tagged
+                                    )
+                            stats.observe(delta)
+                            if delta.reasoning:
+                                got_text = True
+                                thoughts.append(delta.reasoning)
                             if delta.text:
                                 got_text = True
                                 batch.append(remover.feed(delta.text) if remover else delta.text)
-                            if batch and not delta.more:
-                                text = "".join(batch)
-                                batch.clear()
-                                await self._check(text)
-                        if batch:  # a source that ended on a Delta saying more
-                            await self._check("".join(batch))
+                            if (batch or thoughts) and not delta.more:
+                                await self._pass_on(thoughts, batch)
+                        # What a source that ended on a Delta saying more left, and a tag
+                        # split's last characters.
+                        answer, tagged = splitter.finish()
+                        self._unclosed = splitter.unclosed
+                        thoughts.append(tagged)
+                        batch.append(remover.feed(answer) if remover and answer else answer)
+                        await self._pass_on(thoughts, batch)
         except TimeoutError:
             if not scope.expired():
                 raise
@@ -438,6 +472,64 @@ class StreamRun:
             ) from None
         if remover is not None:
             await self._check(remover.finish())
+
+    async def _pass_on(self, thoughts: list[str], batch: list[str]) -> None:
+        """Thinking first, then the answer text that came with it; both lists are emptied."""
+        if thoughts:
+            text = "".join(thoughts)
+            thoughts.clear()
+            await self._think(text)
+        if batch:
+            text = "".join(batch)
+            batch.clear()
+            await self._check(text)
+
+    async def _think(self, text: str) -> None:
+        """Thinking through its own guard to the sink's `reasoning` (or nowhere, when hidden)."""
+        if not text:
+            return
+        self._thinking_open = True
+        if not self.show_reasoning:
+            return
+        if self._reasoning_guard is None and self.reasoning_guards is not None:
+            self._reasoning_guard = self.reasoning_guards()
+        if self._reasoning_guard is None:
+            await self._show_thinking(text)
+        else:
+            await self._apply_thinking(self._reasoning_guard.feed(text))
+
+    async def _apply_thinking(self, step: GuardStep) -> None:
+        if step.retract_to is not None:
+            shown = "".join(self._thought)
+            if step.retract_to < len(shown):
+                kept = shown[: step.retract_to]
+                self._thought[:] = [kept]
+                retract = getattr(self.sink, "reasoning_replace", None)
+                if retract is not None:
+                    await retract(kept)
+        await self._show_thinking(step.release)
+        if step.stopped and step.violation is not None:
+            raise _GuardrailStop(step.violation)
+
+    async def _show_thinking(self, text: str) -> None:
+        if text:
+            self._thought.append(text)
+            await self.sink.reasoning(text)  # type: ignore[attr-defined]
+
+    async def _end_thinking(self) -> None:
+        """The thinking phase is over (the answer starts, or the reply ended): what its guard
+        still holds is released if safe, and the sink is told."""
+        guard, self._reasoning_guard = self._reasoning_guard, None
+        if guard is not None:
+            await self._apply_thinking(guard.finish())
+        await self._close_thinking()
+
+    async def _close_thinking(self) -> None:
+        if self._thinking_open:
+            self._thinking_open = False
+            done = getattr(self.sink, "reasoning_done", None)
+            if done is not None and self._thought:
+                await done()
 
     async def _next_unless_flagged(self, iterator: AsyncIterator[Delta]) -> Delta:
         """The next delta, unless moderation flags the answer first: then the upstream read
@@ -458,6 +550,7 @@ class StreamRun:
         """The answer failed for good: what the guard still holds is checked as the end of the
         stream and shown if safe, so the partial answer is all the user may see."""
         try:
+            await self._end_thinking()
             if self.guard is not None:
                 await self._apply(self.guard.finish())
             if (flagged := await self._moderation_outcome()) is not None:
@@ -482,6 +575,8 @@ class StreamRun:
         """Pass text through the guard (if any) to the sink."""
         if not text:
             return
+        if self._thinking_open:
+            await self._end_thinking()
         gate = self.gate
         if gate is None and self.guard is None:  # nothing to check: straight to the sink
             self._received.append(text)
@@ -542,6 +637,8 @@ class StreamRun:
             error=error,
             violation=violation,
             dropped_messages=self._dropped_messages,
+            reasoning="".join(self._thought),
+            reasoning_unclosed=self._unclosed,
         )
 
     async def _finish(self, result: StreamResult) -> None:
@@ -568,6 +665,7 @@ class StreamRun:
             fields["moderation_checks"] = self.gate.checks
         if result.dropped_messages:
             fields["history_dropped_messages"] = result.dropped_messages
+        await self._close_thinking()  # on Stop too: what the guard held stays unshown
         # One structured line per answer; never the text itself.
         if log.isEnabledFor(logging.INFO):
             log.info("stream_end %s", json.dumps(fields, sort_keys=True))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from streamchat.core.history import answer_metadata
@@ -25,6 +27,11 @@ class Sink(Protocol):
     `write` appends; `replace` retracts what was shown to a safe prefix (guardrails in buffered
     mode); `finish` is called exactly once with the outcome, also after an error or a Stop.
 
+    A sink that can show a reasoning model's thinking apart from the answer offers
+    `async reasoning(text)` (appends), `async reasoning_replace(text)` (retracts it) and
+    `async reasoning_done()` (the thinking ended: the answer starts, or the reply did); a sink
+    without them shows only the answer.
+
     A sink may also offer `would_wait() -> bool`: whether a write now would wait (for a slow
     client). The CoalescingSink writes to a sink that says False in the streaming task itself,
     and to others from a task of its own, so a slow client never holds up the stream.
@@ -46,6 +53,9 @@ class MemorySink:
         self.started = False
         self.writes: list[str] = []
         self.text = ""
+        self.reasoning_text = ""
+        self.reasoning_writes: list[str] = []
+        self.reasoning_ended = 0  # reasoning_done calls
         self.result: StreamResult | None = None
 
     async def start(self) -> None:
@@ -61,6 +71,16 @@ class MemorySink:
     async def replace(self, text: str) -> None:
         self.text = text
 
+    async def reasoning(self, text: str) -> None:
+        self.reasoning_writes.append(text)
+        self.reasoning_text += text
+
+    async def reasoning_replace(self, text: str) -> None:
+        self.reasoning_text = text
+
+    async def reasoning_done(self) -> None:
+        self.reasoning_ended += 1
+
     async def finish(self, result: StreamResult) -> None:
         self.result = result
 
@@ -71,6 +91,18 @@ class UpdateChannel(Protocol):
     async def emit(self, event: str, data: dict[str, Any]) -> None: ...
 
     def backlogged(self) -> bool: ...
+
+
+class ThinkingStep(Protocol):
+    """The part of `chainlit.Step` the Chainlit sink shows thinking in."""
+
+    name: str
+    start: str | None
+    end: str | None
+
+    async def stream_token(self, token: str, is_sequence: bool = False) -> None: ...
+
+    async def update(self) -> object: ...
 
 
 class StreamingMessage(Protocol):
@@ -105,6 +137,10 @@ class ChainlitSink:
     `paint`, when given (a `MessagePaint` of app.py's `PaintAcks`), counts every `stream_token`
     update sent, so the CoalescingSink in front can hold the next one until the browser has
     painted it (core/paint.py).
+
+    `thinking`, when given, makes the step a reasoning model's thinking streams into (app.py
+    passes a "Thinking" `cl.Step`, open while it streams, collapsed once it ends); it is named
+    with the thinking's duration when the answer starts.
     """
 
     def __init__(
@@ -116,8 +152,12 @@ class ChainlitSink:
         show_metrics: bool = False,
         updates: UpdateChannel | None = None,
         paint: MessagePaint | None = None,
+        thinking: Callable[[], ThinkingStep] | None = None,
     ) -> None:
         self.message = message
+        self._thinking = thinking
+        self.step: ThinkingStep | None = None
+        self._thinking_since = 0.0
         self._updates = updates
         self.paint = paint
         self._notify_error = notify_error
@@ -170,7 +210,7 @@ class ChainlitSink:
             # What the user saw and how it ended, stored with the message for a resumed chat.
             self.message.metadata = {
                 **(self.message.metadata or {}),
-                **answer_metadata(result.text, result.reason, result.stream_id),
+                **answer_metadata(result.text, result.reason, result.stream_id, result.reasoning),
             }
             # send() ends the stream in the UI and persists the message when a data layer is on.
             await self.message.send()
@@ -184,6 +224,29 @@ class ChainlitSink:
             # Blocked before anything was shown (the user's message, or the answer's start).
             await self._notify_error(result.note() or "Blocked by a guardrail.", [])
 
+    async def reasoning(self, text: str) -> None:
+        if self._thinking is None or not text:
+            return
+        step = self.step
+        if step is None or step.end is not None:  # the first thinking, or a new phase's
+            step = self.step = self._thinking()
+            step.start = datetime.now(UTC).isoformat()
+            self._thinking_since = time.monotonic()
+        await step.stream_token(text)
+
+    async def reasoning_replace(self, text: str) -> None:
+        if self.step is not None:
+            await self.step.stream_token(text or " ", is_sequence=True)
+
+    async def reasoning_done(self) -> None:
+        step = self.step
+        if step is None or step.end is not None:
+            return
+        step.end = datetime.now(UTC).isoformat()
+        seconds = time.monotonic() - self._thinking_since
+        step.name = f"Thought for {seconds:.0f} s" if seconds >= 1 else "Thought for a moment"
+        await step.update()  # the page collapses a step with auto_collapse once it has ended
+
     def _actions(self, name: str, label: str) -> list[Any]:
         return [self._make_action(name, label)] if self._make_action else []
 
@@ -191,11 +254,17 @@ class ChainlitSink:
 class ConsoleSink:
     """Writes the answer to a text stream as it arrives; the outcome goes to `err`."""
 
-    def __init__(self, out: TextIO, err: TextIO, *, show_text: bool = True) -> None:
+    def __init__(
+        self, out: TextIO, err: TextIO, *, show_text: bool = True, show_reasoning: bool = True
+    ) -> None:
         self.out = out
         self.err = err
         self.show_text = show_text
+        self.show_reasoning = show_reasoning
         self._at_line_start = True
+        self._thinking = False  # a line of thinking on err is open
+        # Thinking is dimmed on a terminal; a file or pipe gets it plain.
+        self._dim = ("\x1b[2m", "\x1b[0m") if _is_terminal(err) else ("", "")
 
     async def start(self) -> None:
         return None
@@ -208,6 +277,26 @@ class ConsoleSink:
         if self.show_text:
             self.out.write(text)
             self.out.flush()
+
+    async def reasoning(self, text: str) -> None:
+        if not (self.show_reasoning and self.show_text) or not text:
+            return
+        if not self._thinking:
+            self._thinking = True
+            self.err.write(f"{self._dim[0]}[thinking]{self._dim[1]}\n")
+        self.err.write(f"{self._dim[0]}{text}{self._dim[1]}")
+        self.err.flush()
+
+    async def reasoning_replace(self, text: str) -> None:
+        if self.show_reasoning and self.show_text:
+            self.err.write(f"\n[earlier thinking withdrawn]\n{self._dim[0]}{text}{self._dim[1]}")
+            self.err.flush()
+
+    async def reasoning_done(self) -> None:
+        if self._thinking:
+            self._thinking = False
+            self.err.write(f"\n{self._dim[0]}[end of thinking]{self._dim[1]}\n")
+            self.err.flush()
 
     async def replace(self, text: str) -> None:
         # A terminal cannot take text back: say so, then show what remains.
@@ -231,7 +320,8 @@ class ConsoleSink:
 
 class SseSink:
     """Writes an answer as named events into a resumable SSE event log (see sse.py):
-    `token` {text}, `retract` {text} (the shown text was cut back to `text`), `error`
+    `token` {text}, `retract` {text} (the shown text was cut back to `text`), a reasoning
+    model's thinking as `reasoning` {text} and `reasoning_retract` {text}, `error`
     {message, kind}, `metrics` {...}, `done` {reason, note, history_note}."""
 
     def __init__(self, event_log: EventLog) -> None:
@@ -248,6 +338,12 @@ class SseSink:
 
     async def replace(self, text: str) -> None:
         self.log.append("retract", {"text": text})
+
+    async def reasoning(self, text: str) -> None:
+        self.log.append("reasoning", {"text": text})
+
+    async def reasoning_replace(self, text: str) -> None:
+        self.log.append("reasoning_retract", {"text": text})
 
     async def finish(self, result: StreamResult) -> None:
         if result.violation is not None:
@@ -272,3 +368,11 @@ class SseSink:
                 "history_note": result.history_note(),
             },
         )
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty()) if isatty is not None else False
+    except ValueError:  # a closed stream
+        return False

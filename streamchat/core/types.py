@@ -12,7 +12,8 @@ class Usage:
     """Token counts as the provider reported them (or as we counted them)."""
 
     prompt_tokens: int = 0
-    completion_tokens: int = 0
+    completion_tokens: int = 0  # thinking included, as providers count it
+    reasoning_tokens: int = 0  # of which thinking (`completion_tokens_details`), when reported
 
     @property
     def total_tokens(self) -> int:
@@ -26,7 +27,9 @@ class Delta:
     `text` may be empty (role-only chunks, the final chunk); `usage` arrives on the usage-only
     chunk when the request asked for it; `raw` is the chunk's JSON text as received. `more`
     says that the next Delta came in the same network read and follows at once, so a consumer
-    can show their text together (the last Delta of a read says False).
+    can show their text together (the last Delta of a read says False). `reasoning` is a
+    reasoning model's thinking (`delta.reasoning_content` or `delta.reasoning`): it travels
+    beside the answer's `text`, never inside it.
     """
 
     text: str
@@ -35,6 +38,7 @@ class Delta:
     usage: Usage | None = None
     raw: str = ""
     more: bool = False
+    reasoning: str = ""
 
 
 class EndReason(StrEnum):
