@@ -18,7 +18,16 @@ grammar, the same in all three places (in a message it sits inside `[fault: ...]
                                                      same directive in the same first user
                                                      message fail; later ones succeed
 
-Examples: `[fault: drop after=20]`, `[fault: 429 retry_after=2 times=1]`.
+Examples: `[fault: drop after=20]`, `[fault: 429 retry_after=2 times=1]`. A fault's `after`
+counts the thinking tokens of a reasoning answer too, so `drop after=3` breaks while it thinks.
+
+The wire form of a reasoning answer's thinking is chosen the same ways: `[reasoning: FORMAT]`
+in a user message, the header `X-Streamchat-Reasoning`, or the server's default:
+
+    reasoning_content   `delta.reasoning_content` (DeepSeek, vLLM, LM Studio; the default)
+    reasoning           `delta.reasoning` (OpenRouter, Ollama)
+    think               inline `<think>...</think>` at the start of `delta.content`
+    off                 no thinking at all
 """
 
 from __future__ import annotations
@@ -100,8 +109,32 @@ def find_directive(messages: list[dict[str, object]]) -> tuple[str, str] | None:
     return None
 
 
+REASONING_FORMATS = ("reasoning_content", "reasoning", "think", "off")
+_REASONING_DIRECTIVE = re.compile(r"\[reasoning:\s*([^\]]*)\]", re.IGNORECASE)
+
+
+def parse_reasoning_format(spec: str) -> str:
+    """One of REASONING_FORMATS; FaultSyntaxError naming them otherwise."""
+    name = spec.strip().lower()
+    if name not in REASONING_FORMATS:
+        known = ", ".join(REASONING_FORMATS)
+        raise FaultSyntaxError(f"unknown reasoning format {spec.strip()!r}; known: {known}")
+    return name
+
+
+def find_reasoning_directive(messages: list[dict[str, object]]) -> str | None:
+    """The format a `[reasoning: ...]` directive in the last user message asks for."""
+    for message in reversed(messages):
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str):
+            match = _REASONING_DIRECTIVE.search(content)
+            return match.group(1) if match else None
+    return None
+
+
 def strip_directives(text: str) -> str:
-    return re.sub(r"\s{2,}", " ", _DIRECTIVE.sub("", text)).strip()
+    text = _REASONING_DIRECTIVE.sub("", _DIRECTIVE.sub("", text))
+    return re.sub(r"\s{2,}", " ", text).strip()
 
 
 class FaultCounter:

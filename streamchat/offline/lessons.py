@@ -252,6 +252,7 @@ class Lesson:
     title: str
     keywords: tuple[str, ...]
     body: str
+    thinking: str = ""  # a reasoning model's scripted thinking before the answer, if any
 
 
 def _stem(word: str) -> str:
@@ -286,7 +287,15 @@ def lessons(language: str = DEFAULT_LANGUAGE) -> tuple[Lesson, ...]:
         _, header, body = text.split("---\n", 2)
         fields = dict(line.split(":", 1) for line in header.strip().splitlines() if ":" in line)
         keywords = tuple(k.strip().lower() for k in fields["keywords"].split(",") if k.strip())
-        found.append(Lesson(entry.name, fields["title"].strip(), keywords, body.strip()))
+        found.append(
+            Lesson(
+                entry.name,
+                fields["title"].strip(),
+                keywords,
+                body.strip(),
+                fields.get("thinking", "").strip(),
+            )
+        )
     return tuple(found)
 
 
@@ -443,6 +452,32 @@ def _continuation(
             start = 0
             break
     return intended[start:]
+
+
+_GENERIC_THINKING = {
+    "en": "The question is: {q}. I should find the lesson that answers it and tell it plainly.",
+    "hinglish": "Sawal hai: {q}. Mujhe woh lesson dhoondna hai jo iska jawab de.",
+}
+
+
+def choose_thinking(messages: list[dict[str, object]], *, asked: bool = False) -> str:
+    """What the offline model thinks before its answer: the scripted thinking of the lesson
+    it answers with, or (when the request `asked` for thinking) a generic line about the
+    question. Empty for a continuation and for lessons that do not think."""
+    if _continuation(messages) is not None:
+        return ""
+    language = language_from_messages(messages)
+    question = ""
+    for message in reversed(messages):
+        if message.get("role") == "user" and isinstance(message.get("content"), str):
+            question = strip_directives(str(message["content"]))
+            break
+    lesson = best_lesson(question, language) if question else None
+    if lesson is not None and lesson.thinking:
+        return lesson.thinking
+    if asked and question:
+        return _GENERIC_THINKING[language].format(q=question[:200])
+    return ""
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -33,9 +33,11 @@ from streamchat.offline.faults import (
     FaultCounter,
     FaultSyntaxError,
     find_directive,
+    find_reasoning_directive,
     parse_fault,
+    parse_reasoning_format,
 )
-from streamchat.offline.lessons import choose_answer
+from streamchat.offline.lessons import choose_answer, choose_thinking
 from streamchat.offline.moderation import moderation_inputs, moderation_response
 from streamchat.offline.tokens import count_tokens, tokenize
 from streamchat.speedups.serving import new_server
@@ -43,6 +45,7 @@ from streamchat.speedups.serving import new_server
 log = logging.getLogger("streamchat.offline")
 
 MODEL_ID = "streamchat-demo"
+REASONING_HEADER = "x-streamchat-reasoning"
 FAULT_HEADER = "x-streamchat-fault"
 # When the model was made (/v1/models); each completion carries the time it was made.
 _CREATED = 1_732_406_400
@@ -395,18 +398,28 @@ class _Handler:
         if fault is not None and fault.is_http_error:
             record.end()
             return self._fault_response(fault)
+        try:
+            wire, asked = self._reasoning_format(request, messages)
+        except FaultSyntaxError as exc:
+            record.end()
+            return _error(400, f"Bad reasoning directive: {exc}", "invalid_request_error")
+        thinking = [] if wire == "off" else tokenize(choose_thinking(messages, asked=asked))
 
-        tokens, _ = _cut_at_stop(tokenize(choose_answer(messages, body.get("temperature"))), _stop_sequences(body))
+        tokens, _ = _cut_at_stop(
+            tokenize(choose_answer(messages, body.get("temperature"))), _stop_sequences(body)
+        )
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         finish = "stop"
         if isinstance(limit, int) and 0 < limit < len(tokens):
             tokens, finish = tokens[:limit], "length"
         prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
         if not stream:
-            return await self._whole(record, tokens, finish, prompt_tokens)
+            return await self._whole(record, tokens, finish, prompt_tokens, thinking, wire)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
-            self._stream(record, tokens, finish, prompt_tokens, include_usage, fault),
+            self._stream(
+                record, tokens, finish, prompt_tokens, include_usage, fault, thinking, wire
+            ),
             media_type="text/event-stream; charset=utf-8",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -424,6 +437,16 @@ class _Handler:
             return None
         fault = parse_fault(spec)
         return fault if self.counter.applies(fault, (fault.spec, key_text)) else None
+
+    def _reasoning_format(
+        self, request: Request, messages: list[dict[str, Any]]
+    ) -> tuple[str, bool]:
+        """The wire form of the thinking (faults.REASONING_FORMATS), and whether the request
+        asked for one (then any answer thinks, not only the reasoning lesson)."""
+        spec = find_reasoning_directive(messages) or request.headers.get(REASONING_HEADER)
+        if spec is None:
+            return self.server.reasoning_format, False
+        return parse_reasoning_format(spec), True
 
     def _fault_response(self, fault: Fault) -> Response:
         if fault.kind == "429":
@@ -446,11 +469,23 @@ class _Handler:
         )
 
     async def _whole(
-        self, record: RequestRecord, tokens: list[str], finish: str, prompt_tokens: int
+        self,
+        record: RequestRecord,
+        tokens: list[str],
+        finish: str,
+        prompt_tokens: int,
+        thinking: list[str],
+        wire: str,
     ) -> Response:
         # As long as streaming the same answer would take, so comparisons are honest.
+        generated = len(thinking) + len(tokens)
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+        if thinking and wire == "think":
+            message["content"] = f"<think>{''.join(thinking)}</think>\n\n{message['content']}"
+        elif thinking:
+            message[wire] = "".join(thinking)
         try:
-            await asyncio.sleep(self.server.first_token_delay_s + len(tokens) / self.server.tps)
+            await asyncio.sleep(self.server.first_token_delay_s + generated / self.server.tps)
         except asyncio.CancelledError:
             record.end(disconnected=True)
             raise
@@ -464,22 +499,9 @@ class _Handler:
                 "model": MODEL_ID,
                 "system_fingerprint": "fp_streamchat_demo",
                 "choices": [
-                    {
-                        "index": 0,
-                        "message": {
-                            "role": "assistant",
-                            "content": "".join(tokens),
-                            "refusal": None,
-                        },
-                        "logprobs": None,
-                        "finish_reason": finish,
-                    }
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
                 ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": len(tokens),
-                    "total_tokens": prompt_tokens + len(tokens),
-                },
+                "usage": _usage(prompt_tokens, len(thinking), len(tokens)),
             }
         )
 
@@ -491,15 +513,25 @@ class _Handler:
         prompt_tokens: int,
         include_usage: bool,
         fault: Fault | None,
+        thinking: list[str],
+        wire: str,
     ) -> AsyncIterator[bytes]:
         cid = record.request_id
         interval = 1.0 / self.server.tps
         created = record.created
+        # Each piece: (delta field, token). Thinking comes first, in the requested wire form;
+        # a fault's `after` counts it too.
+        pieces = [("content", token) for token in tokens]
+        if thinking and wire == "think":
+            tagged = ["<", "think", ">", *thinking, "</", "think", ">", "\n\n"]
+            pieces = [("content", token) for token in tagged] + pieces
+        elif thinking:
+            pieces = [(wire, token) for token in thinking] + pieces
         try:
             yield _chunk(cid, {"role": "assistant", "content": ""}, created=created)
             record.chunks_sent += 1
             await asyncio.sleep(self.server.first_token_delay_s)
-            for position, token in enumerate(tokens):
+            for position, (field_name, token) in enumerate(pieces):
                 if fault is not None and position == fault.after:
                     if fault.kind == "drop":
                         raise DropConnection(record.request_id)
@@ -513,7 +545,7 @@ class _Handler:
                         )
                 if position:
                     await asyncio.sleep(interval)
-                yield _chunk(cid, {"content": token}, created=created)
+                yield _chunk(cid, {field_name: token}, created=created)
                 record.tokens_sent += 1
                 record.chunks_sent += 1
             yield _chunk(cid, {}, finish, created=created)
@@ -526,11 +558,7 @@ class _Handler:
                     "model": MODEL_ID,
                     "system_fingerprint": "fp_streamchat_demo",
                     "choices": [],
-                    "usage": {
-                        "prompt_tokens": prompt_tokens,
-                        "completion_tokens": len(tokens),
-                        "total_tokens": prompt_tokens + len(tokens),
-                    },
+                    "usage": _usage(prompt_tokens, len(thinking), len(tokens)),
                 }
                 yield b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n"
                 record.chunks_sent += 1
@@ -545,6 +573,19 @@ class _Handler:
             raise
         finally:
             record.end(disconnected=True)
+
+
+def _usage(prompt_tokens: int, thinking_tokens: int, answer_tokens: int) -> dict[str, Any]:
+    """OpenAI's usage object: thinking counts as completion tokens, and is detailed apart."""
+    completion = thinking_tokens + answer_tokens
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": prompt_tokens + completion,
+    }
+    if thinking_tokens:
+        usage["completion_tokens_details"] = {"reasoning_tokens": thinking_tokens}
+    return usage
 
 
 class _QuietDrops(logging.Filter):
@@ -581,6 +622,7 @@ class OfflineServer:
         api_key: str | None = None,
         moderation_fault: str | None = None,
         quiet: bool = True,
+        reasoning_format: str = "reasoning_content",
     ) -> None:
         if tokens_per_second <= 0:
             raise ValueError("tokens_per_second must be positive")
@@ -598,6 +640,8 @@ class OfflineServer:
         self.tps = tokens_per_second
         self.first_token_delay_s = max(first_token_delay_ms, 0.0) / 1000
         self.default_fault = default_fault or None
+        # How the thinking of a lesson that thinks is sent, unless a request asks otherwise.
+        self.reasoning_format = parse_reasoning_format(reasoning_format)
         self.api_key = api_key
         self.records = RequestLog()
         self.moderation_inputs: list[str] = []  # every text sent to /v1/moderations
