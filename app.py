@@ -218,6 +218,21 @@ def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
         show_metrics=chat.options.show_metrics,
         updates=_socket_updates(),
         paint=_paint_acks.track(message.id),
+        thinking=_thinking_step if chat.options.show_reasoning else None,
+    )
+
+
+def _thinking_step() -> cl.Step:
+    """Where a reasoning model's thinking streams: a step above the answer, open while it
+    streams and collapsed once it ends (the sink names it with the thinking's duration)."""
+    parent = context.current_step
+    return cl.Step(
+        name="Thinking",
+        type="llm",
+        parent_id=parent.id if parent is not None else None,
+        default_open=True,
+        auto_collapse=True,
+        show_input=False,
     )
 
 
@@ -268,6 +283,11 @@ def _settings_widgets(
             id="show_metrics",
             label="Show stats under each answer (time to first token, tokens, tokens/s)",
             initial=options.show_metrics,
+        ),
+        Switch(
+            id="show_reasoning",
+            label="Show a reasoning model's thinking (in a step above the answer)",
+            initial=options.show_reasoning,
         ),
         Switch(
             id="guardrails_on",

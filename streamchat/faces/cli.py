@@ -1,7 +1,8 @@
 """Console face: stream an answer to the terminal (`streamchat "question"`, `python -m streamchat`).
 
-Answer text goes to stdout, flushed as it arrives; the stats line and errors go to stderr, so
-`streamchat "q" > answer.txt` captures only the answer. Ctrl+C stops the current answer (and
+Answer text goes to stdout, flushed as it arrives; a reasoning model's thinking (dimmed on a
+terminal), the stats line and errors go to stderr, so `streamchat "q" > answer.txt` captures
+only the answer. Ctrl+C stops the current answer (and
 closes the upstream request); in interactive mode the chat goes on.
 
 Exit codes: 0 answered; 1 the provider failed (the message says why); 2 bad usage or
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--raw", action="store_true", help="print each upstream chunk's JSON as it arrives"
     )
+    parser.add_argument(
+        "--no-reasoning",
+        action="store_true",
+        help="hide a reasoning model's thinking (it stays out of the answer)",
+    )
     parser.add_argument("--model", help="model name (default: OPENAI_MODEL or the provider's)")
     parser.add_argument("--system", help="system prompt (default: SYSTEM_PROMPT)")
     parser.add_argument("--temperature", type=float, help="0 to 2 (default: TEMPERATURE)")
@@ -77,6 +83,7 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 ("system_prompt", args.system),
                 ("temperature", args.temperature),
                 ("language", args.language),
+                ("show_reasoning", False if args.no_reasoning else None),
             )
             if value is not None
         }
@@ -105,7 +112,7 @@ async def _answer_interruptibly(
     chat: ChatSession, question: str, args: argparse.Namespace, out: TextIO, err: TextIO
 ) -> StreamResult | None:
     """Answer one question; Ctrl+C cancels the answer (closing the upstream), not the program."""
-    sink = ConsoleSink(out, err, show_text=not args.raw)
+    sink = ConsoleSink(out, err, show_text=not args.raw, show_reasoning=not args.no_reasoning)
 
     def print_raw(delta: Delta) -> None:
         if delta.raw:
