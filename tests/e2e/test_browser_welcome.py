@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.watch import PageWatch
 from tests.harness import AppProcess
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -19,32 +20,6 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 def app() -> Iterator[AppProcess]:
     with AppProcess({"OFFLINE_TPS": "200", "OFFLINE_TTFT_MS": "50"}) as running:
         yield running
-
-
-class PageWatch:
-    """Every request and response of a page, and its console warnings and errors."""
-
-    def __init__(self, page, origin: str) -> None:
-        self.origin = origin
-        self.outside: list[str] = []
-        self.failed: list[str] = []
-        self.console: list[str] = []
-        page.on("request", self._request)
-        page.on("requestfailed", lambda request: self.failed.append(request.url))
-        page.on("response", self._response)
-        page.on("console", self._console)
-
-    def _request(self, request) -> None:
-        if not request.url.startswith((self.origin, "data:", "blob:", "ws://127.0.0.1")):
-            self.outside.append(request.url)
-
-    def _response(self, response) -> None:
-        if response.status >= 400:
-            self.failed.append(f"{response.status} {response.url}")
-
-    def _console(self, message) -> None:
-        if message.type in ("error", "warning"):
-            self.console.append(message.text)
 
 
 def test_welcome_names_the_app_and_its_model_and_offers_starters(browser, app):
