@@ -3,6 +3,8 @@ offline model's notice never tells a user to set what is already set."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from streamchat.classroom.ui import AnswerSource, chat_profiles, welcome
 from streamchat.languages import STARTERS, ui_language
 from streamchat.offline.lessons import DEMO_NOTICE, choose_answer
@@ -49,3 +51,8 @@ def test_offline_notice_does_not_ask_to_set_a_key_as_if_nothing_were_configured(
     assert first.startswith(DEMO_NOTICE)
     assert "OPENAI_BASE_URL` points at this demo server" in DEMO_NOTICE
     assert "To connect a real model, set `OPENAI_API_KEY`" not in DEMO_NOTICE
+
+
+def test_the_readme_calls_the_settings_button_what_it_looks_like():
+    readme = (Path(__file__).resolve().parents[1] / "chainlit.md").read_text()
+    assert "gear icon" in readme and "sliders icon" not in readme

@@ -62,3 +62,16 @@ def test_the_page_asks_no_other_site_for_fonts_or_styles(browser, app):
         assert not [text for text in watch.console if "Refused" in text or "ERR_" in text]
     finally:
         page.close()
+
+
+def test_settings_say_the_guardrail_action_once(browser, app):
+    page = browser.new_page()
+    try:
+        page.goto(app.url)
+        page.locator("#chat-input").wait_for(timeout=30_000)
+        page.locator("#chat-settings-open-modal").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_text("Guardrail mode").wait_for(timeout=10_000)
+        assert dialog.inner_text().count("Action: stop.") == 1
+    finally:
+        page.close()
