@@ -14,6 +14,7 @@ import inspect
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 def wait_until(
@@ -25,8 +26,8 @@ def wait_until(
     pause: Callable[[float], object] = time.sleep,
 ) -> None:
     """Return as soon as `condition()` is true; raise TimeoutError naming `what` after `within`
-    seconds. `pause` sleeps between checks (a browser test passes one that keeps Playwright's
-    events flowing)."""
+    seconds. `pause(seconds)` sleeps between checks (a browser test passes
+    `browser_pause(page)`, which keeps Playwright's events flowing)."""
     deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() >= deadline:
@@ -60,3 +61,9 @@ def accepts_connections(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def browser_pause(page: Any) -> Callable[[float], object]:
+    """A `pause` for `wait_until` in a browser test: waits inside Playwright (which takes
+    milliseconds), so the page's events are delivered meanwhile."""
+    return lambda seconds: page.wait_for_timeout(seconds * 1000)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import ARTIFACTS
 from tests.harness import AppProcess, speedups_on
-from tests.waiting import wait_until
+from tests.waiting import browser_pause, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -82,7 +82,7 @@ def websocket_handshake(browser, url: str) -> dict[str, str]:
             within=30,
             what="the page's websocket handshake",
             every=0.05,
-            pause=lambda seconds: page.wait_for_timeout(seconds * 1000),  # CDP events flow
+            pause=browser_pause(page),  # CDP events are delivered meanwhile
         )
         return {name.lower(): value for name, value in answers[0].items()}
     finally:

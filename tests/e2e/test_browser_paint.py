@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness import AppProcess
-from tests.waiting import wait_until
+from tests.waiting import browser_pause, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -61,13 +61,13 @@ def test_page_acknowledges_painted_updates_and_server_waits_for_each(browser, ap
             lambda: any(name == "task_end" for _, name, _ in frames[3:]),
             within=60,
             what="the answer to end",
-            pause=page.wait_for_timeout,
+            pause=browser_pause(page),
         )
         wait_until(
             lambda: " tok/s · " in "".join(page.locator(".ai-message").all_inner_texts()),
             within=30,
             what="the finished answer on the page",
-            pause=page.wait_for_timeout,
+            pause=browser_pause(page),
         )
     finally:
         page.close()
