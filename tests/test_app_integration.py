@@ -137,6 +137,7 @@ async def test_chat_start_sends_settings_for_model_temperature_and_prompt(client
         "language",
         "system_prompt",
         "show_metrics",
+        "show_reasoning",
         "guardrails_on",
         "guardrail_mode",
     }
