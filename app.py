@@ -227,7 +227,7 @@ def _thinking_step() -> cl.Step:
     streams and collapsed once it ends (the sink names it with the thinking's duration)."""
     parent = context.current_step
     return cl.Step(
-        name="Thinking",
+        name="reasoning",  # Chainlit shows "Using reasoning" while it streams
         type="llm",
         parent_id=parent.id if parent is not None else None,
         default_open=True,

@@ -257,7 +257,7 @@ async def test_chat_shows_thinking_in_a_step_that_ends_before_the_answer_starts(
         )
         started = next(i for i, e in enumerate(events) if e.data is answer)
         assert ended < started, "the step ends (collapses) before the answer starts"
-        assert events[ended].data["name"].startswith("Thought for")
+        assert events[ended].data["name"].startswith("reasoning")
         assert step["defaultOpen"] and step["autoCollapse"]
         thinking = step["output"] + "".join(
             e.data["token"]
@@ -288,3 +288,18 @@ async def test_stop_while_thinking_closes_the_upstream_at_once(upstream):
                 assert record.tokens_sent < 40, "stopped while thinking"
             finally:
                 await chat.close()
+
+
+async def test_the_next_turn_sends_the_answer_upstream_without_its_thinking(app, upstream):
+    chat = await ChainlitClient(app.url).connect()
+    try:
+        upstream.records.clear()
+        await chat.ask(f"[reasoning: think] {QUESTION}")
+        await chat.ask("What is a token?")
+        first, second = await upstream_requests(upstream, 2)
+        thinking = choose_thinking(first.messages, asked=True)
+        (answer,) = [m["content"] for m in second.messages if m["role"] == "assistant"]
+        assert answer.startswith(choose_answer(first.messages)[:80])
+        assert "<think>" not in answer[:20] and thinking not in answer
+    finally:
+        await chat.close()

@@ -139,8 +139,8 @@ class ChainlitSink:
     painted it (core/paint.py).
 
     `thinking`, when given, makes the step a reasoning model's thinking streams into (app.py
-    passes a "Thinking" `cl.Step`, open while it streams, collapsed once it ends); it is named
-    with the thinking's duration when the answer starts.
+    passes a `cl.Step` named "reasoning", open while it streams, collapsed once it ends); it is
+    named with the thinking's duration when the answer starts.
     """
 
     def __init__(
@@ -244,7 +244,8 @@ class ChainlitSink:
             return
         step.end = datetime.now(UTC).isoformat()
         seconds = time.monotonic() - self._thinking_since
-        step.name = f"Thought for {seconds:.0f} s" if seconds >= 1 else "Thought for a moment"
+        # Chainlit puts "Used" before a finished step's name: "Used reasoning for 12 s".
+        step.name = f"reasoning for {seconds:.0f} s" if seconds >= 1 else "reasoning, briefly"
         await step.update()  # the page collapses a step with auto_collapse once it has ended
 
     def _actions(self, name: str, label: str) -> list[Any]:
