@@ -344,3 +344,26 @@ async def test_console_prints_thinking_to_stderr_and_the_answer_to_stdout():
     assert out.getvalue() == "The answer.\n"
     assert "Let me think." in err.getvalue()
     assert "\x1b[" not in err.getvalue()  # not a terminal: no colour codes
+
+
+async def test_the_classroom_chunk_view_shows_thinking_chunks_with_their_field():
+    from streamchat.classroom.tools import ChunkLog
+
+    parsed = ChunkParser().feed(
+        sse({"reasoning_content": "hm"}) + sse({"reasoning": "ok"}) + sse({"content": "Hi"})
+    )
+
+    class Parsed:
+        async def stream(
+            self, request: ChatRequest, *, pace: ReadPace | None = None
+        ) -> AsyncGenerator[Delta, None]:
+            for delta in parsed:
+                yield delta
+            yield Delta("", len(parsed), finish_reason="stop")
+
+    log = ChunkLog()
+    await StreamRun(Parsed(), MemorySink(), on_delta=log).run(REQUEST)
+    shown = log.render()
+    assert '{"delta":{"reasoning_content":"hm"}}' in shown
+    assert '{"delta":{"reasoning":"ok"}}' in shown
+    assert log.pieces == ["Hi"]  # the token view: answer tokens only
