@@ -303,3 +303,48 @@ async def test_the_next_turn_sends_the_answer_upstream_without_its_thinking(app,
         assert "<think>" not in answer[:20] and thinking not in answer
     finally:
         await chat.close()
+
+
+async def test_a_resumed_thread_shows_the_thinking_and_sends_only_the_answer(tmp_path):
+    from streamchat.hosting.users import UsersFile
+    from tests.harness import login
+    from tests.test_history_integration import SECRET, first_interaction_thread
+
+    users = UsersFile(tmp_path / "users.txt")
+    users.add("alice", "alice's long password")
+    with OfflineServer(tokens_per_second=400, first_token_delay_ms=5) as offline:
+        env = {
+            "CHAINLIT_AUTH_SECRET": SECRET,
+            "AUTH_USERS_FILE": str(tmp_path / "users.txt"),
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'history.db'}",
+            "OPENAI_BASE_URL": offline.base_url,
+        }
+        with AppProcess(env) as running:
+            token = login(running.url, "alice", "alice's long password")
+            chat = await ChainlitClient(running.url, access_token=token).connect()
+            try:
+                await chat.ask(QUESTION)
+                thread_id = first_interaction_thread(chat)
+                (record,) = await upstream_requests(offline, 1)
+            finally:
+                await chat.close()
+        thinking = choose_thinking(record.messages)
+        answer = choose_answer(record.messages)
+
+        with AppProcess(env) as running:
+            token = login(running.url, "alice", "alice's long password")
+            resumed = await ChainlitClient(
+                running.url, access_token=token, thread_id=thread_id
+            ).connect()
+            try:
+                steps = resumed.events[-1].data["steps"]
+                (step,) = [s for s in steps if s["type"] == "llm"]
+                assert step["output"] == thinking
+                assert step["name"].startswith("reasoning")
+                offline.records.clear()
+                await resumed.ask("What is a token?")
+                (sent,) = await upstream_requests(offline, 1)
+                assistant = [m["content"] for m in sent.messages if m["role"] == "assistant"]
+                assert assistant == [answer]
+            finally:
+                await resumed.close()
