@@ -348,3 +348,22 @@ async def test_a_resumed_thread_shows_the_thinking_and_sends_only_the_answer(tmp
                 assert assistant == [answer]
             finally:
                 await resumed.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "extra_env", "shown"),
+    [((), {}, True), (("--no-reasoning",), {}, False), ((), {"SHOW_REASONING": "false"}, False)],
+)
+def test_the_console_prints_thinking_to_stderr_and_only_the_answer_to_stdout(
+    upstream, args, extra_env, shown
+):
+    from tests.test_cli import cli_env, run_cli
+
+    upstream.records.clear()
+    env = cli_env(OPENAI_BASE_URL=upstream.base_url, **extra_env)
+    done = run_cli(*args, QUESTION, env=env)
+    assert done.returncode == 0, done.stderr
+    record = upstream.records.last()
+    assert done.stdout == choose_answer(record.messages) + "\n"
+    assert (choose_thinking(record.messages) in done.stderr) is shown
+    assert "thinking" in done.stderr  # the stats line counts thinking tokens either way
