@@ -352,7 +352,12 @@ async def test_a_resumed_thread_shows_the_thinking_and_sends_only_the_answer(tmp
 
 @pytest.mark.parametrize(
     ("args", "extra_env", "shown"),
-    [((), {}, True), (("--no-reasoning",), {}, False), ((), {"SHOW_REASONING": "false"}, False)],
+    [
+        ((), {}, True),
+        (("--no-stream",), {}, True),
+        (("--no-reasoning",), {}, False),
+        ((), {"SHOW_REASONING": "false"}, False),
+    ],
 )
 def test_the_console_prints_thinking_to_stderr_and_only_the_answer_to_stdout(
     upstream, args, extra_env, shown

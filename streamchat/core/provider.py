@@ -331,8 +331,9 @@ class Provider:
         async with stream:  # closes the HTTP response, also when the consumer stops early
             yield stream
 
-    async def complete(self, request: ChatRequest) -> tuple[str, str | None, Usage | None]:
-        """One non-streamed answer: (text, finish_reason, usage). For comparisons with streaming."""
+    async def complete(self, request: ChatRequest) -> tuple[str, str | None, Usage | None, str]:
+        """One non-streamed answer: (text, finish_reason, usage, thinking). For comparisons
+        with streaming."""
         kwargs = request.as_kwargs()
         if not kwargs["model"]:
             kwargs["model"] = await self.default_model()
@@ -342,11 +343,20 @@ class Provider:
             raise self._map_error(exc, model=kwargs["model"]) from exc
         choice = completion.choices[0] if completion.choices else None
         text = (choice.message.content or "") if choice else ""
+        extra = choice.message.model_extra if choice else None
         usage = completion.usage
+        details = usage.completion_tokens_details if usage else None
         return (
             text,
             choice.finish_reason if choice else None,
-            Usage(usage.prompt_tokens, usage.completion_tokens) if usage else None,
+            Usage(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                (details.reasoning_tokens or 0) if details else 0,
+            )
+            if usage
+            else None,
+            thinking_of(extra) if extra else "",
         )
 
     def _map_error(self, exc: openai.APIError, *, model: str | None) -> ProviderError:
@@ -612,5 +622,11 @@ class WholeAnswer:
     async def stream(
         self, request: ChatRequest, *, pace: ReadPace | None = None
     ) -> AsyncGenerator[Delta, None]:
-        text, finish_reason, usage = await self.provider.complete(request)
-        yield Delta(text=text, index=0, finish_reason=finish_reason or "stop", usage=usage)
+        text, finish_reason, usage, thinking = await self.provider.complete(request)
+        yield Delta(
+            text=text,
+            index=0,
+            finish_reason=finish_reason or "stop",
+            usage=usage,
+            reasoning=thinking,
+        )
