@@ -4,16 +4,21 @@ blocked user message is never sent upstream."""
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import AsyncGenerator
+
+import pytest
 
 from streamchat.chat import ChatOptions, ChatSession
 from streamchat.core.errors import StreamBroken
 from streamchat.core.relay import Resilience, StreamRun
 from streamchat.core.sinks import MemorySink
-from streamchat.core.types import ChatMessage, ChatRequest, EndReason
+from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason
 from streamchat.guardrails import build_guard
 from streamchat.settings import guardrail_config
 from tests.scripted import RecordingSleep, ScriptedSource, SequenceSource
+from tests.waiting import eventually
 
 REQUEST = ChatRequest(messages=(ChatMessage("user", "q"),), model="m")
 EMAIL = "jane.doe@example.com"
@@ -134,3 +139,81 @@ async def test_redact_through_the_relay_never_writes_a_fragment_of_a_private_key
     assert sink.text == text.replace(key, "[secret removed]")
     written = "".join(sink.writes)
     assert "MIIEow" not in written and "PRIVATE KEY" not in written
+
+
+class PausingSource:
+    """Sends `before` back to back, then waits for `go` (a provider that pauses), then `after`."""
+
+    def __init__(self, before: list[str], after: list[str]) -> None:
+        self.before, self.after = before, after
+        self.go = asyncio.Event()
+        self.closed = asyncio.Event()
+
+    async def stream(self, request: ChatRequest, *, pace=None) -> AsyncGenerator[Delta, None]:
+        try:
+            index = 0
+            for piece in self.before:
+                yield Delta(text=piece, index=index)
+                index += 1
+            await self.go.wait()
+            for piece in self.after:
+                yield Delta(text=piece, index=index)
+                index += 1
+            yield Delta(text="", index=index, finish_reason="stop")
+        finally:
+            self.closed.set()
+
+
+def batching_guard(**env: str):
+    checked = guard(**env)
+    checked.check_every_s = 0.01  # a batch waits this long for more text
+    return checked
+
+
+async def test_a_batch_waiting_when_the_provider_pauses_is_checked_and_shown_without_more_text():
+    source = PausingSource(
+        ["Hello there, ", "how are you today? ", "this part is safe to show. "], ["Done."]
+    )
+    sink = MemorySink()
+    run = asyncio.create_task(StreamRun(source, sink, guard=batching_guard()).run(REQUEST))
+    # The second piece came right after the first, so the guard batched it; the provider now
+    # says nothing until `go`, yet the safe text reaches the screen.
+    await eventually(lambda: "this part" in sink.text, within=10, what="the batch shown")
+    assert not run.done()
+    source.go.set()
+    result = await run
+    assert result.reason is EndReason.COMPLETE
+    assert sink.text == "Hello there, how are you today? this part is safe to show. Done."
+
+
+async def test_a_violation_in_a_batch_checked_during_a_pause_is_never_shown_and_stops_the_answer():
+    source = PausingSource(
+        ["Hello there, ", "how are you today? ", f"mail {EMAIL} now. "], ["More."]
+    )
+    sink = MemorySink()
+    relay = StreamRun(source, sink, guard=batching_guard())
+    run = asyncio.create_task(relay.run(REQUEST))
+    # Found while the provider is quiet, not when its next piece comes.
+    await eventually(lambda: relay.guard.stopped, within=10, what="the batch checked")
+    assert "@" not in sink.text
+    source.go.set()
+    result = await run
+    assert result.reason is EndReason.GUARDRAIL
+    assert result.violation is not None and result.violation.kind == "email"
+    assert "@" not in sink.text and "More" not in sink.text
+    assert source.closed.is_set()
+
+
+async def test_stop_while_a_batch_waits_cancels_its_check():
+    source = PausingSource(["Hello there, ", "how are you today? ", "this waits. "], [])
+    sink = MemorySink()
+    checked = batching_guard()
+    checked.check_every_s = 60.0  # the batch is still waiting when Stop comes
+    task = asyncio.create_task(StreamRun(source, sink, guard=checked).run(REQUEST))
+    await eventually(lambda: checked.unchecked, within=10, what="a batch waiting")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sink.result is not None and sink.result.reason is EndReason.STOPPED_BY_USER
+    assert source.closed.is_set()
+    assert [t for t in asyncio.all_tasks() if "_check_unchecked" in repr(t)] == []

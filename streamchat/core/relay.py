@@ -266,6 +266,12 @@ class StreamRun:
         )
         self._pace = self._read_pace if self._next_write_at is not None else None
         self.guard = guard  # checks the text between the upstream and the sink; kept across resumes
+        # The guard checks in batches; when the provider pauses with a batch waiting, a timer
+        # has it checked then, so what is safe is not held until the next piece arrives.
+        self._guard_lock = asyncio.Lock()
+        self._guard_timer: asyncio.TimerHandle | None = None
+        self._guard_task: asyncio.Task[None] | None = None
+        self._guard_stop: _GuardrailStop | None = None  # a violation the timer's check found
         # A reasoning model's thinking: checked by a guard of its own (the same policies, mode
         # and action), shown through the sink's `reasoning` when the sink has one and
         # `show_reasoning` allows; never part of the answer or its history.
@@ -408,7 +414,26 @@ class StreamRun:
     async def _attempt(
         self, request: ChatRequest, stats: StatsRecorder, remover: OverlapRemover | None
     ) -> None:
-        """One request. Raises StreamBroken(cause="stalled") when the provider goes quiet."""
+        """One request; the guard's waiting batch is settled however it ends."""
+        try:
+            await self._read(request, stats, remover)
+        except asyncio.CancelledError:
+            await self._settle_unchecked(cancel=True)  # Stop: nothing more is checked
+            raise
+        except BaseException:
+            await self._settle_unchecked(cancel=False)
+            if self._guard_stop is not None:
+                raise self._guard_stop from None  # a violation outranks how the stream ended
+            raise
+        await self._settle_unchecked(cancel=False)
+        if self._guard_stop is not None:
+            raise self._guard_stop
+
+    async def _read(
+        self, request: ChatRequest, stats: StatsRecorder, remover: OverlapRemover | None
+    ) -> None:
+        """Read one request's stream. Raises StreamBroken(cause="stalled") when the provider
+        goes quiet."""
         policy = self.resilience
         got_text = False  # answer or thinking: a long think is data, not a stall
         # The text of Deltas that came in one network read, passed on together after the last.
@@ -587,8 +612,52 @@ class StreamRun:
         self._received.append(text)
         if self.guard is None:
             await self._release(text)
-        else:
+            return
+        if self._guard_stop is not None:
+            raise self._guard_stop
+        async with self._guard_lock:
             await self._apply(self.guard.feed(text))
+        self._watch_unchecked()
+
+    def _watch_unchecked(self) -> None:
+        """Arm the timer while the guard holds a batch it has not checked; disarm it once none
+        waits. One timer per batch, not per piece."""
+        guard = self.guard
+        if guard is None or not guard.unchecked:
+            if self._guard_timer is not None:
+                self._guard_timer.cancel()
+                self._guard_timer = None
+        elif self._guard_timer is None:
+            loop = asyncio.get_running_loop()
+            self._guard_timer = loop.call_later(guard.check_every_s, self._unchecked_due)
+
+    def _unchecked_due(self) -> None:
+        self._guard_timer = None
+        if self._guard_task is None or self._guard_task.done():
+            self._guard_task = asyncio.ensure_future(self._check_unchecked())
+
+    async def _check_unchecked(self) -> None:
+        async with self._guard_lock:
+            guard = self.guard
+            if guard is None or not guard.unchecked or self._guard_stop is not None:
+                return
+            try:
+                await self._apply(guard.check())
+            except _GuardrailStop as stop:
+                # Nothing of it was shown; the answer stops as the stream goes on or ends.
+                self._guard_stop = stop
+
+    async def _settle_unchecked(self, *, cancel: bool) -> None:
+        """The attempt is over: no timer left, and its check finished (or, on Stop, cancelled)
+        before the guard is finished or the next attempt feeds it."""
+        if self._guard_timer is not None:
+            self._guard_timer.cancel()
+            self._guard_timer = None
+        task, self._guard_task = self._guard_task, None
+        if task is not None and not task.done():
+            if cancel:
+                task.cancel()
+            await asyncio.wait((task,))
 
     async def _apply(self, step: GuardStep) -> None:
         if step.retract_to is not None:

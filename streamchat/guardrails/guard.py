@@ -190,6 +190,24 @@ class Guard:
         self._last_check = now
         return self._feed_hold(final=False)
 
+    @property
+    def unchecked(self) -> bool:
+        """Hold mode: text has arrived that no check has covered yet (a batch is waiting)."""
+        return (
+            self.mode == "hold"
+            and bool(self.policies)
+            and not self.stopped
+            and len(self._norm) > self._scanned
+        )
+
+    def check(self) -> GuardStep:
+        """Check the waiting batch now instead of with the next piece: the stream has paused,
+        and what is safe in it should not wait for more text to be released."""
+        if not self.unchecked:
+            return GuardStep(stopped=self.stopped)
+        self._last_check = self._clock()
+        return self._feed_hold(final=False)
+
     def finish(self) -> GuardStep:
         """The stream ended: decide everything still open and release the rest if it is safe."""
         if self.stopped or not self.policies:
