@@ -313,7 +313,7 @@ async def test_bad_setting_in_the_environment_is_shown_in_the_chat_not_a_crash()
     ("setting", "loop", "problem"),
     [
         ("asyncio", "asyncio", None),
-        ("fast", "uvloop", "EVENT_LOOP must be one of auto, uvloop, asyncio, not 'fast'"),
+        ("fast", "uvloop", "EVENT_LOOP must be one of auto, uvloop, asyncio (got 'fast')"),
     ],
 )
 async def test_event_loop_setting_is_followed_and_a_bad_value_is_shown(setting, loop, problem):
