@@ -5,6 +5,7 @@ acknowledges is paced as before; nothing is lost or reordered; Stop and finish n
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import random
 
@@ -253,5 +254,38 @@ async def test_a_held_update_goes_when_the_page_has_had_its_rest():
     inner.wrote.clear()
     await asyncio.wait_for(inner.wrote.wait(), 5)
     assert inner.writes == ["a", "b", "cd"]
+    await sink.finish(RESULT)
+    assert no_stray_tasks()
+
+
+STREAM: contextvars.ContextVar[str] = contextvars.ContextVar("stream")
+
+
+class ContextSink(BrowserSink):
+    """Like Chainlit's own emit: writes only work with the stream's context variables."""
+
+    async def write(self, text: str) -> None:
+        assert STREAM.get(None) == "the stream", "written outside the stream's context"
+        await super().write(text)
+
+
+async def test_an_update_released_by_the_page_is_written_in_the_streams_context():
+    clock = FakeClock()
+    inner = ContextSink(MessagePaint(max_hold_s=NEVER, clock=clock))
+    sink = CoalescingSink(inner, interval_s=0.04, clock=clock)
+
+    async def stream() -> None:
+        STREAM.set("the stream")
+        await live(sink, inner, clock)
+        clock.now += 0.05
+        await sink.write("c")
+        clock.now += 0.05
+        await sink.write("d")  # held
+
+    await asyncio.create_task(stream())
+    inner.wrote.clear()
+    inner.paint.acknowledge(2)  # from a task without the stream's context, as a socket handler
+    await asyncio.wait_for(inner.wrote.wait(), 2)
+    assert inner.writes == ["a", "b", "c", "d"]
     await sink.finish(RESULT)
     assert no_stray_tasks()

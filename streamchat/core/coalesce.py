@@ -10,6 +10,7 @@ sending the first token at once keeps time to first token. Waiting for the brows
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -185,7 +186,10 @@ class CoalescingSink:
             return False
         if not self._awaiting_paint:
             self._awaiting_paint = True
-            paint.when_painted(self._painted)
+            # The word comes in another task (the socket's handler): the write it releases
+            # runs with this stream's context variables (Chainlit's own emit needs them).
+            context = contextvars.copy_context()
+            paint.when_painted(lambda: context.run(self._painted))
         return True
 
     def _painted(self) -> None:
