@@ -58,11 +58,7 @@ ALLOWED: dict[str, set[str]] = {
 
 # Imports that break the rules today, each with the change that removes it. An entry that no
 # longer matches an import fails `test_known_exceptions_are_still_needed`, so the list shrinks.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("streamchat.speedups.fast_stream", "streamchat.core.types"): (
-        "the fast stream yields the core's Delta; it could take a Delta factory from the core"
-    ),
-}
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

@@ -13,16 +13,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from streamchat.speedups.read_pacing import SocketHold
-
-if TYPE_CHECKING:
-    from streamchat.core.types import Delta
 
 try:
     from openai._base_client import make_request_options
@@ -39,16 +36,20 @@ except ImportError:  # without it, the body is read through the SDK's response b
     map_aiohttp_exceptions = None  # type: ignore[assignment]
 
 
-class StreamParser(Protocol):
-    """What reads the bytes (core.parser.ChunkParser): Deltas out of each read, the last ones at
-    the end, `ended` once nothing more is to be read."""
+Item = TypeVar("Item")
+
+
+class StreamParser(Protocol[Item]):
+    """What reads the bytes (the core's ChunkParser, handed in: this package imports nothing of
+    the app): items (Deltas) out of each read, the last ones at the end, `ended` once nothing
+    more is to be read."""
 
     @property
     def ended(self) -> bool: ...
 
-    def feed(self, data: bytes) -> list[Delta]: ...
+    def feed(self, data: bytes) -> list[Item]: ...
 
-    def finish(self) -> list[Delta]: ...
+    def finish(self) -> list[Item]: ...
 
 
 def problem() -> str | None:
@@ -87,11 +88,11 @@ def aiohttp_response(response: Any) -> aiohttp.ClientResponse | None:
 
 async def read_deltas(
     response: AsyncAPIResponse[Any],
-    parser: StreamParser,
+    parser: StreamParser[Item],
     *,
     pace: Callable[[], float | None] | None = None,
     read_pacing: bool = False,
-) -> AsyncGenerator[Delta, None]:
+) -> AsyncGenerator[Item, None]:
     """The Deltas of an unread streaming response, parsed by `parser` from each network read.
 
     With `pace` and `read_pacing`, what arrives before the consumer next shows text stays in
