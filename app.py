@@ -11,7 +11,6 @@ import chainlit as cl
 from chainlit.config import config as chainlit_config
 from chainlit.context import context
 from chainlit.data.base import BaseDataLayer
-from chainlit.input_widget import Select, Slider, Switch, TextInput
 from chainlit.server import app as server_app
 from chainlit.server import sio
 from chainlit.types import ThreadDict
@@ -22,31 +21,23 @@ try:  # the dict of every session's messages Chainlit keeps (see on_chat_end)
 except ImportError:
     _chainlit_chat_contexts = None  # type: ignore[assignment]
 
-from streamchat.chat import ChatOptions, ChatSession
+from streamchat.chat import ChatSession
 from streamchat.classroom import ui as classroom_ui
 from streamchat.core.errors import ConfigError
 from streamchat.core.paint import PAINTED_EVENT, PaintAcks
 from streamchat.core.sinks import ChainlitSink
+from streamchat.faces.chat_settings import settings_widgets
 from streamchat.faces.web import mount
-from streamchat.hosting.auth import AuthConfig
 from streamchat.hosting.limits import LimitExceeded, client_address, limit_key
-from streamchat.hosting.login_throttle import LoginLimits, LoginThrottle, LoginThrottleMiddleware
 from streamchat.hosting.persistence import (
     UNSAVED_NOTICE,
-    Database,
     StreamchatDataLayer,
     conversation_from_steps,
     last_answer_id,
 )
-from streamchat.hosting.security import (
-    ContentSecurityPolicy,
-    OriginPolicy,
-    SecurityHeadersMiddleware,
-    apply_origin_policy,
-)
-from streamchat.languages import DEFAULT_LANGUAGE, LANGUAGES, ui_language
+from streamchat.hosting.setup import install_hosting
+from streamchat.languages import DEFAULT_LANGUAGE, ui_language
 from streamchat.logs import configure_logging
-from streamchat.pipeline import GuardrailPanel
 from streamchat.runtime import Runtime, settings_or_error
 from streamchat.settings import SpeedupChoices, install_forwarded_allow_ips, load_env_file
 from streamchat.speedups import Speedups, browser_updates, install, log_status
@@ -75,16 +66,16 @@ _setup_problems = list(_speedup_choices.problems)
 # `chainlit run` makes uvicorn's configuration, which reads it.
 install_forwarded_allow_ips(_environ)
 
-# Login callbacks must exist when Chainlit starts, so this one setting is read at import.
-_auth = AuthConfig.from_env(_environ)
+# Login throttle, cross-site access, security headers and the history's database, in place
+# before Chainlit serves a request; login callbacks must exist when Chainlit starts.
+_hosting = install_hosting(
+    _environ, app=server_app, sio=sio, cors_origins=chainlit_config.project.allow_origins
+)
+_setup_problems += _hosting.problems
+_auth = _hosting.auth
+_origin_error = _hosting.origin_error
+_database, _database_error = _hosting.database, _hosting.database_error
 if _auth.enabled:
-    try:
-        _login_limits = LoginLimits.from_env(_environ)
-    except ConfigError as exc:
-        _login_limits = LoginLimits()
-        _setup_problems.append(f"{exc} The default login throttle applies.")
-    # Too many wrong passwords for a name or from an address: 429 before the callback runs.
-    server_app.add_middleware(LoginThrottleMiddleware, throttle=LoginThrottle(_login_limits))
 
     @cl.password_auth_callback
     async def password_login(username: str, password: str) -> cl.User | None:
@@ -103,29 +94,6 @@ if _auth.enabled:
             )
 
 
-# Cross-site access and security headers must be in place before Chainlit serves a request.
-try:
-    _origins = OriginPolicy.from_env(_environ, login=_auth.enabled)
-    _origin_error: str | None = None
-except ConfigError as exc:
-    _origins, _origin_error = OriginPolicy(), str(exc)  # the strictest: this app's pages only
-apply_origin_policy(_origins, cors_origins=chainlit_config.project.allow_origins, sio=sio)
-try:
-    _content_policy = ContentSecurityPolicy.from_env(_environ)
-except ConfigError as exc:
-    _content_policy = ContentSecurityPolicy()  # the strictest: images from this app only
-    _setup_problems.append(f"{exc} Answers show images from this app only.")
-server_app.add_middleware(SecurityHeadersMiddleware, policy=_content_policy)
-
-
-# Chat history needs login: with it, a database (a SQLite file unless DATABASE_URL says else).
-_database: Database | None = None
-_database_error: str | None = None
-if _auth.enabled:
-    try:
-        _database = Database.from_env(_environ)
-    except ConfigError as exc:
-        _database_error = str(exc)
 _data_layer: StreamchatDataLayer | None = None
 
 
@@ -242,73 +210,6 @@ def _socket_updates() -> Any | None:
     return browser_updates(sio, context.session)
 
 
-def _settings_widgets(
-    options: ChatOptions, models: list[str], guardrails: GuardrailPanel
-) -> list[object]:
-    model_widget: object
-    if models:
-        values = [options.model, *models] if options.model not in models else models
-        values = [value for value in values if value]
-        model_widget = Select(
-            id="model", label="Model", values=values, initial_value=options.model or values[0]
-        )
-    else:
-        model_widget = TextInput(
-            id="model", label="Model", initial=options.model, placeholder="model name"
-        )
-    return [
-        model_widget,
-        Slider(
-            id="temperature",
-            label="Temperature",
-            initial=options.temperature,
-            min=0,
-            max=2,
-            step=0.1,
-        ),
-        TextInput(
-            id="system_prompt",
-            label="System prompt",
-            initial=options.system_prompt,
-            multiline=True,
-        ),
-        Select(
-            id="language",
-            label="Language / Zabaan",
-            items={name: code for code, name in LANGUAGES.items()},
-            initial_value=options.language,
-            description="The language answers (and the offline model's lessons) come in.",
-        ),
-        Switch(
-            id="show_metrics",
-            label="Show stats under each answer (time to first token, tokens, tokens/s)",
-            initial=options.show_metrics,
-        ),
-        Switch(
-            id="show_reasoning",
-            label="Show a reasoning model's thinking (in a step above the answer)",
-            initial=options.show_reasoning,
-        ),
-        Switch(
-            id="guardrails_on",
-            label=f"Guardrails ({', '.join(guardrails.policies) or 'none configured'})",
-            initial=options.guardrails_on and guardrails.enabled,
-            disabled=guardrails.locked or not guardrails.enabled,
-            description=guardrails.note,
-        ),
-        Select(
-            id="guardrail_mode",
-            label="Guardrail mode",
-            items={
-                "hold: text appears once it is checked (a short delay)": "hold",
-                "buffered: text appears at once, retracted on a violation": "buffered",
-            },
-            initial_value=options.guardrail_mode,
-            disabled=guardrails.locked or not guardrails.enabled,
-        ),
-    ]
-
-
 @cl.set_chat_profiles
 async def chat_profiles(
     _user: cl.User | None = None, language: str | None = None
@@ -349,7 +250,7 @@ async def _open_chat(thread: ThreadDict | None) -> None:
                 log.warning("stored chat settings no longer apply; using the defaults")
         cl.user_session.set("chat", chat)
         models = await _runtime.available_models()
-        widgets = _settings_widgets(chat.options, models, chat.guardrail_panel)
+        widgets = settings_widgets(chat.options, models, chat.guardrail_panel)
         if classroom_ui.is_classroom():
             widgets += classroom_ui.settings_widgets(chat, models)
             await classroom_ui.start()
