@@ -18,8 +18,9 @@ THINKING_START = "The question is about reasoning models."
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[AppProcess]:
-    # Slow enough that the thinking streams for a few seconds before the answer starts.
-    with AppProcess({"OFFLINE_TPS": "25", "OFFLINE_TTFT_MS": "50"}) as running:
+    # Slow enough that the thinking streams for several seconds before the answer starts, so a
+    # page rendered late on a busy machine still sees it open.
+    with AppProcess({"OFFLINE_TPS": "12", "OFFLINE_TTFT_MS": "50"}) as running:
         yield running
 
 
