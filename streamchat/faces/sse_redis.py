@@ -1,24 +1,9 @@
 """SSE event logs shared through Redis Streams, so a reconnect may land on any replica.
 
-The replica that runs an answer keeps its EventLog in memory as always and mirrors every event
-into the Redis stream `streamchat:sse:{id}`, with the entry id `0-{seq}` (so `XRANGE` from an
-event id is exact), and an `__end__` entry when the answer is over. Another replica serves a
-`Last-Event-ID` for a stream it does not run by reading that stream: the missed events with
-`XRANGE`, then the live ones with `XREAD BLOCK`, keep-alives in between.
-
-Across replicas:
-- while a client follows on another replica, that replica refreshes `streamchat:sse:{id}:followed`
-  (a key with a short expiry): the running replica does not abandon a stream that is followed
-  elsewhere;
-- `DELETE /api/stream/{id}` on any replica publishes the id on `streamchat:sse:cancel`; the
-  replica that runs it (it holds `streamchat:sse:{id}:owner`) cancels it;
-- `streamchat:sse:{id}:client` holds the digest of whom the stream belongs to, so any replica
-  can check a resume or a stop.
-
-Streams are trimmed to the newest `max_events` entries and expire `ttl_s` after their last
-event, like the in-memory store. If Redis fails while an answer runs, the answer goes on for its
-local followers and a warning is logged; a resume that needs Redis gets a 503.
-"""
+The replica running an answer mirrors each event into `streamchat:sse:{id}` (entry id `0-{seq}`,
+so a resume reads exactly what it missed); any replica serves a `Last-Event-ID` from it, passes
+a cancel on (`streamchat:sse:cancel`), keeps a stream followed elsewhere alive, and checks its
+owner. If Redis fails, a running answer goes on for its local followers. Details: docs/sse.md."""
 
 from __future__ import annotations
 

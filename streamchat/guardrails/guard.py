@@ -1,23 +1,10 @@
 """The incremental Guard: checks a stream as it arrives and decides what may be shown.
 
-New text is normalised as it arrives and checked in batches (about once per UI update): each
-check scans the new text plus the text from where a match could still be in progress (at most
-`max_match` back) and a little context before it, so a violation split across any chunk
-boundary is found and a whole stream costs O(length). A match that touches the end of what has
-arrived may still grow ("jane@example.co" before the "m"), so it is acted on only once text
-follows it, or at `finish`.
-
-Modes:
-- hold: text is released only once no violation can still be in progress in it, so violating
-  text never reaches the user;
-- buffered: text is released at once and checked every `buffer_chars`; a violation retracts
-  what was shown to the last safe prefix.
-
-Actions: stop (release the safe prefix and refuse the rest) or redact (hold mode only: replace
-each match with a label such as "[email removed]" and go on). A redacted value that may go on
-beyond its match (a key longer than max_match, a PEM block after its header) is passed over to
-its end; one that never ends stops the stream instead.
-"""
+Each check scans the new text plus the stretch where a match could still be in progress (at most
+`max_match` back), so a violation split across any chunk boundary is found and a stream costs
+O(length); checks run in batches of about one UI update. Modes: hold (text is released only once
+nothing can be in progress in it) or buffered (shown at once, retracted on a violation). Actions:
+stop, or redact (hold only) replacing each whole value with a label. See docs/guardrails.md."""
 
 from __future__ import annotations
 

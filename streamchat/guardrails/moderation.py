@@ -1,18 +1,10 @@
-"""The `moderation` policy: a moderation endpoint (OpenAI's `omni-moderation-latest`, or the
-offline demo model's stand-in) judges the answer sentence by sentence, off the hot path.
+"""The `moderation` policy: a moderation endpoint judges the answer sentence by sentence, off the
+hot path.
 
-Local policies are synchronous and cheap; a moderation call is a network round trip. So it is
-not a `Policy` but a gate after the local Guard:
-
-- the text the Guard releases is cut into sentences; each complete sentence is sent for a
-  verdict at once, with the previous sentence as context, and several verdicts can be under
-  way together (the stream never waits for one);
-- `hold` mode: a sentence reaches the user only once its verdict is in (violating text never
-  reaches the screen); `buffered` mode: text is shown at once and a flagged sentence retracts
-  the message to where that sentence began;
-- a flagged sentence stops the stream; a check that fails or times out stops it too unless
-  the operator chose `GUARDRAIL_ON_ERROR=allow`; every error is logged and counted.
-"""
+A network round trip cannot run per chunk, so this is a gate after the local Guard, not a
+`Policy`: complete sentences are sent for verdicts concurrently; in hold mode a sentence is shown
+once its verdict is in, in buffered mode a flagged sentence retracts the message. A flag, or a
+failed check unless GUARDRAIL_ON_ERROR=allow, stops the stream."""
 
 from __future__ import annotations
 

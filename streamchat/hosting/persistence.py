@@ -1,24 +1,10 @@
-"""Chat history on a real database: Chainlit's SQLAlchemy data layer, with the schema it needs.
+"""Chat history on a real database (`DATABASE_URL`: SQLite by default, or PostgreSQL), through
+Chainlit's SQLAlchemy data layer.
 
-Chainlit's `SQLAlchemyDataLayer` writes users, threads, steps, elements and feedback with plain
-SQL, but creates no tables, and the schema in Chainlit's docs lacks columns that chainlit 2.12
-writes (`autoCollapse` on steps, upstream issue #2832), so such writes fail and are only logged
-as warnings. Here the schema is declared to match what the installed Chainlit writes (a test
-compares it with Chainlit's own step, element, feedback and thread types), created on first
-start, and migrated by adding any missing column to an existing database, under a PostgreSQL
-advisory lock so replicas starting together on an empty database take turns. Failed writes are
-logged as errors.
-
-A database outage loses nothing it can keep: writes are queued in memory (bounded) in the order
-they were made, each chat is told once that history is not being saved, and a background task
-retries until the database answers, prepares the schema if it could not at start, and replays
-the queue. Reads during an outage find nothing. Feedback can only be given on (or removed from)
-answers in the requesting user's own chats.
-
-`DATABASE_URL` chooses the database: a SQLite file (the default, `sqlite:///streamchat.db`) or
-PostgreSQL (`postgresql://user:password@host/db`). History needs login: without
-CHAINLIT_AUTH_SECRET nothing is stored.
-"""
+Chainlit creates no tables, so the schema it writes is declared here, created and migrated at
+start under a lock (replicas may start together). A database outage loses nothing the replica
+keeps: writes queue in order and are replayed when it answers, and each chat is told once.
+Feedback is written only by the chat's owner. See docs/deployment.md."""
 
 from __future__ import annotations
 

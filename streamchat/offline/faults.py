@@ -1,34 +1,10 @@
-"""Fault injection for the offline demo model: errors and broken streams on request, for tests
-and for teaching error handling.
+"""Fault injection for the offline demo model (errors and broken streams on request, for tests and
+for teaching error handling) and the wire form of its thinking.
 
-A fault is chosen per request by a directive anywhere in a user message, by the request header
-`X-Streamchat-Fault`, or by the server's default (`--fault`, the app's OFFLINE_FAULT). The
-grammar, the same in all three places (in a message it sits inside `[fault: ...]`)::
-
-    KIND [key=value ...]
-
-    429        retry_after=SECONDS (default 1)      HTTP 429 with Retry-After
-    500 | 502 | 503                                  that HTTP status with an error body
-    401                                              HTTP 401 invalid_api_key
-    drop       after=N (default 10)                  N content tokens, then the connection drops
-    stall      after=N (default 10) seconds=S        N tokens, then silence for S seconds
-                                                     (default: until the client goes away)
-    malformed  after=N (default 10)                  N tokens, then a chunk that is not JSON
-    any kind:  times=K                               only the first K requests carrying the
-                                                     same directive in the same first user
-                                                     message fail; later ones succeed
-
-Examples: `[fault: drop after=20]`, `[fault: 429 retry_after=2 times=1]`. A fault's `after`
-counts the thinking tokens of a reasoning answer too, so `drop after=3` breaks while it thinks.
-
-The wire form of a reasoning answer's thinking is chosen the same ways: `[reasoning: FORMAT]`
-in a user message, the header `X-Streamchat-Reasoning`, or the server's default:
-
-    reasoning_content   `delta.reasoning_content` (DeepSeek, vLLM, LM Studio; the default)
-    reasoning           `delta.reasoning` (OpenRouter, Ollama)
-    think               inline `<think>...</think>` at the start of `delta.content`
-    off                 no thinking at all
-"""
+A fault comes from `[fault: KIND key=value ...]` in a user message, the `X-Streamchat-Fault`
+header or the server's default (OFFLINE_FAULT); kinds are 429, 500/502/503, 401, drop, stall and
+malformed. The thinking's form comes the same ways (`[reasoning: FORMAT]`,
+`X-Streamchat-Reasoning`). The grammar and examples are in docs/offline-model.md."""
 
 from __future__ import annotations
 
