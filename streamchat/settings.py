@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from streamchat.core.errors import ConfigError
+from streamchat.core.errors import ConfigError, public_url
 from streamchat.guardrails import GuardrailConfig
 from streamchat.guardrails.config import (
     DEFAULT_MODERATION_MODEL,
@@ -407,15 +407,6 @@ class ConfigReader:
         high = math.inf if variable.high is None else variable.high
         if not math.isfinite(value) or not low <= value <= high:
             raise variable.problem(raw)
-
-
-def public_url(url: str) -> str:
-    """A URL safe to show or log: user info, query and fragment removed."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ an API key: `redact_secrets` is applied to anything that came from outside.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 # Anything that looks like a bearer credential. Provider error bodies sometimes echo the key
 # ("Incorrect API key provided: sk-abc...xyz"), so we scrub before logging or showing.
@@ -126,3 +127,12 @@ class InputRejected(ProviderError):
     """The request was not sent: the user's message breaks a limit we enforce ourselves."""
 
     kind = "input_rejected"
+
+
+def public_url(url: str) -> str:
+    """A URL safe to show or log: user info, query and fragment removed."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

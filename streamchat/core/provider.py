@@ -10,6 +10,7 @@ Deltas and the same errors. Provider chunk shapes never leave this module and th
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -18,7 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from types import ModuleType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import httpx2
@@ -34,6 +35,7 @@ from streamchat.core.errors import (
     ProviderUnreachable,
     RateLimited,
     StreamBroken,
+    public_url,
     redact_secrets,
 )
 from streamchat.core.parser import ChunkParser, thinking_of
@@ -89,7 +91,9 @@ class Provider:
         if http_stack not in HTTP_CLIENTS:
             raise ValueError(f"http_stack must be one of {', '.join(HTTP_CLIENTS)}")
         self._api_key = api_key
-        self._base_url = base_url
+        # Credentials in the URL (`http://user:key@host/v1`) go as basic auth, never in the URL
+        # the HTTP stack logs and connects to.
+        self._base_url, self._basic_auth = split_credentials(base_url)
         self._model = model
         self._request_timeout_s = request_timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -130,6 +134,9 @@ class Provider:
                 max_retries=0,
                 timeout=self._timeout(),
                 http_client=self._http_client or self._default_http_client(),
+                default_headers=(
+                    {"Authorization": self._basic_auth} if self._basic_auth is not None else None
+                ),
             )
         return self._client
 
@@ -553,15 +560,6 @@ def _fast_stream() -> ModuleType | None:
     return fast_stream_module()
 
 
-def public_url(url: str) -> str:
-    """A URL safe to show or log: user info, query and fragment removed."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def _really_timed_out(exc: BaseException) -> bool:
     """Whether a timeout error really comes from a timeout. The aiohttp transport reports any
     aiohttp connection error (a refused connection, a server that hung up) as a timeout; its
@@ -630,3 +628,24 @@ class WholeAnswer:
             usage=usage,
             reasoning=thinking,
         )
+
+
+def split_credentials(url: str | None) -> tuple[str | None, str | None]:
+    """`url` without its user info, and that user info as a basic `Authorization` value (None
+    when the URL has none)."""
+    if url is None:
+        return None, None
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = unquote(parts.username or "")
+    password = unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return urlunsplit(
+        (parts.scheme, host, parts.path, parts.query, parts.fragment)
+    ), f"Basic {token}"
