@@ -113,7 +113,10 @@ async def test_the_timeline_marks_the_milestones_and_counts_tokens():
     timeline = Timeline.of(log, result)
     assert len(timeline.token_times) == 3
     assert timeline.first_chunk_s is not None and timeline.first_token_s is not None
-    assert timeline.first_chunk_s <= timeline.token_times[0] <= timeline.done_s
+    # Compared on one clock each: the log's times count from the log's start, the stats' from
+    # the run's, a moment later, so a log time may exceed a very short run's duration.
+    assert timeline.first_chunk_s <= timeline.token_times[0]
+    assert timeline.first_token_s <= timeline.done_s
     figure = timeline.figure(title="t", tokens_label="tokens")
     steps = figure.data[0]
     assert list(steps.y) == [0, 1, 2, 3]
