@@ -536,6 +536,8 @@ def error_response(status, message, headers=None):
         (400, BadRequest, "refused the request (400)"),
         (500, ProviderUnavailable, "had an error (500)"),
         (503, ProviderUnavailable, "had an error (503)"),
+        (408, ProviderUnavailable, "could not take the request just now (408)"),
+        (409, ProviderUnavailable, "could not take the request just now (409)"),
     ],
 )
 async def test_http_errors_become_short_messages_without_the_key(
@@ -552,6 +554,8 @@ async def test_http_errors_become_short_messages_without_the_key(
     assert SECRET not in error.user_message
     assert SECRET not in error.detail
     assert "Traceback" not in error.user_message
+    # What the resilience docs promise: 408, 409, 429 and 5xx are worth another try.
+    assert error.retryable is (status in (408, 409) or status >= 500)
 
 
 async def test_a_generic_400_shows_the_providers_own_words_without_secrets(path):

@@ -433,6 +433,15 @@ class Provider:
                 detail=detail,
                 retry_after=retry_after,
             )
+        if status in (408, 409):
+            # A request timeout or a conflict with another request: worth the same request
+            # again (STREAM_RETRIES), as the SDK and OpenAI's guidance treat them.
+            return ProviderUnavailable(
+                f"The model provider at {where} could not take the request just now ({status}). "
+                "Try again in a moment.",
+                status=status,
+                detail=detail,
+            )
         if status >= 500:
             return ProviderUnavailable(
                 f"The model provider at {where} had an error ({status}). Try again in a moment.",
