@@ -900,3 +900,59 @@ def test_the_pool_lets_connections_go_before_uvicorn_closes_them():
     from streamchat.core.provider import POOL_IDLE_S
 
     assert 0 < POOL_IDLE_S < uvicorn.Config(app=None).timeout_keep_alive
+
+
+def sdk_events(data: bytes) -> list[dict]:
+    """What the openai SDK's own decoder (the reference) makes of a stream's bytes: the JSON of
+    each event's data, up to [DONE]."""
+    from openai._streaming import SSEDecoder  # a test reference only; the app does not use it
+
+    events = []
+    for event in SSEDecoder().iter_bytes(iter([data])):
+        if event.data.startswith("[DONE]"):
+            break
+        if event.data:
+            events.append(json.loads(event.data))
+    return events
+
+
+SPEC_STREAM = (
+    b": a comment the server sends to keep the connection open\n"
+    b"retry: 3000\n"
+    b"id: 1\n"
+    b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n'
+    b"\n"
+    b"event: message\n"
+    b'data: {"choices": [{"index": 0,\n'
+    b'data:  "delta": {"content": "lo,\\nworld"}}]}\n'
+    b"\n"
+    b'data:{"choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}\r\n'
+    b"\r\n"
+    b"data: [DONE]\n\n"
+)
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 97, len(SPEC_STREAM)])
+def test_the_parser_reads_an_sse_stream_as_the_sdks_decoder_does(size):
+    parser = ChunkParser()
+    deltas = []
+    for start in range(0, len(SPEC_STREAM), size):
+        deltas += parser.feed(SPEC_STREAM[start : start + size])
+    deltas += parser.finish()
+    reference = sdk_events(SPEC_STREAM)
+    assert [json.loads(d.raw) for d in deltas] == reference
+    assert "".join(d.text for d in deltas) == "Hello,\nworld!"
+    assert parser.done and deltas[-1].finish_reason == "stop"
+
+
+def test_an_event_of_several_data_lines_that_never_ends_is_read_at_the_end_of_the_body():
+    parser = ChunkParser()
+    parser.feed(b'data: {"choices": [{"index": 0,\ndata: "delta": {"content": "x"}}]}\n')
+    assert [d.text for d in parser.finish()] == ["x"]
+
+
+def test_data_lines_that_join_into_no_json_break_the_stream_at_the_events_end():
+    parser = ChunkParser()
+    assert parser.feed(b'data: {"choices": [\ndata: oops\n') == []
+    with pytest.raises(StreamBroken, match="could not be read"):
+        parser.feed(b"\n")

@@ -21,16 +21,18 @@ class ChunkParser:
     """Turns a chat-completions SSE stream into Deltas.
 
     Feed it the body's bytes as they arrive (`feed`, then `finish` at the end) or single lines
-    (`feed_line`); it keeps no buffer beyond the current line (servers send one `data:` line per
-    event). `done` becomes true at `data: [DONE]`; nothing after it is read.
+    (`feed_line`). Servers send one `data:` line per event, read at once; an event whose JSON
+    spans several `data:` lines (legal SSE: they join with a newline) is kept until the blank
+    line that ends it. `done` becomes true at `data: [DONE]`; nothing after it is read.
     """
 
-    __slots__ = ("_broken", "_index", "_lines", "done", "finish_reason")
+    __slots__ = ("_broken", "_index", "_lines", "_pending", "done", "finish_reason")
 
     def __init__(self) -> None:
         self._index = 0
         self._lines = LineSplitter()
         self._broken: StreamBroken | None = None
+        self._pending: list[str] | None = None  # the data lines of an event not yet ended
         self.done = False
         self.finish_reason: str | None = None
 
@@ -47,8 +49,9 @@ class ChunkParser:
         deltas: list[Delta] = []
         last: tuple[dict[str, Any], str] | None = None  # becomes a Delta once we know what follows
         for line in self._lines.feed(data):
-            # Blank lines only end events: skipped here without a call.
-            if line and not self.done:
+            # Blank lines only end events: skipped here without a call, unless one ends an
+            # event of several data lines.
+            if (line or self._pending is not None) and not self.done:
                 try:
                     chunk = self._chunk(line)
                 except StreamBroken as broken:
@@ -69,11 +72,17 @@ class ChunkParser:
         broken, self._broken = self._broken, None
         if broken is not None:
             raise broken
-        lines = self._lines.finish()
-        return [d for line in lines if not self.done and (d := self.feed_line(line)) is not None]
+        lines = [*self._lines.finish(), ""]  # the end of the body ends an open event too
+        return [d for line in lines if not self.done and (d := self._line(line)) is not None]
 
     def feed_line(self, line: str) -> Delta | None:
-        """The Delta of one line of the stream, if it carries one."""
+        """The Delta of one line of the stream taken as a whole event, if it carries one."""
+        delta = self._line(line)
+        if self._pending is not None:
+            delta = self._line("")
+        return delta
+
+    def _line(self, line: str) -> Delta | None:
         chunk = self._chunk(line)
         return None if chunk is None else self._delta(*chunk)
 
@@ -83,6 +92,12 @@ class ChunkParser:
         # Blank lines end events, ':' starts keep-alive comments, and `event:`/`id:`/`retry:`
         # fields carry nothing we use: only `data:` lines matter.
         if not line.startswith("data:"):
+            if not line and self._pending is not None:
+                payload, self._pending = "\n".join(self._pending).strip(), None
+                return self._read(payload, joined=True)
+            return None
+        if self._pending is not None:
+            self._pending.append(line[6:] if line.startswith("data: ") else line[5:])
             return None
         payload = line[5:].strip()
         if not payload:
@@ -90,10 +105,17 @@ class ChunkParser:
         if payload == "[DONE]":
             self.done = True
             return None
+        return self._read(payload, joined=False)
+
+    def _read(self, payload: str, *, joined: bool) -> tuple[dict[str, Any], str] | None:
         try:
             chunk, end = _scan_json(payload, 0)
         except (StopIteration, ValueError):
             end = -1
+        if end != len(payload) and not joined and payload.startswith("{"):
+            # Perhaps the first line of an event whose JSON goes on in the next data lines.
+            self._pending = [payload]
+            return None
         if end != len(payload):
             raise StreamBroken(
                 "The provider sent a piece of the answer that could not be read, "
