@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -74,3 +75,25 @@ def test_chunking_never_changes_the_result(shown, continuation):
     whole = run(shown, continuation, [])
     for size in (1, 3, 97):
         assert run(shown, continuation, [size]) == whole
+
+
+ANSWER = "Streaming sends the answer in pieces as the model writes it, so the reader "
+
+
+@pytest.mark.parametrize("sizes", [[1], [3], [97], [len(ANSWER) * 2]])
+def test_a_continuation_that_starts_the_whole_answer_again_shows_only_what_is_new(sizes):
+    # Asked to continue, the model replays the answer from its first word, then goes on.
+    assert run(ANSWER, ANSWER + "sees it grow.", sizes) == "sees it grow."
+
+
+def test_a_replay_of_the_start_that_stops_short_adds_nothing():
+    assert run(ANSWER, ANSWER[:30], [5]) == ""
+
+
+def test_new_text_that_only_begins_like_the_answer_is_kept():
+    assert run(ANSWER, "Streaming is also cheaper. ", [4]) == "Streaming is also cheaper. "
+
+
+def test_a_short_answer_is_never_taken_for_a_replay():
+    # "Yes" then "Yes, and more": too short to tell a replay from new words.
+    assert run("Yes", "Yes, and more.", [2]) == "Yes, and more."
