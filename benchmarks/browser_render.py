@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from streamchat.offline.lessons import lessons  # noqa: E402
 from streamchat.offline.tokens import tokenize  # noqa: E402
 from tests.harness import AppProcess, free_port  # noqa: E402
+from tests.harness import start_upstream as start_upstream_process  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -160,20 +161,11 @@ def serve_upstream(port: int, tps: float, tokens: int) -> None:
 
 def start_upstream(tps: float, tokens: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen(
+    return start_upstream_process(
         [sys.executable, __file__, "--upstream", str(port), "--tps", str(tps),
          "--tokens", str(tokens)],
+        port,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx2.get(f"{url}/v1/models", timeout=1)
-            return proc, url
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the benchmark upstream did not start")
 
 
 # ---- the page's own record ----

@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.harness import AppProcess, ChainlitClient, free_port, strip_footer  # noqa: E402
+from tests.harness import start_upstream as start_upstream_process  # noqa: E402
 
 TOKEN = re.compile(r"w(\d+) ")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -191,20 +192,11 @@ async def run_load(
 
 def start_upstream(tps: float, tokens: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen(
+    return start_upstream_process(
         [sys.executable, str(REPO / "benchmarks" / "upstream.py"), "--port", str(port),
          "--tps", str(tps), "--tokens", str(tokens)],
+        port,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx2.get(f"{url}/v1/models", timeout=1)
-            return proc, url
-        except httpx2.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the benchmark upstream did not start")
 
 
 async def main() -> None:

@@ -82,6 +82,22 @@ def speedups_on() -> bool:
     return ConfigReader(dict(os.environ)).flag("STREAM_SPEEDUPS")
 
 
+def start_upstream(command: list[str], port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Start an OpenAI-compatible upstream (`command`, a process listening on `port`) and wait
+    until it lists its models; the benchmarks' scripted servers start this way."""
+    proc = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            httpx2.get(f"{url}/v1/models", timeout=1)
+            return proc, url
+        except httpx2.HTTPError:
+            time.sleep(0.1)  # a bounded poll: the server says nothing until it listens
+    proc.kill()
+    raise RuntimeError("the benchmark upstream did not start")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
