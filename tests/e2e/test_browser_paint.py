@@ -37,6 +37,37 @@ def socket_event(payload: str) -> tuple[str, dict[str, object]] | None:
     return name, (args[0] if args and isinstance(args[0], dict) else {})
 
 
+def tally(
+    frames: list[tuple[str, str, dict[str, object]]],
+) -> tuple[int, int, list[int]]:
+    """For the last streamed answer: updates received, updates acknowledged, and, once the page
+    had caught up, how many updates it had received beyond the last one it acknowledged."""
+    started = [data["id"] for d, name, data in frames if d == "in" and name == "stream_start"]
+    assert started, "the answer streamed"
+    answer = started[-1]
+    updates = acked = 0
+    caught_up = False  # the page has painted every update sent before the server heard it
+    ahead: list[int] = []
+    for direction, name, data in list(frames):
+        if data.get("id") != answer:
+            continue
+        if direction == "in" and name == "stream_token":
+            updates += 1
+            if caught_up:
+                ahead.append(updates - acked)
+        elif direction == "out" and name == "stream_painted":
+            painted = int(str(data["n"]))
+            assert acked < painted <= updates, "acknowledged: what was received, in order"
+            acked = painted
+            caught_up = caught_up or acked == updates
+    return updates, acked, ahead
+
+
+def all_acknowledged(counts: tuple[int, int, list[int]]) -> bool:
+    updates, acked, _ = counts
+    return acked == updates
+
+
 def test_page_acknowledges_painted_updates_and_server_waits_for_each(browser, app):
     page = browser.new_page()
     frames: list[tuple[str, str, dict[str, object]]] = []  # (direction, event, data) in order
@@ -69,27 +100,17 @@ def test_page_acknowledges_painted_updates_and_server_waits_for_each(browser, ap
             what="the finished answer on the page",
             pause=browser_pause(page),
         )
+        # The last acknowledgement leaves after the frame that painted it: wait for it.
+        wait_until(
+            lambda: all_acknowledged(tally(frames)),
+            within=10,
+            what="the page to acknowledge its last painted update",
+            pause=browser_pause(page),
+        )
     finally:
         page.close()
 
-    started = [data["id"] for d, name, data in frames if d == "in" and name == "stream_start"]
-    assert started, "the answer streamed"
-    answer = started[-1]
-    updates = acked = 0
-    caught_up = False  # the page has painted every update sent before the server heard it
-    ahead: list[int] = []  # from then on: updates received beyond the last acknowledged one
-    for direction, name, data in frames:
-        if data.get("id") != answer:
-            continue
-        if direction == "in" and name == "stream_token":
-            updates += 1
-            if caught_up:
-                ahead.append(updates - acked)
-        elif direction == "out" and name == "stream_painted":
-            painted = int(str(data["n"]))
-            assert acked < painted <= updates, "acknowledged: what was received, in order"
-            acked = painted
-            caught_up = caught_up or acked == updates
+    updates, acked, ahead = tally(frames)
     assert updates >= 3, f"the long answer came in several updates, got {updates}"
     assert acked == updates, "the page acknowledged every update it painted"
     # Once the page has caught up, the server holds each update until the last is painted.
