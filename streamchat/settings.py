@@ -224,6 +224,9 @@ VARIABLES: dict[str, Variable] = {
             "OFFLINE_TTFT_MS", "number", "300", "Offline model: first-token delay.", 0, 60_000
         ),
         Variable("OFFLINE_FAULT", "text", "", "Offline model: a fault in every answer."),
+        # Agent profile
+        Variable("AGENT_MAX_TURNS", "whole", "6", "Agent: model calls per answer.", 1, 100),
+        Variable("AGENT_MCP_SERVERS", "list", "", "Agent: MCP servers (URLs or commands)."),
         # Hosting
         Variable("CHAINLIT_AUTH_SECRET", "text", "", "Set: login required."),
         Variable("AUTH_USERS_FILE", "text", "users.txt", "Password users file."),
@@ -432,6 +435,8 @@ class Settings:
     offline_tps: float = 30.0
     offline_ttft_ms: float = 300.0
     offline_fault: str | None = None
+    agent_max_turns: int = 6  # the Agent profile's model calls per answer
+    agent_mcp_servers: tuple[str, ...] = ()  # MCP servers' URLs or stdio command lines
     log_level: str = "INFO"
     metrics_token: str | None = field(default=None, repr=False)
     show_metrics: bool = True
@@ -483,6 +488,8 @@ class Settings:
             offline_tps=read.number("OFFLINE_TPS"),
             offline_ttft_ms=read.number("OFFLINE_TTFT_MS"),
             offline_fault=read.text("OFFLINE_FAULT"),
+            agent_max_turns=read.whole("AGENT_MAX_TURNS") or 6,
+            agent_mcp_servers=read.items("AGENT_MCP_SERVERS"),
             log_level=read.choice("LOG_LEVEL"),
             metrics_token=read.text("METRICS_TOKEN"),
             show_metrics=read.flag("SHOW_METRICS"),
