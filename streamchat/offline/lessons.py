@@ -313,32 +313,51 @@ def _index(language: str) -> tuple[list[Counter[str]], dict[str, float]]:
     return documents, idf
 
 
+def _score(
+    lesson: Lesson, document: Counter[str], terms: set[str], lowered: str, idf: dict[str, float]
+) -> float:
+    # Whole keyword phrases ("time to first token", "stream=true") count most.
+    score = sum(4.0 for keyword in lesson.keywords if keyword in lowered and " " in keyword)
+    keyword_terms = {_stem(k) for k in lesson.keywords if " " not in k}
+    title_terms = set(_terms(lesson.title))
+    for term in terms:
+        weight = idf.get(term, 0.0)
+        if term in keyword_terms:
+            score += 3.0 * weight
+        if term in title_terms:
+            score += 2.0 * weight
+        score += weight * math.log1p(document.get(term, 0)) * 0.5
+    return score
+
+
+# A lesson scoring below this does not answer the question.
+_RELEVANT = 2.0
+
+
+def matching_lessons(
+    question: str, language: str = DEFAULT_LANGUAGE, limit: int = 3
+) -> list[Lesson]:
+    """Up to `limit` lessons in `language` that match `question`, the most relevant first
+    (ties keep the lessons' order); empty when none matches well enough."""
+    lowered = question.lower()
+    terms = set(_terms(question))
+    documents, idf = _index(language)
+    scored = [
+        (score, position)
+        for position, lesson in enumerate(lessons(language))
+        if (score := _score(lesson, documents[position], terms, lowered, idf)) >= _RELEVANT
+    ]
+    scored.sort(key=lambda pair: (-pair[0], pair[1]))
+    return [lessons(language)[position] for _, position in scored[:limit]]
+
+
 def best_lesson(question: str, language: str = DEFAULT_LANGUAGE) -> Lesson | None:
     """The most relevant lesson in `language`, or None when nothing matches well enough.
 
     Hinglish lessons keep the English keywords, so an English question in a Hinglish chat
     finds its lesson too."""
-    lowered = question.lower()
-    terms = _terms(question)
-    documents, idf = _index(language)
-    best: tuple[float, int] = (0.0, -1)
-    for position, lesson in enumerate(lessons(language)):
-        score = 0.0
-        # Whole keyword phrases ("time to first token", "stream=true") count most.
-        score += sum(4.0 for keyword in lesson.keywords if keyword in lowered and " " in keyword)
-        keyword_terms = {_stem(k) for k in lesson.keywords if " " not in k}
-        title_terms = set(_terms(lesson.title))
-        document = documents[position]
-        for term in set(terms):
-            weight = idf.get(term, 0.0)
-            if term in keyword_terms:
-                score += 3.0 * weight
-            if term in title_terms:
-                score += 2.0 * weight
-            score += weight * math.log1p(document.get(term, 0)) * 0.5
-        if score > best[0]:
-            best = (score, position)
-    return lessons(language)[best[1]] if best[0] >= 2.0 else None
+    found = matching_lessons(question, language, limit=1)
+    return found[0] if found else None
 
 
 def topics_answer(intro: str, language: str = DEFAULT_LANGUAGE) -> str:
