@@ -60,7 +60,7 @@ class Tool:
 
 MAX_EXPRESSION_CHARS = 500
 MAX_NUMBER_DIGITS = 1000  # of any numerator or denominator, on the way and in the result
-_MAX_BITS = int(MAX_NUMBER_DIGITS * 3.33)  # 10**1000 < 2**3330
+_MAX_BITS = int(MAX_NUMBER_DIGITS * 3.33)  # a bound on bits above which no number is allowed
 _DECIMAL_PLACES = 12  # shown beside a fraction that has no finite decimal form
 
 _BINARY: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
@@ -78,7 +78,11 @@ _SPELLINGS = {"×": "*", "·": "*", "÷": "/", "−": "-", "^": "**"}
 
 
 def _too_big(value: Fraction) -> bool:
-    return max(value.numerator.bit_length(), value.denominator.bit_length()) > _MAX_BITS
+    for part in (value.numerator, value.denominator):
+        bits = part.bit_length()
+        if bits > _MAX_BITS or (bits > _MAX_BITS - 10 and len(str(abs(part))) > MAX_NUMBER_DIGITS):
+            return True
+    return False
 
 
 def _number(node: ast.Constant, source: str) -> Fraction:
