@@ -14,6 +14,7 @@ from chainlit.data.base import BaseDataLayer
 from chainlit.server import app as server_app
 from chainlit.server import sio
 from chainlit.types import ThreadDict
+from chainlit.utils import utc_now
 from starlette.datastructures import Headers
 
 try:  # the dict of every session's messages Chainlit keeps (see on_chat_end)
@@ -35,7 +36,7 @@ from streamchat.hosting.persistence import (
     conversation_from_steps,
     last_answer_id,
 )
-from streamchat.hosting.setup import install_hosting
+from streamchat.hosting.setup import DRAINING_NOTICE, install_hosting
 from streamchat.languages import DEFAULT_LANGUAGE, ui_language
 from streamchat.logs import configure_logging
 from streamchat.runtime import Runtime, settings_or_error
@@ -75,6 +76,7 @@ _setup_problems += _hosting.problems
 _auth = _hosting.auth
 _origin_error = _hosting.origin_error
 _database, _database_error = _hosting.database, _hosting.database_error
+_drain = _hosting.drain  # SIGTERM: answers end or are saved as interrupted, then the server stops
 if _auth.enabled:
 
     @cl.password_auth_callback
@@ -102,7 +104,7 @@ def data_layer() -> BaseDataLayer | None:
     # Registered always, so Chainlit never builds a data layer of its own from DATABASE_URL.
     global _data_layer
     if _database is not None and _data_layer is None:
-        _data_layer = StreamchatDataLayer(_database)
+        _data_layer = StreamchatDataLayer(_database, partial_save_s=_hosting.partial_save_s)
     return _data_layer
 
 
@@ -119,6 +121,7 @@ async def startup() -> None:
         log.error("%s", setup_problem)
     log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
     log_status(log)
+    _drain.install(asyncio.get_running_loop())
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _origin_error is not None:
         log.error("%s Only this app's own pages may connect.", _origin_error)
@@ -179,7 +182,7 @@ async def stream_painted(_sid: str, data: object = None) -> None:
 
 def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
     message = message or cl.Message(content="")
-    return ChainlitSink(
+    sink = ChainlitSink(
         message,
         notify_error=_show_error,
         make_action=_action,
@@ -187,7 +190,28 @@ def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
         updates=_socket_updates(),
         paint=_paint_acks.track(message.id),
         thinking=_thinking_step if chat.options.show_reasoning else None,
+        checkpoint=_checkpoint(message),
+        checkpoint_every_s=_hosting.partial_save_s,
     )
+    _drain.track(sink)
+    return sink
+
+
+def _checkpoint(message: cl.Message) -> Callable[[dict[str, Any]], Awaitable[None]] | None:
+    """Saves `message` as it stands (an answer being written), when history is on."""
+    layer = data_layer()
+    if not isinstance(layer, StreamchatDataLayer):
+        return None
+
+    async def save(metadata: dict[str, Any]) -> None:
+        # Created when its first text is saved (send() would set it only at the end): it is
+        # stored after the question it answers.
+        message.created_at = message.created_at or utc_now()
+        step = message.to_dict()
+        step["metadata"] = metadata
+        await layer.save_partial(step)
+
+    return save
 
 
 def _thinking_step() -> cl.Step:
@@ -227,6 +251,8 @@ async def on_chat_start() -> None:
 
 @cl.on_chat_resume
 async def on_chat_resume(thread: ThreadDict) -> None:
+    if _data_layer is not None:  # an answer whose server was lost: shown interrupted
+        await _data_layer.settle_unfinished_answers(thread)
     await _open_chat(thread)
 
 
@@ -314,6 +340,9 @@ async def on_message(message: cl.Message) -> None:
 async def _within_limits(work: Callable[[], Awaitable[object]]) -> None:
     """Run `work` if the user's rate limits allow it (else say why and how long to wait),
     holding a streaming slot meanwhile and charging the tokens its answers used."""
+    if _drain.draining:
+        await _show_error(DRAINING_NOTICE)
+        return
     limiter = _runtime.limiter if _runtime is not None else None
     if limiter is None:
         await work()

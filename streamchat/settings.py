@@ -234,6 +234,17 @@ VARIABLES: dict[str, Variable] = {
         Variable(
             "DATABASE_URL", "text", "sqlite:///streamchat.db", "Chat history database.", off=True
         ),
+        Variable(
+            "PARTIAL_SAVE_S",
+            "number",
+            "1",
+            "Seconds between saves of an answer being written.",
+            0.2,
+            60,
+        ),
+        Variable(
+            "DRAIN_TIMEOUT_S", "number", "5", "On SIGTERM: seconds answers get to end.", 0, 600
+        ),
         Variable("RATE_LIMIT_RPM", "whole", "", "Messages per minute per user.", 0, hint=_LIMIT),
         Variable("RATE_LIMIT_CONCURRENT", "whole", "", "Answers at once per user.", 0, hint=_LIMIT),
         Variable(

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from streamchat.core.history import answer_metadata
+from streamchat.core.history import METADATA_KEY, answer_metadata
 from streamchat.core.paint import MessagePaint
 from streamchat.core.types import EndReason
 
 if TYPE_CHECKING:
     from streamchat.core.relay import StreamResult
+
+log = logging.getLogger("streamchat.sinks")
+
+# In a stored answer's metadata (beside its text): when it was last saved while being written
+# (seconds since the epoch). A reader that finds it old knows the writer is gone.
+IN_PROGRESS_KEY = "in_progress"
+
+
+def partial_answer_metadata(text: str, saved_at: float) -> dict[str, Any]:
+    """An answer still being written, as stored: the text so far, read as interrupted by any
+    reader that does not know better, with when it was saved."""
+    stored = answer_metadata(text, EndReason.ERROR, "")
+    stored[METADATA_KEY][IN_PROGRESS_KEY] = saved_at
+    return stored
 
 
 class EventLog(Protocol):
@@ -141,6 +158,13 @@ class ChainlitSink:
     `thinking`, when given, makes the step a reasoning model's thinking streams into (app.py
     passes a `cl.Step` named "reasoning", open while it streams, collapsed once it ends); it is
     named with the thinking's duration when the answer starts.
+
+    `checkpoint(metadata)`, when given, saves the message as it stands with `metadata` (app.py
+    passes the data layer's write): the answer is saved as it streams, marked in progress, at
+    its first text and then every `checkpoint_every_s` from a task of its own (a heartbeat too,
+    when the provider pauses), so the stream never waits for the database. `interrupt(cause)`
+    (a server shutting down) makes a Stop that follows end as an interrupted answer, saved
+    before `finish` returns, with Continue.
     """
 
     def __init__(
@@ -153,8 +177,15 @@ class ChainlitSink:
         updates: UpdateChannel | None = None,
         paint: MessagePaint | None = None,
         thinking: Callable[[], ThinkingStep] | None = None,
+        checkpoint: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
+        checkpoint_every_s: float = 1.0,
     ) -> None:
         self.message = message
+        self._checkpoint = checkpoint
+        self._checkpoint_every_s = checkpoint_every_s
+        self._saver: asyncio.Task[None] | None = None
+        self._saving_ends = asyncio.Event()
+        self.interrupted_by: str | None = None
         self._thinking = thinking
         self.step: ThinkingStep | None = None
         self._thinking_since = 0.0
@@ -172,6 +203,8 @@ class ChainlitSink:
 
     async def write(self, text: str) -> None:
         self._streamed = True
+        if self._saver is None and self._checkpoint is not None and text:
+            self._saver = asyncio.create_task(self._keep_saved(self._checkpoint))
         message = self.message
         if self.paint is not None and text and message.streaming:
             self.paint.sending()  # a stream_token update (the first text is stream_start)
@@ -198,22 +231,57 @@ class ChainlitSink:
             self.message.content = ""
             await self.message.update()
 
+    def interrupt(self, cause: str) -> None:
+        """The answer is about to be cut off by the server, not by the user: `cause` ends
+        "Interrupted: ... after N tokens"."""
+        self.interrupted_by = cause
+
+    async def _keep_saved(self, checkpoint: Callable[[dict[str, Any]], Awaitable[object]]) -> None:
+        while True:
+            try:
+                await checkpoint(partial_answer_metadata(self.message.content, time.time()))
+            except Exception as exc:  # a lost save must never break the answer
+                log.warning("could not save the answer being written: %s", type(exc).__name__)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._saving_ends.wait(), self._checkpoint_every_s)
+                return
+
+    async def _stop_saving(self) -> None:
+        """No partial save may land after the final one: the last one in flight ends first."""
+        saver = self._saver
+        if saver is None:
+            return
+        self._saving_ends.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(saver), 5)
+        except TimeoutError:  # a database that does not answer: the final save still goes on
+            saver.cancel()
+
     async def finish(self, result: StreamResult) -> None:
+        await self._stop_saving()
+        reason, note = result.reason, result.note()
+        if self.interrupted_by is not None and reason is EndReason.STOPPED_BY_USER:
+            reason = EndReason.ERROR
+            tokens = result.stats.completion_tokens
+            note = f"Interrupted: {self.interrupted_by} after {tokens} tokens."
         if result.text or self._streamed:
-            notes = (result.note(), result.history_note())
+            notes = (note, result.history_note())
             footer = [f"*({note})*" for note in notes if note]
             if self._show_metrics:
                 footer.append(f"*{result.stats.summary()}*")
             self.message.content = "\n\n".join([p for p in (result.text, *footer) if p])
-            if result.reason is EndReason.ERROR:
+            if reason is EndReason.ERROR:
                 self.message.actions = self._actions("continue", "Continue")
             # What the user saw and how it ended, stored with the message for a resumed chat.
             self.message.metadata = {
                 **(self.message.metadata or {}),
-                **answer_metadata(result.text, result.reason, result.stream_id, result.reasoning),
+                **answer_metadata(result.text, reason, result.stream_id, result.reasoning),
             }
             # send() ends the stream in the UI and persists the message when a data layer is on.
             await self.message.send()
+            if self.interrupted_by is not None and self._checkpoint is not None:
+                # The server is stopping: saved now, not by a task it may not live to run.
+                await self._checkpoint(self.message.metadata)
         if result.error is not None:
             # No Retry for a rejected key: the same request fails again until the key is fixed
             # (the message names the variable).

@@ -4,7 +4,9 @@ Chainlit's SQLAlchemy data layer.
 Chainlit creates no tables, so the schema it writes is declared here, created and migrated at
 start under a lock (replicas may start together). A database outage loses nothing the replica
 keeps: writes queue in order and are replayed when it answers, and each chat is told once.
-Feedback is written only by the chat's owner. See docs/deployment.md."""
+An answer is saved as it streams, marked in progress with a heartbeat; one whose heartbeat
+stopped (its replica was lost) is shown as interrupted, with Continue, when its chat is
+opened again. Feedback is written only by the chat's owner. See docs/deployment.md."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -52,6 +55,7 @@ from sqlalchemy.schema import CreateColumn
 
 from streamchat.core.errors import ConfigError
 from streamchat.core.history import METADATA_KEY, Conversation
+from streamchat.core.sinks import IN_PROGRESS_KEY
 from streamchat.core.types import EndReason
 from streamchat.settings import ConfigReader
 
@@ -65,6 +69,10 @@ UNSAVED_NOTICE = (
     "Chat history is unavailable: the database cannot be reached, so this chat is not being "
     "saved for now. It is saved when the database is back (if this server keeps running)."
 )
+# Under an answer whose server was lost while it was written (its saves stopped).
+LOST_WRITER_NOTE = "Interrupted: the server writing this answer was lost."
+# An answer being written is read as abandoned once not saved for this many save intervals.
+STALE_AFTER_SAVES = 3
 
 # JSON documents: JSONB on PostgreSQL, JSON text on SQLite. Lists of tags: TEXT[] / JSON text.
 _Json = JSON().with_variant(JSONB(), "postgresql")
@@ -209,6 +217,11 @@ _OUTAGES = (OSError, TimeoutError, PoolTimeout, DisconnectionError)
 # asyncpg's own: CannotConnectNowError, ConnectionDoesNotExistError, AdminShutdownError,
 # InterfaceError ("connection is closed")...
 _ASYNCPG_OUTAGE_WORDS = ("Connect", "Shutdown", "InterfaceError")
+# Set by the HTTP layer for a feedback request: a refusal is noted in it, so the route's answer
+# can say 403 (Chainlit's route turns every error of the data layer into a 500).
+feedback_refusals: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "feedback_refusals", default=None
+)
 # Set in the task that replays queued writes: its statements go to the database directly.
 _replaying: contextvars.ContextVar[bool] = contextvars.ContextVar("replaying", default=False)
 
@@ -241,6 +254,7 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
         *,
         notify_unsaved: Callable[[], Awaitable[None]] | None = None,
         retry_s: float = 5.0,
+        partial_save_s: float = 1.0,
     ) -> None:
         connect_args: dict[str, Any] = {}
         if database.dialect == "sqlite":
@@ -252,6 +266,7 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
         self.notify_unsaved = notify_unsaved or self._toast_once_per_chat
         self._told: set[str] = set()  # chats told during this outage
         self.retry_s = retry_s
+        self.partial_save_s = partial_save_s
         self.pending: deque[Pending] = deque()
         self.schema_ready = False
         self.back = asyncio.Event()  # set while writes reach the database
@@ -446,6 +461,62 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
         self._told.add(session.id)
         await context.emitter.send_toast(UNSAVED_NOTICE, "warning")
 
+    # --- answers being written ----------------------------------------------------------------
+
+    async def save_partial(self, step: StepDict) -> None:
+        """Save an answer as it stands while it streams. Skipped during an outage: only the
+        final answer waits in the queue, not every heartbeat."""
+        if self.down or self.pending:
+            return
+        await self.update_step(step)
+
+    async def settle_unfinished_answers(self, thread: ThreadDict) -> None:
+        """The answers of `thread` still marked as being written: one whose writer may be alive
+        (saved within the last STALE_AFTER_SAVES intervals) is waited for that long at most;
+        one whose writer stopped saving is marked interrupted, in `thread` (what the page is
+        sent) and in the database."""
+        stale_s = STALE_AFTER_SAVES * self.partial_save_s
+        for step in thread.get("steps") or []:
+            if _in_progress(step.get("metadata")) is None:
+                continue
+            deadline = time.monotonic() + stale_s
+            while (saved_at := _in_progress(step.get("metadata"))) is not None:
+                if time.time() - saved_at > stale_s or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(self.partial_save_s / 2)  # its next save, or none
+                rows = await self._read(
+                    self.execute_sql,
+                    None,
+                    'SELECT "output", "metadata" FROM steps WHERE "id" = :id',
+                    {"id": step["id"]},
+                )
+                if isinstance(rows, list) and rows:
+                    step["output"] = rows[0]["output"] or ""
+                    step["metadata"] = _as_dict(rows[0]["metadata"])
+            saved_at = _in_progress(step.get("metadata"))
+            if saved_at is None or time.time() - saved_at <= stale_s:
+                continue  # finished meanwhile, or still being written elsewhere
+            stored = _as_dict(step.get("metadata")).get(METADATA_KEY) or {}
+            answer = str(stored.get("text") or step.get("output") or "")
+            metadata = {
+                **_as_dict(step.get("metadata")),
+                METADATA_KEY: {"text": answer, "reason": EndReason.ERROR.value, "stream_id": ""},
+            }
+            step["output"] = "\n\n".join(p for p in (answer, f"*({LOST_WRITER_NOTE})*") if p)
+            step["metadata"] = metadata
+            step["streaming"] = False
+            log.warning("an answer whose server was lost is marked interrupted")
+            await self.execute_sql(
+                'UPDATE steps SET "output" = :output, "metadata" = :metadata, '
+                '"streaming" = :streaming WHERE "id" = :id',
+                {
+                    "id": step["id"],
+                    "output": step["output"],
+                    "metadata": json.dumps(metadata),
+                    "streaming": False,
+                },
+            )
+
     # --- Chainlit's methods that read: fail soft during an outage ---------------------------
 
     async def update_thread(
@@ -541,7 +612,10 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
         author = rows[0]["author"] if isinstance(rows, list) and rows else None
         if requester is None or author != requester:
             log.warning("feedback refused: not the author of the chat")
-            raise PermissionError("You can only give feedback on answers in your own chats.")
+            refusal = "You can only give feedback on answers in your own chats."
+            if (refusals := feedback_refusals.get()) is not None:
+                refusals.append(refusal)
+            raise PermissionError(refusal)
 
 
 def _cookies(header: str) -> dict[str, str]:
@@ -622,15 +696,25 @@ def last_answer_id(steps: Sequence[Mapping[str, Any]]) -> str | None:
     return str(answers[-1]["id"]) if answers else None
 
 
-def _stored_answer(metadata: object) -> tuple[str, EndReason] | None:
+def _as_dict(metadata: object) -> dict[str, Any]:
+    """Stored metadata as a dict (SQLite keeps it as JSON text)."""
     if isinstance(metadata, str):
         try:
             metadata = json.loads(metadata)
         except ValueError:
-            return None
-    if not isinstance(metadata, dict):
-        return None
-    stored = metadata.get(METADATA_KEY)
+            return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _in_progress(metadata: object) -> float | None:
+    """When an answer still being written was last saved; None for a finished one."""
+    stored = _as_dict(metadata).get(METADATA_KEY)
+    saved_at = stored.get(IN_PROGRESS_KEY) if isinstance(stored, dict) else None
+    return float(saved_at) if isinstance(saved_at, int | float) else None
+
+
+def _stored_answer(metadata: object) -> tuple[str, EndReason] | None:
+    stored = _as_dict(metadata).get(METADATA_KEY)
     if not isinstance(stored, dict) or not isinstance(stored.get("text"), str):
         return None
     try:
