@@ -22,6 +22,7 @@ try:  # the dict of every session's messages Chainlit keeps (see on_chat_end)
 except ImportError:
     _chainlit_chat_contexts = None  # type: ignore[assignment]
 
+from streamchat.agent import steps as agent_ui
 from streamchat.chat import ChatSession
 from streamchat.classroom import ui as classroom_ui
 from streamchat.core.errors import ConfigError
@@ -280,6 +281,8 @@ async def _open_chat(thread: ThreadDict | None) -> None:
         if classroom_ui.is_classroom():
             widgets += classroom_ui.settings_widgets(chat, models)
             await classroom_ui.start()
+        if agent_ui.is_agent():
+            await agent_ui.start(_runtime)
         await cl.ChatSettings(widgets).send()  # type: ignore[arg-type]
         # The Continue button of an answer that was cut off, back under it.
         steps = thread.get("steps") or [] if thread is not None else []
@@ -334,6 +337,10 @@ async def on_message(message: cl.Message) -> None:
     if classroom_ui.is_classroom():
         await _within_limits(lambda: _classroom(chat).handle(message.content, message.command))
         return
+    if agent_ui.is_agent() and _runtime is not None:
+        runtime = _runtime
+        await _within_limits(lambda: agent_ui.answer(runtime, chat, message.content, _sink(chat)))
+        return
     await _within_limits(lambda: chat.answer(message.content, _sink(chat)))
 
 
@@ -360,7 +367,7 @@ async def _within_limits(work: Callable[[], Awaitable[object]]) -> None:
 
 def _classroom(chat: ChatSession) -> classroom_ui.Classroom:
     return classroom_ui.Classroom(
-        chat, lambda message: _sink(chat, message), lambda text: _show_error(text)
+        chat, lambda message: _sink(chat, message), lambda text: _show_error(text), _runtime
     )
 
 
@@ -405,7 +412,9 @@ async def on_retry(action: cl.Action) -> None:
     async def retry() -> None:
         # Inside the limits: a refused retry leaves the question where it was.
         question = chat.take_unanswered_question()
-        if question is not None:
+        if question is not None and agent_ui.is_agent() and _runtime is not None:
+            await agent_ui.answer(_runtime, chat, question, _sink(chat))
+        elif question is not None:
             await chat.answer(question, _sink(chat))
 
     _start_stoppable_task(_within_limits(retry))
