@@ -23,6 +23,7 @@ LAYERS = {
     "streamchat.__main__": "face",
     "streamchat.faces": "face",
     "streamchat.classroom": "face",
+    "streamchat.agent": "agent",
     "streamchat.chat": "session",
     "streamchat.pipeline": "session",
     "streamchat.runtime": "session",
@@ -40,7 +41,21 @@ LAYERS = {
 # What each layer may import: layers, or single modules of another layer.
 ALLOWED: dict[str, set[str]] = {
     # Faces take their runs from the session/pipeline, never from the guardrails directly.
-    "face": {"face", "session", "core", "hosting", "settings", "speedups", "offline", "leaf"},
+    "face": {
+        "face",
+        "agent",
+        "session",
+        "core",
+        "hosting",
+        "settings",
+        "speedups",
+        "offline",
+        "leaf",
+    },
+    # The agent's run (streamchat/agent) serves the faces: it builds on the session, the core
+    # and the guardrails (tool steps are checked too) and knows no face; nothing below it
+    # imports it.
+    "agent": {"agent", "session", "core", "guardrails", "settings", "offline", "leaf"},
     "session": {"session", "core", "guardrails", "hosting", "settings", "offline", "leaf"},
     "hosting": {"hosting", "core", "settings", "leaf"},
     # Configuration builds the guardrails' and hosting's plain settings; of the core, only
@@ -157,6 +172,15 @@ def test_known_exceptions_are_still_needed():
         ("streamchat.settings", "streamchat.core.relay", False),
         ("streamchat.settings", "streamchat.core.errors", True),
         ("streamchat.offline.server", "streamchat.core.types", False),
+        ("streamchat.faces.web", "streamchat.agent.run", True),
+        ("streamchat.agent.run", "streamchat.runtime", True),
+        ("streamchat.agent.run", "streamchat.guardrails", True),
+        ("streamchat.agent.tools", "streamchat.offline.lessons", True),
+        ("streamchat.agent.tools", "streamchat.faces.cli", False),
+        ("streamchat.agent.steps", "streamchat.classroom.ui", False),
+        ("streamchat.core.relay", "streamchat.agent.run", False),
+        ("streamchat.pipeline", "streamchat.agent.run", False),
+        ("streamchat.guardrails.guard", "streamchat.agent.tools", False),
     ],
 )
 def test_the_table_says_who_may_import_whom(module, imported, expected):

@@ -13,8 +13,11 @@ from streamchat.settings import Settings
 
 def test_chat_profile_welcome_names_the_app_and_the_offline_model_with_starters():
     source = AnswerSource.of(Settings.from_env(environ={}))
-    chat, classroom = chat_profiles(source, "en")
-    assert chat.default and chat.icon and classroom.icon
+    chat, classroom, agent = chat_profiles(source, "en")
+    assert chat.default and chat.icon and classroom.icon and agent.icon
+    assert (classroom.name, agent.name) == ("Classroom", "Agent")
+    assert "tool call" in (agent.markdown_description or "")
+    assert "What is 17 * 23?" in [s.message for s in agent.starters or []]
     assert "streamchat" in (chat.markdown_description or "")
     assert "offline demo model" in (chat.markdown_description or "")
     assert [s.message for s in chat.starters or []] == list(STARTERS["en"])
@@ -34,7 +37,8 @@ def test_welcome_names_the_providers_model_without_the_key():
 
 
 def test_welcome_and_starters_in_hinglish():
-    chat, _ = chat_profiles(AnswerSource(offline=True), "hinglish")
+    chat, _, agent = chat_profiles(AnswerSource(offline=True), "hinglish")
+    assert "Tools wala agent" in (agent.markdown_description or "")
     assert "Jawab" in (chat.markdown_description or "")
     assert [s.message for s in chat.starters or []] == list(STARTERS["hinglish"])
 

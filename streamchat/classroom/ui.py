@@ -23,6 +23,9 @@ import chainlit as cl
 from chainlit.context import context
 from chainlit.input_widget import Select, Slider
 
+from streamchat.agent.run import agent_resilience, agent_source, tapped_client
+from streamchat.agent.steps import PROFILE as AGENT_PROFILE
+from streamchat.agent.steps import ToolSteps
 from streamchat.chat import ChatSession
 from streamchat.classroom.tools import (
     CHART_CONFIG,
@@ -39,14 +42,31 @@ from streamchat.classroom.tools import (
 from streamchat.core.errors import ConfigError
 from streamchat.core.relay import StreamResult, StreamRun
 from streamchat.core.sinks import ChainlitSink, Sink
+from streamchat.core.types import Delta
 from streamchat.languages import label, starter_questions
 from streamchat.pipeline import check_temperature
+from streamchat.runtime import Runtime
 from streamchat.settings import Settings
 
 log = logging.getLogger("streamchat.classroom")
 
 PROFILE = "Classroom"
 CHAT_PROFILE = "Chat"
+AGENT_TAGLINE = {
+    "en": (
+        "An agent with tools: each tool call is a step showing its arguments as they stream, "
+        "its result and how long it took; the answer streams through the same guardrails."
+    ),
+    "hinglish": (
+        "Tools wala agent: har tool call ek step hai jismein arguments aate hue dikhte hain, "
+        "phir result aur kitna waqt laga; jawab usi guardrails se stream hota hai."
+    ),
+}
+AGENT_STARTERS = (
+    "What is 17 * 23?",
+    "What is 2+2 and what time is it?",
+    "Search the lessons for guardrails",
+)
 KEEP_ANSWERS = 20  # answers whose chunk logs are kept for the token and timeline views
 FAULT_AFTER_TOKENS = 20
 
@@ -55,6 +75,38 @@ GUARDRAIL_DEMO_PROMPT = (
     "jane.doe@example.com."
 )
 FAULT_DEMO_PROMPT = "Why does time to first token matter?"
+AGENT_DEMO_PROMPT = "What is 17 * 23?"
+# The Agent demo's words, in each answer language.
+AGENT_DEMO_TEXT = {
+    "en": {
+        "title": "Agent demo",
+        "intro": (
+            "The model did not answer in text first: it streamed a **tool call**. Each chunk "
+            "below carries a piece of the call's arguments in `delta.tool_calls`; the step "
+            "above showed the same pieces as they came, then the tool's result."
+        ),
+        "chunk": "chunk",
+        "piece": "arguments piece in the chunk",
+        "step": "the step shows",
+        "none": "No tool call this time: the model answered in text.",
+        "raw": "Raw chunks of the tool calls",
+        "note": "*This demo answer is not added to the conversation.*",
+    },
+    "hinglish": {
+        "title": "Agent demo",
+        "intro": (
+            "Model ne pehle text mein jawab nahi diya: usne ek **tool call** stream kiya. "
+            "Neeche har chunk mein `delta.tool_calls` ke andar arguments ka ek tukda hai; upar "
+            "wala step wahi tukde aate hi dikhata raha, phir tool ka result."
+        ),
+        "chunk": "chunk",
+        "piece": "chunk mein arguments ka tukda",
+        "step": "step mein dikhta hai",
+        "none": "Is baar tool call nahi hua: model ne text mein jawab diya.",
+        "raw": "Tool calls ke raw chunks",
+        "note": "*Yeh demo jawab baat-cheet mein shamil nahi hota.*",
+    },
+}
 
 # Commands in the composer: (id, lucide icon, description).
 COMMANDS = (
@@ -62,6 +114,7 @@ COMMANDS = (
     ("SideBySide", "columns-2", "Side by side: the same question to two models or settings"),
     ("GuardrailDemo", "shield-alert", "Guardrail demo: a violation held back and stopped"),
     ("FaultDemo", "unplug", "Fault demo: the connection drops mid-answer; watch the resume"),
+    ("AgentDemo", "wrench", "Agent demo: a tool call's raw chunks beside its step"),
 )
 
 # Starters for the main lessons: (label, message, command).
@@ -71,6 +124,7 @@ STARTERS = (
     ("Normal vs streaming", "Explain time to first token", "Compare"),
     ("Guardrail demo", GUARDRAIL_DEMO_PROMPT, "GuardrailDemo"),
     ("Fault demo", FAULT_DEMO_PROMPT, "FaultDemo"),
+    ("Agent demo", AGENT_DEMO_PROMPT, "AgentDemo"),
 )
 
 
@@ -91,9 +145,16 @@ class AnswerSource:
         return cls(settings.offline, settings.model or "", settings.provider_label)
 
 
-def welcome(source: AnswerSource | None, language: str, *, classroom: bool = False) -> str:
+def welcome(
+    source: AnswerSource | None, language: str, *, classroom: bool = False, agent: bool = False
+) -> str:
     """The welcome screen's text (Markdown): the name, what the app does, what answers."""
-    lines = ["## streamchat", label("classroom_tagline" if classroom else "tagline", language)]
+    tagline = (
+        AGENT_TAGLINE.get(language, AGENT_TAGLINE["en"])
+        if agent
+        else label("classroom_tagline" if classroom else "tagline", language)
+    )
+    lines = ["## streamchat", tagline]
     if source is not None and source.offline:
         lines.append(label("offline_source", language))
     elif source is not None:
@@ -127,6 +188,15 @@ def chat_profiles(source: AnswerSource | None, language: str) -> list[cl.ChatPro
             starters=[
                 cl.Starter(label=text, message=message, command=command, icon=ICON)
                 for text, message, command in STARTERS
+            ],
+        ),
+        cl.ChatProfile(
+            name=AGENT_PROFILE,
+            icon=ICON,
+            markdown_description=welcome(source, language, agent=True),
+            starters=[
+                cl.Starter(label=question, message=question, icon=ICON)
+                for question in AGENT_STARTERS
             ],
         ),
     ]
@@ -259,10 +329,17 @@ ErrorShower = Callable[[str], Awaitable[None]]
 class Classroom:
     """Handles one classroom message. `make_sink(message)` builds the app's Chainlit sink."""
 
-    def __init__(self, chat: ChatSession, make_sink: SinkFactory, show_error: ErrorShower):
+    def __init__(
+        self,
+        chat: ChatSession,
+        make_sink: SinkFactory,
+        show_error: ErrorShower,
+        runtime: Runtime | None = None,
+    ):
         self.chat = chat
         self.make_sink = make_sink
         self.show_error = show_error
+        self.runtime = runtime  # the agent demo's provider and settings
         self.state = state()
 
     @property
@@ -282,6 +359,7 @@ class Classroom:
             "SideBySide": self.side_by_side,
             "GuardrailDemo": self.guardrail_demo,
             "FaultDemo": self.fault_demo,
+            "AgentDemo": self.agent_demo,
         }
         handler = handlers.get(command or "")
         if handler is not None:
@@ -533,6 +611,92 @@ class Classroom:
                 "(STREAM_RESUMES=0), so the answer is marked interrupted: press Continue."
             )
         await cl.Message(content=f"**{label('fault_demo', self.language)}**: {story}").send()
+
+    async def agent_demo(self, text: str) -> None:
+        """A question an agent answers with a tool: its step as usual, then each raw chunk of
+        the tool call beside what the step showed after it (the offline model calls tools)."""
+        words = AGENT_DEMO_TEXT.get(self.language, AGENT_DEMO_TEXT["en"])
+        if self.runtime is None:
+            await self.show_error("The agent demo needs the app's provider, which is not ready.")
+            return
+        question = text.strip() or AGENT_DEMO_PROMPT
+        chunks = ChunkLog()
+        raw: list[str] = []
+
+        def tap(chunk: str) -> None:
+            raw.append(chunk)
+            chunks(Delta(_chunk_text(chunk), index=len(raw) - 1, raw=chunk))
+
+        steps = ToolSteps()
+        message = cl.Message(content="")
+        sink = self._paced(self.make_sink(message))
+        if await self.chat.pipeline.screen(question, sink, self.chat.guardrail_config) is not None:
+            return  # refused by the input checks before anything went upstream
+        async with tapped_client(self.runtime.provider.client, tap) as client:
+            source = agent_source(self.runtime, self.chat.guardrail_config, steps, client=client)
+            run = self.chat.new_run(sink, source=source)
+            run.resilience = agent_resilience(run.resilience)
+            try:
+                result = await run.run(self.chat.request_for(question))
+            finally:
+                await steps.close()
+        await self._views(message, chunks, result)
+        rows = tool_call_rows(raw)
+        lines = [f"**{words['title']}**", ""]
+        if rows:
+            lines += [
+                words["intro"],
+                "",
+                f"| {words['chunk']} | {words['piece']} | {words['step']} |",
+                "|---:|---|---|",
+                *(
+                    f"| {number} | {_cell(piece)} | {_cell(shown)} |"
+                    for number, piece, shown in rows
+                ),
+            ]
+        else:
+            lines.append(words["none"])
+        lines += ["", words["note"]]
+        await cl.Message(content="\n".join(lines), parent_id=message.id or None).send()
+
+
+def tool_call_rows(raw_chunks: list[str]) -> list[tuple[int, str, str]]:
+    """For each raw chunk carrying tool-call pieces: its number (from 1), the piece, and the
+    arguments its call has shown so far (`name(...)`), as the step shows them."""
+    rows: list[tuple[int, str, str]] = []
+    names: dict[int, str] = {}
+    so_far: dict[int, str] = {}
+    for number, chunk in enumerate(raw_chunks, start=1):
+        try:
+            choices = json.loads(chunk).get("choices") or []
+        except (ValueError, AttributeError):
+            continue
+        for choice in choices:
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            for call in (delta or {}).get("tool_calls") or ():
+                index = int(call.get("index", 0))
+                function = call.get("function") or {}
+                if function.get("name"):
+                    names[index] = function["name"]
+                piece = function.get("arguments") or ""
+                so_far[index] = so_far.get(index, "") + piece
+                shown = f"{names.get(index, '?')}({so_far[index]})"
+                rows.append((number, piece if piece else f"({names.get(index, '?')})", shown))
+    return rows
+
+
+def _chunk_text(chunk: str) -> str:
+    """The answer text a raw chunk carries (none for a tool call's chunks)."""
+    try:
+        choices = json.loads(chunk).get("choices") or []
+        return "".join(str((c.get("delta") or {}).get("content") or "") for c in choices)
+    except (ValueError, AttributeError, TypeError):
+        return ""
+
+
+def _cell(text: str) -> str:
+    """Text in a Markdown table cell: as code, with pipes and backticks that cannot break it."""
+    return "`" + text.replace("|", "\\|").replace("`", "'") + "`" if text else ""
 
 
 class _Headed:

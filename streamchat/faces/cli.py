@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from streamchat import __version__
+from streamchat.agent.run import ToolActivity, agent_source, use_agent
 from streamchat.chat import ChatSession
 from streamchat.core.errors import ConfigError
 from streamchat.core.relay import StreamResult
@@ -53,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-reasoning",
         action="store_true",
         help="hide a reasoning model's thinking (it stays out of the answer)",
+    )
+    parser.add_argument(
+        "--agent",
+        action="store_true",
+        help="answer with an agent that may call tools (activity on stderr)",
     )
     parser.add_argument("--model", help="model name (default: OPENAI_MODEL or the provider's)")
     parser.add_argument("--system", help="system prompt (default: SYSTEM_PROMPT)")
@@ -92,8 +98,14 @@ async def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         except ConfigError as exc:
             err.write(f"error: {exc}\n")
             return EXIT_USAGE
+        if args.no_stream and args.agent:
+            err.write("error: --agent always streams; leave out --no-stream\n")
+            return EXIT_USAGE
         if args.no_stream:
             chat.source = chat.pipeline.unstreamed() or chat.source
+        if args.agent:
+            use_agent(chat)
+            chat.source = agent_source(runtime, chat.guardrail_config, ToolLines(err))
         if args.interactive:
             return await _interactive(chat, args, out, err)
         question = " ".join(args.question).strip()
@@ -134,6 +146,41 @@ async def _answer_interruptibly(
     finally:
         with contextlib.suppress(NotImplementedError):
             loop.remove_signal_handler(signal.SIGINT)
+
+
+class ToolLines:
+    """An agent's tool activity on stderr: the call with its arguments as they stream, then
+    its result and duration, one line each."""
+
+    def __init__(self, err: TextIO) -> None:
+        self.err = err
+        self.open = False  # a call's arguments line is still being written
+
+    async def __call__(self, activity: ToolActivity) -> None:
+        err = self.err
+        if activity.kind == "call":
+            self._end_line()
+            err.write(f"[tool] {activity.name}(")
+            self.open = True
+        elif activity.kind == "arguments" and self.open:
+            err.write(activity.text)
+            if activity.withheld:
+                err.write(f" [withheld: {activity.withheld}]")
+        elif activity.kind == "result":
+            self._end_line()
+            took = f"{(activity.duration_s or 0.0) * 1000:.1f} ms"
+            what = "failed" if activity.error else "->"
+            withheld = f" [withheld: {activity.withheld}]" if activity.withheld else ""
+            err.write(f"[tool] {activity.name} {what} {activity.text}{withheld} ({took})\n")
+        elif activity.kind == "handoff":
+            self._end_line()
+            err.write(f"[agent] handed over to {activity.name}\n")
+        err.flush()
+
+    def _end_line(self) -> None:
+        if self.open:
+            self.err.write(")\n")
+            self.open = False
 
 
 def _cancelling(task: asyncio.Task[object] | None) -> bool:

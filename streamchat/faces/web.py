@@ -15,11 +15,14 @@ import math
 import re
 import secrets
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from functools import partial
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.routing import APIRoute
 
+from streamchat.agent.run import ToolActivity, agent_resilience, agent_source
 from streamchat.chat import fitted_request, full_system_prompt
 from streamchat.core.errors import ConfigError
 from streamchat.core.metrics import PROCESS_METRICS, ProcessMetrics
@@ -139,6 +142,44 @@ def _hub(settings: Settings) -> StreamHub:
     )
 
 
+async def agent_event(event_log: EventLog, activity: ToolActivity) -> None:
+    """An agent's tool activity as SSE events: `tool_call` when a call starts (arguments "")
+    and again for each piece of its arguments, `tool_result` with its output and duration,
+    `agent_turn` with each model call's usage, `handoff`."""
+    if activity.kind in ("call", "arguments"):
+        data: dict[str, object] = {
+            "call_id": activity.call_id,
+            "name": activity.name,
+            "arguments": activity.text,
+        }
+        if activity.withheld:
+            data["withheld"] = activity.withheld
+        event_log.append("tool_call", data)
+    elif activity.kind == "result":
+        data = {
+            "call_id": activity.call_id,
+            "name": activity.name,
+            "result": activity.text,
+            "error": activity.error,
+            "duration_ms": round((activity.duration_s or 0.0) * 1000, 3),
+        }
+        if activity.withheld:
+            data["withheld"] = activity.withheld
+        event_log.append("tool_result", data)
+    elif activity.kind == "turn":
+        usage = activity.usage
+        event_log.append(
+            "agent_turn",
+            {
+                "turn": activity.turn,
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
+            },
+        )
+    elif activity.kind == "handoff":
+        event_log.append("handoff", {"agent": activity.name})
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message}}, status_code=status)
 
@@ -240,7 +281,11 @@ class StreamEndpoint:
         try:
             messages = [ChatMessage("user", self._check_prompt(well_formed(prompt)))]
             return await self._start(
-                request, messages, params.get("model"), params.get("temperature")
+                request,
+                messages,
+                params.get("model"),
+                params.get("temperature"),
+                params.get("mode"),
             )
         except BadStreamRequest as exc:
             return _error(exc.status, exc.message)
@@ -268,6 +313,7 @@ class StreamEndpoint:
                 messages,
                 body.get("model"),
                 None if temperature is None else str(temperature),
+                body.get("mode"),
             )
         except BadStreamRequest as exc:
             return _error(exc.status, exc.message)
@@ -350,10 +396,14 @@ class StreamEndpoint:
         messages: list[ChatMessage],
         model: object,
         temperature: object,
+        mode: object = None,
     ) -> Response:
         runtime = self.runtime
         if runtime is None:
             return _error(503, f"streamchat is not configured correctly: {self.config_error}")
+        if mode not in (None, "", "chat", "agent"):
+            raise BadStreamRequest(400, 'The mode must be "chat" or "agent".')
+        agent = mode == "agent"
         options = await self._check_options(runtime, model, temperature)
         settings = runtime.settings
         # The same system prompt (with the default language's instruction) and history budget
@@ -401,7 +451,13 @@ class StreamEndpoint:
                     return
             # The logs name the run by a digest of the stream id, never the id itself.
             log_id = _digest(event_log.stream_id)[:12]
-            await pipeline.run(sink, stream_id=log_id).run(request)
+            if not agent:
+                await pipeline.run(sink, stream_id=log_id).run(request)
+                return
+            # An agent's run: its tool activity as events of their own, in the same sequence.
+            source = agent_source(runtime, pipeline.guardrails, partial(agent_event, event_log))
+            agent_pipeline = replace(pipeline, resilience=agent_resilience(pipeline.resilience))
+            await agent_pipeline.run(sink, stream_id=log_id, source=source).run(request)
 
         owner, token = _owner(http_request)
         event_log = self.hub.start(produce, owner=owner)
