@@ -65,7 +65,7 @@ class ToolSteps:
                 parent_id=parent.id if parent is not None else None,
                 default_open=True,
                 show_input="json",
-                language="json",
+                language="text",  # the output; the input is shown as JSON
             )
             step.start = datetime.now(UTC).isoformat()
             self.steps[activity.call_id] = step
