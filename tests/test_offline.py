@@ -76,8 +76,43 @@ async def test_unknown_model_is_a_404(client):
     ("change", "param", "code"),
     [
         ({"n": 2}, "n", "unsupported_value"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", None),
-        ({"tool_choice": "required"}, "tool_choice", None),
+        (
+            {"tools": [{"type": "custom", "custom": {"name": "f"}}]},
+            "tools[0].type",
+            "unsupported_value",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {}}]},
+            "tools[0].function.name",
+            "invalid_value",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "calculate"}}],
+                "tool_choice": {"type": "function", "function": {"name": "weather"}},
+            },
+            "tool_choice",
+            "invalid_value",
+        ),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "weather"}}],
+                "tool_choice": {"type": "function", "function": {"name": "weather"}},
+            },
+            "tool_choice",
+            "unsupported_value",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "parallel_tool_calls": 1},
+            "parallel_tool_calls",
+            "invalid_type",
+        ),
+        (
+            {"messages": [{"role": "tool", "tool_call_id": "call_1", "content": "4"}]},
+            "messages[0].tool_call_id",
+            "invalid_value",
+        ),
         ({"response_format": {"type": "json_object"}}, "response_format", None),
         ({"temperature": 5}, "temperature", "invalid_value"),
         ({"temperature": "hot"}, "temperature", "invalid_type"),

@@ -2,9 +2,10 @@
 for teaching error handling) and the wire form of its thinking.
 
 A fault comes from `[fault: KIND key=value ...]` in a user message, the `X-Streamchat-Fault`
-header or the server's default (OFFLINE_FAULT); kinds are 429, 500/502/503, 401, drop, stall and
-malformed. The thinking's form comes the same ways (`[reasoning: FORMAT]`,
-`X-Streamchat-Reasoning`). The grammar and examples are in docs/offline-model.md."""
+header or the server's default (OFFLINE_FAULT); kinds are 429, 500/502/503, 401, drop, stall,
+malformed and no_tools (a model that refuses requests offering tools). The thinking's form
+comes the same ways (`[reasoning: FORMAT]`, `X-Streamchat-Reasoning`).
+The grammar and examples are in docs/offline-model.md."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import re
 import threading
 from dataclasses import dataclass
 
-KINDS = ("429", "500", "502", "503", "401", "drop", "stall", "malformed")
+KINDS = ("429", "500", "502", "503", "401", "drop", "stall", "malformed", "no_tools")
 _DIRECTIVE = re.compile(r"\[fault:\s*([^\]]*)\]", re.IGNORECASE)
 _ALLOWED_KEYS = {
     "429": {"retry_after", "times"},
@@ -23,6 +24,7 @@ _ALLOWED_KEYS = {
     "drop": {"after", "times"},
     "stall": {"after", "seconds", "times"},
     "malformed": {"after", "times"},
+    "no_tools": {"times"},
 }
 
 

@@ -360,6 +360,11 @@ def best_lesson(question: str, language: str = DEFAULT_LANGUAGE) -> Lesson | Non
     return found[0] if found else None
 
 
+def demo_notice(language: str = DEFAULT_LANGUAGE) -> str:
+    """The line that opens a conversation's first answer: this is a demo model, not an LLM."""
+    return _PHRASES[language].notice
+
+
 def topics_answer(intro: str, language: str = DEFAULT_LANGUAGE) -> str:
     phrases = _PHRASES[language]
     topics = "\n".join(f"- **{lesson.title}**" for lesson in lessons(language))
@@ -437,7 +442,7 @@ def _fresh_answer(messages: list[dict[str, object]], temperature: float | None =
     if temperature is not None and temperature > WARM_TEMPERATURE:
         answer = _told_warm(answer, temperature, language)
     first = not any(m.get("role") == "assistant" for m in messages)
-    return f"{_PHRASES[language].notice}\n\n{answer}" if first else answer
+    return f"{demo_notice(language)}\n\n{answer}" if first else answer
 
 
 def _continuation(

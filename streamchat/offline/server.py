@@ -40,6 +40,14 @@ from streamchat.offline.faults import (
 from streamchat.offline.lessons import choose_answer, choose_thinking
 from streamchat.offline.moderation import moderation_inputs, moderation_response
 from streamchat.offline.tokens import count_tokens, tokenize
+from streamchat.offline.toolcalls import (
+    ToolCall,
+    ToolRequestError,
+    answer_from_results,
+    check_tool_messages,
+    offered_tools,
+    plan_tool_calls,
+)
 from streamchat.speedups.serving import new_server
 
 log = logging.getLogger("streamchat.offline")
@@ -147,7 +155,8 @@ class BadRequest(ValueError):
 
 def _check_request(body: dict[str, Any]) -> None:
     """Refuse, as OpenAI does, what is malformed, and what this model cannot do rather than
-    ignoring it silently (several answers, tools, structured output). Raises BadRequest."""
+    ignoring it silently (several answers, tools it does not know how to call, structured
+    output). Raises BadRequest."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty list.", "messages", "invalid_type")
@@ -198,12 +207,11 @@ def _check_request(body: dict[str, Any]) -> None:
         raise BadRequest(
             "The demo model writes one answer per request: 'n' must be 1.", "n", "unsupported_value"
         )
-    if body.get("tools"):
-        raise BadRequest("The demo model cannot call tools.", "tools", "unsupported_parameter")
-    if body.get("tool_choice") not in (None, "none"):
-        raise BadRequest(
-            "The demo model cannot call tools.", "tool_choice", "unsupported_parameter"
-        )
+    try:
+        offered_tools(body)
+        check_tool_messages(messages)
+    except ToolRequestError as exc:
+        raise BadRequest(str(exc), exc.param, exc.code) from None
     response_format = body.get("response_format")
     if response_format is not None and response_format != {"type": "text"}:
         raise BadRequest(
@@ -248,6 +256,86 @@ def _cut_at_stop(tokens: list[str], sequences: list[str]) -> tuple[list[str], bo
         kept.append(token)
         length += len(token)
     return kept, True
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """What one request gets: the deltas to stream one by one after the opening one (each a
+    token of text or thinking, or a piece of a tool call), the whole message for a
+    non-streamed answer, why it ended, and how many tokens it cost."""
+
+    opening: dict[str, Any]
+    pieces: list[dict[str, Any]]
+    message: dict[str, Any]
+    finish: str
+    usage: dict[str, Any]
+
+
+def _text_reply(
+    tokens: list[str], thinking: list[str], wire: str, finish: str, prompt_tokens: int
+) -> _Reply:
+    # Thinking comes first, in the requested wire form; a fault's `after` counts it too.
+    pieces = [{"content": token} for token in tokens]
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+    if thinking and wire == "think":
+        tagged = ["<", "think", ">", *thinking, "</", "think", ">", "\n\n"]
+        pieces = [{"content": token} for token in tagged] + pieces
+        message["content"] = f"<think>{''.join(thinking)}</think>\n\n{message['content']}"
+    elif thinking:
+        pieces = [{wire: token} for token in thinking] + pieces
+        message[wire] = "".join(thinking)
+    return _Reply(
+        {"role": "assistant", "content": ""},
+        pieces,
+        message,
+        finish,
+        _usage(prompt_tokens, len(thinking), len(tokens)),
+    )
+
+
+def _tool_call_reply(calls: list[ToolCall], limit: object, prompt_tokens: int) -> _Reply:
+    """Tool calls as OpenAI streams them: per call, a first piece with its index, id, type,
+    name and empty arguments, then the arguments JSON a token or so at a time."""
+    pieces: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        header = {"index": index, "id": call.id, "type": "function"}
+        header["function"] = {"name": call.name, "arguments": ""}
+        pieces.append({"tool_calls": [header]})
+        pieces.extend(
+            {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+            for piece in tokenize(call.arguments)
+        )
+    finish = "tool_calls"
+    if isinstance(limit, int) and 0 < limit < len(pieces):
+        pieces, finish = pieces[:limit], "length"
+    sent = calls
+    if finish == "length":
+        index = pieces[-1]["tool_calls"][0]["index"]
+        sent = [*calls[:index], _joined(calls, pieces)]
+    message = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [call.as_message_part() for call in sent],
+    }
+    return _Reply(
+        {"role": "assistant", "content": None},
+        pieces,
+        message,
+        finish,
+        _usage(prompt_tokens, 0, len(pieces)),
+    )
+
+
+def _joined(calls: list[ToolCall], pieces: list[dict[str, Any]]) -> ToolCall:
+    """The last call as far as `pieces` got (a length cut leaves its arguments unfinished)."""
+    index = pieces[-1]["tool_calls"][0]["index"]
+    arguments = "".join(
+        p["tool_calls"][0]["function"]["arguments"]
+        for p in pieces
+        if p["tool_calls"][0]["index"] == index
+    )
+    return ToolCall(calls[index].id, calls[index].name, arguments)
 
 
 def _chunk(
@@ -398,6 +486,17 @@ class _Handler:
         if fault is not None and fault.is_http_error:
             record.end()
             return self._fault_response(fault)
+        if fault is not None and fault.kind == "no_tools":
+            if body.get("tools"):
+                record.end()
+                return _error(
+                    400,
+                    f"tools is not supported by model {model}",
+                    "invalid_request_error",
+                    "unsupported_parameter",
+                    "tools",
+                )
+            fault = None
         try:
             wire, asked = self._reasoning_format(request, messages)
         except FaultSyntaxError as exc:
@@ -405,21 +504,29 @@ class _Handler:
             return _error(400, f"Bad reasoning directive: {exc}", "invalid_request_error")
         thinking = [] if wire == "off" else tokenize(choose_thinking(messages, asked=asked))
 
-        tokens, _ = _cut_at_stop(
-            tokenize(choose_answer(messages, body.get("temperature"))), _stop_sequences(body)
-        )
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        finish = "stop"
-        if isinstance(limit, int) and 0 < limit < len(tokens):
-            tokens, finish = tokens[:limit], "length"
-        prompt_tokens = sum(count_tokens(str(m.get("content") or "")) for m in messages)
+        prompt_tokens = _prompt_tokens(body)
+        try:
+            calls = plan_tool_calls(messages, body)
+        except ToolRequestError as exc:
+            record.end()
+            return BadRequest(str(exc), exc.param, exc.code).response()
+        if calls:
+            reply = _tool_call_reply(calls, limit, prompt_tokens)
+        else:
+            answer = answer_from_results(messages)
+            if answer is None:
+                answer = choose_answer(messages, body.get("temperature"))
+            tokens, _ = _cut_at_stop(tokenize(answer), _stop_sequences(body))
+            finish = "stop"
+            if isinstance(limit, int) and 0 < limit < len(tokens):
+                tokens, finish = tokens[:limit], "length"
+            reply = _text_reply(tokens, thinking, wire, finish, prompt_tokens)
         if not stream:
-            return await self._whole(record, tokens, finish, prompt_tokens, thinking, wire)
+            return await self._whole(record, reply)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
-            self._stream(
-                record, tokens, finish, prompt_tokens, include_usage, fault, thinking, wire
-            ),
+            self._stream(record, reply, include_usage, fault),
             media_type="text/event-stream; charset=utf-8",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -468,28 +575,16 @@ class _Handler:
             "server_error",
         )
 
-    async def _whole(
-        self,
-        record: RequestRecord,
-        tokens: list[str],
-        finish: str,
-        prompt_tokens: int,
-        thinking: list[str],
-        wire: str,
-    ) -> Response:
+    async def _whole(self, record: RequestRecord, reply: _Reply) -> Response:
         # As long as streaming the same answer would take, so comparisons are honest.
-        generated = len(thinking) + len(tokens)
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(tokens), "refusal": None}
-        if thinking and wire == "think":
-            message["content"] = f"<think>{''.join(thinking)}</think>\n\n{message['content']}"
-        elif thinking:
-            message[wire] = "".join(thinking)
         try:
-            await asyncio.sleep(self.server.first_token_delay_s + generated / self.server.tps)
+            await asyncio.sleep(
+                self.server.first_token_delay_s + len(reply.pieces) / self.server.tps
+            )
         except asyncio.CancelledError:
             record.end(disconnected=True)
             raise
-        record.tokens_sent = len(tokens)
+        record.tokens_sent = reply.usage["completion_tokens"] - _reasoning_tokens(reply.usage)
         record.end(completed=True)
         return JSONResponse(
             {
@@ -499,39 +594,32 @@ class _Handler:
                 "model": MODEL_ID,
                 "system_fingerprint": "fp_streamchat_demo",
                 "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                    {
+                        "index": 0,
+                        "message": reply.message,
+                        "logprobs": None,
+                        "finish_reason": reply.finish,
+                    }
                 ],
-                "usage": _usage(prompt_tokens, len(thinking), len(tokens)),
+                "usage": reply.usage,
             }
         )
 
     async def _stream(
         self,
         record: RequestRecord,
-        tokens: list[str],
-        finish: str,
-        prompt_tokens: int,
+        reply: _Reply,
         include_usage: bool,
         fault: Fault | None,
-        thinking: list[str],
-        wire: str,
     ) -> AsyncIterator[bytes]:
         cid = record.request_id
         interval = 1.0 / self.server.tps
         created = record.created
-        # Each piece: (delta field, token). Thinking comes first, in the requested wire form;
-        # a fault's `after` counts it too.
-        pieces = [("content", token) for token in tokens]
-        if thinking and wire == "think":
-            tagged = ["<", "think", ">", *thinking, "</", "think", ">", "\n\n"]
-            pieces = [("content", token) for token in tagged] + pieces
-        elif thinking:
-            pieces = [(wire, token) for token in thinking] + pieces
         try:
-            yield _chunk(cid, {"role": "assistant", "content": ""}, created=created)
+            yield _chunk(cid, reply.opening, created=created)
             record.chunks_sent += 1
             await asyncio.sleep(self.server.first_token_delay_s)
-            for position, (field_name, token) in enumerate(pieces):
+            for position, delta in enumerate(reply.pieces):
                 if fault is not None and position == fault.after:
                     if fault.kind == "drop":
                         raise DropConnection(record.request_id)
@@ -545,10 +633,10 @@ class _Handler:
                         )
                 if position:
                     await asyncio.sleep(interval)
-                yield _chunk(cid, {field_name: token}, created=created)
+                yield _chunk(cid, delta, created=created)
                 record.tokens_sent += 1
                 record.chunks_sent += 1
-            yield _chunk(cid, {}, finish, created=created)
+            yield _chunk(cid, {}, reply.finish, created=created)
             record.chunks_sent += 1
             if include_usage:
                 usage = {
@@ -558,7 +646,7 @@ class _Handler:
                     "model": MODEL_ID,
                     "system_fingerprint": "fp_streamchat_demo",
                     "choices": [],
-                    "usage": _usage(prompt_tokens, len(thinking), len(tokens)),
+                    "usage": reply.usage,
                 }
                 yield b"data: " + json.dumps(usage, separators=(",", ":")).encode() + b"\n\n"
                 record.chunks_sent += 1
@@ -573,6 +661,22 @@ class _Handler:
             raise
         finally:
             record.end(disconnected=True)
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    """What the prompt costs: every message's text, the tool calls it holds, and the tools."""
+    total = 0
+    for message in body["messages"]:
+        total += count_tokens(str(message.get("content") or ""))
+        if message.get("tool_calls"):
+            total += count_tokens(json.dumps(message["tool_calls"]))
+    if body.get("tools"):
+        total += count_tokens(json.dumps(body["tools"]))
+    return total
+
+
+def _reasoning_tokens(usage: dict[str, Any]) -> int:
+    return int(usage.get("completion_tokens_details", {}).get("reasoning_tokens", 0))
 
 
 def _usage(prompt_tokens: int, thinking_tokens: int, answer_tokens: int) -> dict[str, Any]:
