@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
+from agents.mcp import MCPServerStdio, MCPServerStreamableHttp
 
-from streamchat.agent.run import AgentSource, ToolActivity, tool_guards
+from streamchat.agent.run import AgentSource, ToolActivity, mcp_servers, tool_guards
 from streamchat.agent.tools import TOOLS
 from streamchat.core.relay import Resilience, StreamRun
 from streamchat.core.sinks import MemorySink
@@ -241,3 +244,27 @@ async def test_usage_is_told_per_turn_and_summed_for_the_answer(upstream):
 def test_the_built_in_tools_are_offered_to_the_model_by_name():
     names = [tool.name for tool in TOOLS]
     assert names == ["calculate", "current_time", "search_lessons"]
+
+
+async def test_an_mcp_servers_tools_are_offered_and_their_calls_shown_like_the_built_ins(
+    upstream,
+):
+    command = f"{sys.executable} {Path(__file__).parent / 'agent_mcp_server.py'}"
+    upstream.scripts += [
+        Script(tool_call("shout", json.dumps({"text": "hello"})) + ends("tool_calls")),
+        Script(text("HELLO, it says.") + ends("stop")),
+    ]
+    activity = Activity()
+    sink = await answer(source(upstream, activity, mcp=mcp_servers([command])), "Shout hello")
+    offered = [tool["function"]["name"] for tool in upstream.seen[0].body["tools"]]
+    assert "shout" in offered and "calculate" in offered
+    (result,) = activity.of("result")
+    assert (result.name, result.error) == ("shout", False)
+    assert "HELLO" in result.text and result.duration_s is not None
+    assert sink.text == "HELLO, it says."
+
+
+def test_mcp_server_entries_are_urls_or_command_lines():
+    url, command = mcp_servers(["http://127.0.0.1:9/mcp", "python server.py --quiet"])
+    assert isinstance(url, MCPServerStreamableHttp) and isinstance(command, MCPServerStdio)
+    assert command.name == "python"
