@@ -321,6 +321,7 @@ def test_first_answer_says_it_is_a_demo_model_and_later_ones_do_not():
         ("how do guardrails work", "Guardrails on a stream"),
         ("what happens on a 429 or a dropped connection?", "Error handling and resume"),
         ("how do I deploy this behind nginx?", "Streaming in production"),
+        ("how does a tool call stream?", "Agents and tool calls: arguments arrive piece by piece"),
     ],
 )
 def test_lessons_are_chosen_by_relevance(question, title):
