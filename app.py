@@ -37,7 +37,7 @@ from streamchat.hosting.persistence import (
     conversation_from_steps,
     last_answer_id,
 )
-from streamchat.hosting.setup import DRAINING_NOTICE, install_hosting
+from streamchat.hosting.setup import DRAINING_NOTICE, install_hosting, run_action_here
 from streamchat.languages import DEFAULT_LANGUAGE, ui_language
 from streamchat.logs import configure_logging
 from streamchat.runtime import Runtime, settings_or_error
@@ -123,6 +123,8 @@ async def startup() -> None:
     log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
     log_status(log)
     _drain.install(asyncio.get_running_loop())
+    if _hosting.action_relay is not None:  # button presses for this replica's pages
+        _hosting.action_relay.start(run_action_here)
     mount(server_app, runtime=_runtime, config_error=_config_error, require_login=_auth.enabled)
     if _origin_error is not None:
         log.error("%s Only this app's own pages may connect.", _origin_error)
@@ -158,6 +160,8 @@ async def _prepare_database() -> None:
 
 @cl.on_app_shutdown
 async def shutdown() -> None:
+    if _hosting.action_relay is not None:
+        await _hosting.action_relay.aclose()
     if _runtime is not None:
         await _runtime.aclose()
 

@@ -1,10 +1,13 @@
 """A replica lost mid-answer: two app processes sharing one history database (a SQLite file),
 one killed (kill -9) or stopped for a deploy (SIGTERM) while it writes an answer slowly. The
 words already shown are in the history, marked interrupted, and Continue on the other replica
-finishes the answer from the stored thread. Feedback on another user's answer is refused, 403."""
+finishes the answer from the stored thread. A button pressed through the replica that does not
+hold the page's socket runs where the page is (Redis). Feedback on another user's answer is
+refused, 403."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,9 +18,10 @@ import httpx2
 import pytest
 
 from streamchat.hosting.persistence import LOST_WRITER_NOTE
-from streamchat.hosting.setup import DRAINING_NOTICE
+from streamchat.hosting.setup import DRAINING_NOTICE, SESSION_ELSEWHERE
 from streamchat.hosting.users import UsersFile
 from streamchat.offline import OfflineServer
+from tests.databases import redis_server
 from tests.harness import AppProcess, ChainlitClient, click_action, login, strip_footer
 from tests.waiting import accepts_connections, eventually
 
@@ -208,3 +212,46 @@ async def test_feedback_on_another_users_answer_is_refused_with_403(survivor):
     assert refused.status_code == 403
     assert refused.json()["detail"] == "You can only give feedback on answers in your own chats."
     assert feedback(alice).status_code == 200
+
+
+async def test_a_button_pressed_through_another_replica_runs_where_the_page_is(
+    offline_server: OfflineServer, shared: dict[str, str], tmp_path
+):
+    env = {
+        **shared,
+        "OPENAI_BASE_URL": offline_server.base_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'history.db'}",
+        "STREAM_RESUMES": "0",  # a dropped stream stays interrupted, with Continue
+    }
+    with redis_server() as redis_url:
+        env["REDIS_URL"] = redis_url
+        with AppProcess(env) as one, AppProcess(env) as two:
+            alice = login(one.url, "alice", PASSWORD)
+            bob = login(one.url, "bob", "bob's own long passphrase")
+            chat = await ChainlitClient(one.url, access_token=alice).connect()
+            try:
+                cut = await chat.ask("What is a token? [fault: drop after=10 times=1]")
+                assert any("Interrupted:" in text for text in cut.texts())
+                button = await chat.wait_for(
+                    lambda e: e.name == "action" and e.data.get("name") == "continue"
+                )
+
+                def press(token: str, session_id: str = chat.session_id) -> httpx2.Response:
+                    # The HTTP request reaches the replica that does not hold the page's socket.
+                    return httpx2.post(
+                        f"{two.url}/project/action",
+                        json={"sessionId": session_id, "action": button.data},
+                        cookies={"access_token": token},
+                        timeout=30,
+                    )
+
+                assert (await asyncio.to_thread(press, bob)).status_code == 403
+                gone = await asyncio.to_thread(press, alice, "no-such-session")
+                assert gone.status_code == 409 and gone.json()["detail"] == SESSION_ELSEWHERE
+                mark = len(chat.events)
+                assert (await asyncio.to_thread(press, alice)).status_code == 200
+                continued = await chat.finished(mark, within=60)
+                assert strip_footer(continued.final_assistant_text()), "continued on replica one"
+            finally:
+                await chat.close()
+        assert "Traceback" not in one.log() + two.log()

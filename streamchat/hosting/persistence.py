@@ -595,7 +595,7 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
         if scope is None:
             return  # not an HTTP request: the app itself writes
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        cookies = _cookies(headers.get("cookie", ""))
+        cookies = request_cookies(headers.get("cookie", ""))
         requester = request_identity(headers.get("authorization"), cookies)
         chain = 'steps s JOIN threads t ON t."id" = s."threadId" WHERE s."id" = :id'
         if table == "feedbacks":
@@ -618,7 +618,8 @@ class StreamchatDataLayer(SQLAlchemyDataLayer):
             raise PermissionError(refusal)
 
 
-def _cookies(header: str) -> dict[str, str]:
+def request_cookies(header: str) -> dict[str, str]:
+    """The cookies of a Cookie header (none when it is malformed)."""
     from http.cookies import SimpleCookie
 
     jar: SimpleCookie = SimpleCookie()

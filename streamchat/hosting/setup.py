@@ -1,7 +1,8 @@
 """What hosted use puts in front of Chainlit's server while the app loads: the login throttle,
 cross-site access (ALLOW_ORIGINS), security headers with the Content-Security-Policy, the
-chat history's database (feedback refused with 403), and the drain on SIGTERM (`Drain`). A
-setting that cannot be followed keeps the strictest choice and is reported, never a crash."""
+chat history's database (feedback refused with 403), the drain on SIGTERM (`Drain`), and the
+relay of button presses to the replica holding the page's socket (`ActionRelay`). A setting
+that cannot be followed keeps the strictest choice and is reported, never a crash."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamchat.core.errors import ConfigError
-from streamchat.hosting.auth import AuthConfig
+from streamchat.hosting.auth import AuthConfig, request_identity
 from streamchat.hosting.login_throttle import LoginLimits, LoginThrottle, LoginThrottleMiddleware
-from streamchat.hosting.persistence import Database, feedback_refusals
+from streamchat.hosting.persistence import Database, feedback_refusals, request_cookies
 from streamchat.hosting.security import (
     ContentSecurityPolicy,
     OriginPolicy,
@@ -33,6 +35,11 @@ DRAINING_NOTICE = (
     "This server is restarting, so it takes no new messages. Send yours again in a moment: "
     "the page reconnects to another server."
 )
+# A button press whose page's socket is on no replica (or that Redis could not pass on).
+SESSION_ELSEWHERE = "This page lost its connection to the server. Reload the page and try again."
+ACTION_CHANNEL = "streamchat:actions"
+_RELAY_WAIT_S = 5.0  # for the replica holding the session to say how the press went
+_MAX_ACTION_BODY = 1 << 20
 # After a drain, how long cancelled answers get to save themselves as interrupted.
 _SAVE_GRACE_S = 5.0
 
@@ -161,12 +168,210 @@ class FeedbackRefusalMiddleware:
             feedback_refusals.reset(token)
 
 
+# Runs a button press on this replica: (session id, action, requester) -> an HTTP status; 404
+# when the session is not here.
+ActionRunner = Callable[[str, dict[str, Any], str | None], Awaitable[int]]
+
+
+class ActionRelay:
+    """Button presses (Chainlit's POST /project/action, which names the page's Socket.IO
+    session) that reached a replica other than the one holding that session, passed on
+    through Redis: every replica listens on one channel, the one holding the session runs the
+    press as Chainlit would and answers on the channel the asker waits on."""
+
+    def __init__(self, redis_url: str) -> None:
+        import redis.asyncio as redis  # only deployments with REDIS_URL need it
+
+        self._redis: Any = redis.from_url(redis_url, socket_connect_timeout=2)
+        self._listener: asyncio.Task[None] | None = None
+        self._presses: set[asyncio.Task[None]] = set()
+
+    def start(self, run_here: ActionRunner) -> None:
+        """Listen for presses others received (from the app's startup, on its loop)."""
+        self._listener = asyncio.get_running_loop().create_task(self._listen(run_here))
+
+    async def _listen(self, run_here: ActionRunner) -> None:
+        warned = False
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(ACTION_CHANNEL)
+                warned = False
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    press = asyncio.create_task(self._run(run_here, message["data"]))
+                    self._presses.add(press)
+                    press.add_done_callback(self._presses.discard)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down: presses from other replicas wait for it
+                if not warned:
+                    log.warning("button relay: Redis unavailable (%s)", type(exc).__name__)
+                    warned = True
+                await asyncio.sleep(2)
+            finally:
+                await pubsub.aclose()
+
+    async def _run(self, run_here: ActionRunner, data: bytes | str) -> None:
+        try:
+            request = json.loads(data)
+            status = await run_here(
+                str(request["session"]), dict(request["action"]), request.get("user")
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("button relay: a message that is not a press was ignored")
+            return
+        if status != 404:  # not here: the replica holding the session answers
+            await self._redis.publish(str(request["reply"]), json.dumps({"status": status}))
+
+    async def forward(self, session_id: str, action: object, user: str | None) -> int | None:
+        """Have the replica holding `session_id` run the press; its HTTP status, or None when
+        no replica answered (the session is gone, or Redis is down)."""
+        reply = f"{ACTION_CHANNEL}:reply:{uuid.uuid4().hex}"
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(reply)
+            request = {"reply": reply, "session": session_id, "action": action, "user": user}
+            await self._redis.publish(ACTION_CHANNEL, json.dumps(request))
+            async with asyncio.timeout(_RELAY_WAIT_S):
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        return int(json.loads(message["data"])["status"])
+        except Exception as exc:
+            log.warning("button relay: no answer (%s)", type(exc).__name__)
+        finally:
+            await pubsub.aclose()
+        return None
+
+    async def aclose(self) -> None:
+        for task in (self._listener, *self._presses):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in (self._listener, *self._presses) if t is not None), return_exceptions=True
+        )
+        await self._redis.aclose()
+
+
+async def run_action_here(session_id: str, action: dict[str, Any], requester: str | None) -> int:
+    """Run a button press for the Socket.IO session `session_id` as Chainlit's action route
+    does, if that session is on this replica (404 otherwise, and for an unknown action)."""
+    from chainlit.action import Action
+    from chainlit.config import config
+    from chainlit.context import init_ws_context
+    from chainlit.session import WebsocketSession
+
+    session = WebsocketSession.get_by_id(session_id)
+    if session is None:
+        return 404
+    if session.user is not None and session.user.identifier != requester:
+        return 403
+    context = init_ws_context(session)
+    try:
+        pressed = Action(**action)
+    except TypeError:
+        return 400
+    callback = config.code.action_callbacks.get(pressed.name)
+    if callback is None:
+        return 404
+    if not context.session.has_first_interaction:
+        context.session.has_first_interaction = True
+        await context.emitter.init_thread(pressed.name)
+    try:
+        await callback(pressed)
+    except Exception:
+        log.exception("a relayed button press failed")
+        return 500
+    return 200
+
+
+def _session_here(session_id: str) -> bool:
+    from chainlit.session import WebsocketSession
+
+    return WebsocketSession.get_by_id(session_id) is not None
+
+
+class ActionRelayMiddleware:
+    """A button press for a Socket.IO session this replica does not hold is passed to the
+    replica that holds it (`ActionRelay`, with REDIS_URL), or refused with a message saying
+    to reload the page, instead of Chainlit's 500."""
+
+    def __init__(self, app: ASGIApp, hosting: Hosting) -> None:
+        self.app = app
+        self.hosting = hosting
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not path.endswith("/project/action")
+        ):
+            await self.app(scope, receive, send)
+            return
+        body, complete = await _read_body(receive)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": not complete}
+            return await receive()
+
+        try:
+            payload = json.loads(body) if complete else None
+        except ValueError:
+            payload = None
+        session_id = payload.get("sessionId") if isinstance(payload, dict) else None
+        if not isinstance(session_id, str) or _session_here(session_id):
+            await self.app(scope, replay, send)
+            return
+        status = None
+        if self.hosting.action_relay is not None:
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            }
+            user = request_identity(
+                headers.get("authorization"), request_cookies(headers.get("cookie", ""))
+            )
+            status = await self.hosting.action_relay.forward(
+                session_id, payload.get("action") if isinstance(payload, dict) else None, user
+            )
+        if status == 200:
+            await _json(send, 200, {"success": True, "response": None})
+        elif status == 403:
+            await _json(send, 403, {"detail": "This is not your session."})
+        else:
+            await _json(send, 409, {"detail": SESSION_ELSEWHERE})
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The request's body, up to _MAX_ACTION_BODY; whether it is whole."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body") or message["type"] != "http.request":
+            return b"".join(chunks), True
+        if size > _MAX_ACTION_BODY:
+            return b"".join(chunks), False
+
+
 async def _forbidden(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
+    await _json(send, 403, {"detail": detail})
+
+
+async def _json(send: Send, status: int, content: dict[str, Any]) -> None:
+    body = json.dumps(content).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 403,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
@@ -185,6 +390,7 @@ class Hosting:
     database_error: str | None = None
     origin_error: str | None = None  # a bad ALLOW_ORIGINS: only the app's own pages may connect
     drain: Drain = field(default_factory=Drain)
+    action_relay: ActionRelay | None = None  # with REDIS_URL: button presses between replicas
     partial_save_s: float = 1.0  # PARTIAL_SAVE_S
     problems: list[str] = field(default_factory=list)
 
@@ -204,6 +410,13 @@ def install_hosting(
         hosting.partial_save_s = reader.number("PARTIAL_SAVE_S")
     except ConfigError as exc:
         hosting.problems.append(f"{exc} Answers are saved every second as they stream.")
+    try:
+        redis_url = reader.url("REDIS_URL")
+    except ConfigError:
+        redis_url = None  # reported by the settings, which refuse to start without it
+    if redis_url is not None:
+        hosting.action_relay = ActionRelay(redis_url)
+    app.add_middleware(ActionRelayMiddleware, hosting=hosting)
     if hosting.auth.enabled:
         try:
             limits = LoginLimits.from_env(environ)
