@@ -147,6 +147,9 @@ class AgentSource:
     max_turns: int = DEFAULT_MAX_TURNS
     mcp: Sequence[MCPServer] = ()
     map_error: ErrorMapper | None = None
+    # The model when a request names none (the SSE endpoint's default), as the chat's provider
+    # picks it.
+    default_model: Callable[[], Awaitable[str]] | None = None
     _outcomes: dict[str, _Outcome] = field(default_factory=dict, init=False)
 
     def sdk_tools(self) -> list[FunctionTool]:
@@ -197,6 +200,9 @@ class AgentSource:
         """The agent's answer to `request` (its last user message, with the history before it
         as input and its system message as instructions)."""
         del pace  # the SDK reads the network itself
+        model = request.model
+        if not model and self.default_model is not None:
+            model = await self.default_model()
         instructions = "\n\n".join(m.content for m in request.messages if m.role == "system")
         items: list[Any] = [m.as_dict() for m in request.messages if m.role != "system"]
         settings = ModelSettings(
@@ -209,7 +215,7 @@ class AgentSource:
             agent: Agent[Any] = Agent(
                 name=AGENT_NAME,
                 instructions=instructions or None,
-                model=OpenAIChatCompletionsModel(model=request.model, openai_client=self.client),
+                model=OpenAIChatCompletionsModel(model=model, openai_client=self.client),
                 model_settings=settings,
                 tools=list(self.sdk_tools()),
                 mcp_servers=list(self.mcp),
@@ -220,7 +226,7 @@ class AgentSource:
                 max_turns=self.max_turns,
                 run_config=RunConfig(tracing_disabled=True),
             )
-            events = _Events(self, request.model)
+            events = _Events(self, model)
             try:
                 async for event in result.stream_events():
                     delta = await events.handle(event)
@@ -233,7 +239,7 @@ class AgentSource:
                     "answer. Ask something simpler, or raise AGENT_MAX_TURNS."
                 ) from None
             except openai.APIError as exc:
-                raise self._error(exc, request.model) from None
+                raise self._error(exc, model) from None
             except AgentsException as exc:
                 raise ProviderError(
                     "The agent could not finish its answer. Try again.",
@@ -461,6 +467,7 @@ def agent_source(
         mcp=mcp_servers(settings.agent_mcp_servers),
         # The provider's own wording for every other failure (private to the core, shared).
         map_error=lambda exc, model: provider._map_error(exc, model=model),
+        default_model=provider.default_model,
     )
 
 
