@@ -257,24 +257,20 @@ def plan_tool_calls(
     if isinstance(choice, dict):
         name = _forced_name(choice)
         wanted = [w for w in wanted if w.name == name] or [_fallback(name, question)]
-    elif choice == "required" and not wanted and not made:
+    wanted = [w for w in wanted if w.name in offered and w.name not in made]
+    if choice == "required" and not wanted and not made:
         usable = [name for name in KNOWN_TOOLS if name in offered]
         if not usable:
             raise ToolRequestError(
-                f"'tool_choice' is required, but the demo model can only call "
+                "'tool_choice' is required, but the demo model can only call "
                 f"{', '.join(KNOWN_TOOLS)}.",
                 "tool_choice",
                 "unsupported_value",
             )
-        wanted = [
-            _fallback("search_lessons" if "search_lessons" in offered else usable[0], question)
-        ]
+        name = "search_lessons" if "search_lessons" in offered else usable[0]
+        wanted = [_fallback(name, question)]
     calls = [
-        ToolCall(
-            f"call_{uuid.uuid4().hex[:24]}", w.name, json.dumps(w.arguments, ensure_ascii=False)
-        )
-        for w in wanted
-        if w.name in offered and w.name not in made
+        ToolCall(f"call_{uuid.uuid4().hex[:24]}", w.name, json.dumps(w.arguments)) for w in wanted
     ]
     return calls[:1] if body.get("parallel_tool_calls") is False else calls
 
