@@ -21,7 +21,7 @@ from streamchat.core.relay import Resilience, StreamRun
 from streamchat.core.sinks import MemorySink
 from streamchat.core.types import ChatMessage, ChatRequest, EndReason
 from streamchat.guardrails import GuardrailConfig, build_guard
-from tests.agent_upstream import Script, ToolUpstream, ends, text, tool_call
+from tests.agent_upstream import Script, ToolUpstream, chunk_bytes, ends, text, tool_call
 from tests.waiting import eventually
 
 EMAIL = "jane.doe@example.com"
@@ -255,7 +255,7 @@ async def test_an_mcp_servers_tools_are_offered_and_their_calls_shown_like_the_b
         Script(text("HELLO, it says.") + ends("stop")),
     ]
     activity = Activity()
-    sink = await answer(source(upstream, activity, mcp=mcp_servers([command])), "Shout hello")
+    sink = await answer(source(upstream, activity, mcp=[command]), "Shout hello")
     offered = [tool["function"]["name"] for tool in upstream.seen[0].body["tools"]]
     assert "shout" in offered and "calculate" in offered
     (result,) = activity.of("result")
@@ -268,3 +268,30 @@ def test_mcp_server_entries_are_urls_or_command_lines():
     url, command = mcp_servers(["http://127.0.0.1:9/mcp", "python server.py --quiet"])
     assert isinstance(url, MCPServerStreamableHttp) and isinstance(command, MCPServerStdio)
     assert command.name == "python"
+
+
+async def test_an_mcp_server_that_cannot_start_gets_a_message_naming_it(upstream):
+    sink = await answer(source(upstream, Activity(), mcp=["no-such-mcp-program --x"]), "hi")
+    assert sink.result is not None and sink.result.error is not None
+    message = sink.result.error.user_message
+    assert "The MCP server no-such-mcp-program could not be started" in message
+    assert "--x" not in message and not upstream.seen  # nothing was asked of the model
+
+
+async def test_an_unreadable_mcp_command_line_is_a_clear_message(upstream):
+    sink = await answer(source(upstream, Activity(), mcp=["python 'unclosed"]), "hi")
+    assert sink.result is not None and sink.result.error is not None
+    assert "AGENT_MCP_SERVERS has a command line that cannot be read" in (
+        sink.result.error.user_message
+    )
+
+
+async def test_a_reasoning_models_thinking_travels_beside_the_answer(upstream):
+    thinking = [chunk_bytes({"reasoning_content": piece}) for piece in ("Seventeen ", "times 23.")]
+    upstream.scripts += [
+        Script(thinking + tool_call("calculate", '{"expression": "17*23"}') + ends("tool_calls")),
+        Script(text("It is 391.") + ends("stop")),
+    ]
+    sink = await answer(source(upstream, Activity()), "17*23?")
+    assert sink.reasoning_text == "Seventeen times 23."
+    assert sink.text == "It is 391."

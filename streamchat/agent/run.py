@@ -40,7 +40,13 @@ from agents.tool_context import ToolContext
 
 from streamchat.agent.tools import TOOLS, Tool, ToolError
 from streamchat.chat import ChatSession
-from streamchat.core.errors import BadRequest, ProviderError, redact_secrets
+from streamchat.core.errors import (
+    BadRequest,
+    ConfigError,
+    ProviderError,
+    public_url,
+    redact_secrets,
+)
 from streamchat.core.relay import ReadPace, Resilience
 from streamchat.core.types import ChatRequest, Delta, Usage
 from streamchat.guardrails import Guard, GuardrailConfig, build_guard
@@ -101,17 +107,23 @@ class ToolsUnsupported(BadRequest):
 
 def mcp_servers(entries: Sequence[str]) -> list[MCPServer]:
     """MCP servers from AGENT_MCP_SERVERS entries: a URL is a streamable HTTP server, anything
-    else a command line started over stdio."""
+    else a command line started over stdio. Each is named without credentials or arguments
+    (they may hold secrets). Raises ConfigError for a command line that cannot be read."""
     servers: list[MCPServer] = []
     for entry in entries:
         entry = entry.strip()
         if not entry:
             continue
         if entry.startswith(("http://", "https://")):
-            servers.append(MCPServerStreamableHttp({"url": entry}, name=entry))
-        else:
+            servers.append(MCPServerStreamableHttp({"url": entry}, name=public_url(entry)))
+            continue
+        try:
             command, *args = shlex.split(entry)
-            servers.append(MCPServerStdio({"command": command, "args": args}, name=command))
+        except ValueError as exc:  # an unclosed quote
+            raise ConfigError(
+                f"AGENT_MCP_SERVERS has a command line that cannot be read ({exc})."
+            ) from None
+        servers.append(MCPServerStdio({"command": command, "args": args}, name=command))
     return servers
 
 
@@ -145,7 +157,7 @@ class AgentSource:
     guards: Callable[[], Guard] | None = None
     tools: Sequence[Tool] = TOOLS
     max_turns: int = DEFAULT_MAX_TURNS
-    mcp: Sequence[MCPServer] = ()
+    mcp: Sequence[str] = ()  # AGENT_MCP_SERVERS entries: URLs or command lines
     map_error: ErrorMapper | None = None
     # The model when a request names none (the SSE endpoint's default), as the chat's provider
     # picks it.
@@ -208,17 +220,15 @@ class AgentSource:
         settings = ModelSettings(
             temperature=request.temperature, max_tokens=request.max_tokens, include_usage=True
         )
-        async with contextlib.AsyncExitStack() as servers:
-            for server in self.mcp:
-                await server.connect()
-                servers.push_async_callback(server.cleanup)
+        async with contextlib.AsyncExitStack() as opened:
+            servers = await self._connect(opened)
             agent: Agent[Any] = Agent(
                 name=AGENT_NAME,
                 instructions=instructions or None,
                 model=OpenAIChatCompletionsModel(model=model, openai_client=self.client),
                 model_settings=settings,
                 tools=list(self.sdk_tools()),
-                mcp_servers=list(self.mcp),
+                mcp_servers=servers,
             )
             result = Runner.run_streamed(
                 agent,
@@ -258,6 +268,24 @@ class AgentSource:
                 task = result.run_loop_task
                 if task is not None and not task.done():
                     await asyncio.wait((task,))
+
+    async def _connect(self, opened: contextlib.AsyncExitStack) -> list[MCPServer]:
+        """This run's MCP servers, started or connected, closed when `opened` closes."""
+        try:
+            servers = mcp_servers(self.mcp)
+        except ConfigError as exc:
+            raise ProviderError(str(exc)) from None
+        for server in servers:
+            try:
+                await server.connect()
+            except Exception as exc:
+                raise ProviderError(
+                    f"The MCP server {server.name} could not be started or reached, so the "
+                    "agent cannot answer. Check AGENT_MCP_SERVERS.",
+                    detail=redact_secrets(f"{type(exc).__name__}: {exc}"),
+                ) from None
+            opened.push_async_callback(server.cleanup)
+        return servers
 
     def _error(self, exc: openai.APIError, model: str) -> ProviderError:
         if isinstance(exc, openai.APIStatusError) and exc.status_code == 400:
@@ -464,7 +492,7 @@ def agent_source(
         on_activity,
         guards=tool_guards(guardrails),
         max_turns=settings.agent_max_turns,
-        mcp=mcp_servers(settings.agent_mcp_servers),
+        mcp=settings.agent_mcp_servers,
         # The provider's own wording for every other failure (private to the core, shared).
         map_error=lambda exc, model: provider._map_error(exc, model=model),
         default_model=provider.default_model,
