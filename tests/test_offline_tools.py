@@ -6,6 +6,7 @@ two calls in one turn, `finish_reason: tool_calls`, then a text answer from the 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,8 @@ import openai
 import pytest
 
 from streamchat.agent.tools import TOOLS, TOOLS_BY_NAME, calculate
+from streamchat.classroom.tools import ChunkLog
+from streamchat.core.types import Delta
 from streamchat.languages import instruction
 from streamchat.offline import MODEL_ID, OfflineServer, choose_answer
 from streamchat.offline.toolcalls import (
@@ -401,3 +404,29 @@ async def test_the_agents_sdk_runs_a_tool_call_end_to_end(server):
     assert called == ["17 * 23"]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"]
     assert "17 × 23 = 391" in str(result.final_output)
+
+
+@pytest.mark.integration
+async def test_the_raw_chunk_log_shows_tool_call_pieces_for_what_they_are(server):
+    body = {
+        "model": MODEL_ID,
+        "messages": ask("What is 17 * 23?"),
+        "tools": ALL_TOOLS,
+        "stream": True,
+    }
+    log = ChunkLog()
+    async with (
+        httpx2.AsyncClient(timeout=10) as http,
+        http.stream("POST", f"{server.base_url}/chat/completions", json=body) as response,
+    ):
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                log(Delta(text="", index=0, raw=line.removeprefix("data: ")))
+    lines = [line.split(" s  ", 1)[1] for line in log.render(first=100).splitlines()]
+    assert re.fullmatch(r"tool_call\[0\] calculate id=call_\w+", lines[1])
+    assert lines[2:5] == [
+        "tool_call[0] calculate args+='{'",
+        "tool_call[0] calculate args+='\"'",
+        "tool_call[0] calculate args+='expre'",
+    ]
+    assert lines[-1] == '{"delta":{},"finish_reason":"tool_calls"}'

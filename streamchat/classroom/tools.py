@@ -98,10 +98,11 @@ class ChunkLog:
         tail = [e for e in kept[-last:] if e.number > (head[-1].number if head else 0)]
         hidden = self.count - len(head) - len(tail)
         width = len(str(self.count))
-        lines = [_chunk_line(entry, width) for entry in head]
+        names: dict[int, str] = {}  # tool calls seen so far, by index: later pieces omit the name
+        lines = [_chunk_line(entry, width, names) for entry in head]
         if hidden > 0:
             lines.append(f"… {hidden} more chunks …")
-        lines.extend(_chunk_line(entry, width) for entry in tail)
+        lines.extend(_chunk_line(entry, width, names) for entry in tail)
         return "\n".join(lines)
 
 
@@ -119,13 +120,37 @@ def _as_chunk_json(delta: Delta) -> str:
     return json.dumps(chunk, ensure_ascii=False, separators=(",", ":"))
 
 
-def _chunk_line(entry: ChunkEntry, width: int) -> str:
-    return f"#{entry.number:<{width}}  +{entry.at_s:6.3f} s  {chunk_summary(entry.raw)}"
+def _chunk_line(entry: ChunkEntry, width: int, names: dict[int, str]) -> str:
+    return f"#{entry.number:<{width}}  +{entry.at_s:6.3f} s  {chunk_summary(entry.raw, names)}"
 
 
-def chunk_summary(raw: str) -> str:
+def _tool_call_summary(pieces: list[Any], names: dict[int, str]) -> str:
+    """`tool_call[0] calculate id=call_… args+='{"expr'`: a tool call's pieces as read, the
+    name carried from the call's first piece (pass the same `names` for one answer's chunks)."""
+    shown = []
+    for piece in pieces:
+        if not isinstance(piece, dict):
+            continue
+        index = piece.get("index", 0)
+        function = piece.get("function") or {}
+        if isinstance(function, dict) and function.get("name"):
+            names[index] = str(function["name"])
+        words = [f"tool_call[{index}]"]
+        if index in names:
+            words.append(names[index])
+        if piece.get("id"):
+            words.append(f"id={piece['id']}")
+        arguments = function.get("arguments") if isinstance(function, dict) else None
+        if arguments or "id" not in piece:
+            words.append(f"args+={arguments or ''!r}")
+        shown.append(" ".join(words))
+    return "; ".join(shown)
+
+
+def chunk_summary(raw: str, names: dict[int, str] | None = None) -> str:
     """The interesting part of a chunk's JSON: the first choice's `delta` (with the
-    finish_reason when set), or the `usage` of a usage-only chunk; the raw text otherwise."""
+    finish_reason when set), or the `usage` of a usage-only chunk; the raw text otherwise.
+    A piece of a tool call reads as what it is (see _tool_call_summary)."""
     try:
         chunk = json.loads(raw)
     except ValueError:
@@ -135,6 +160,10 @@ def chunk_summary(raw: str) -> str:
     parts: dict[str, Any] = {}
     choices = chunk.get("choices") or []
     if choices and isinstance(choices[0], dict):
+        delta = choices[0].get("delta") or {}
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        if isinstance(calls, list) and calls and not delta.get("content"):
+            return _tool_call_summary(calls, {} if names is None else names)
         parts["delta"] = choices[0].get("delta", {})
         if choices[0].get("finish_reason"):
             parts["finish_reason"] = choices[0]["finish_reason"]
