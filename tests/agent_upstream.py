@@ -52,6 +52,7 @@ class Script:
     status: int = 200
     error: dict[str, Any] | None = None
     hold: bool = False  # after the chunks, send nothing more until the client hangs up
+    pause_s: float = 0.0  # between chunks: a slow provider
 
 
 @dataclass
@@ -114,7 +115,12 @@ class ToolUpstream:
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
             )
-            stream = b"".join(script.chunks)
+            if script.pause_s:
+                for piece in script.chunks:
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(script.pause_s)  # the scripted provider's pace
+            stream = b"" if script.pause_s else b"".join(script.chunks)
             for at in range(0, len(stream), 7):
                 writer.write(stream[at : at + 7])
                 await writer.drain()

@@ -295,3 +295,17 @@ async def test_a_reasoning_models_thinking_travels_beside_the_answer(upstream):
     sink = await answer(source(upstream, Activity()), "17*23?")
     assert sink.reasoning_text == "Seventeen times 23."
     assert sink.text == "It is 391."
+
+
+async def test_a_tool_call_that_streams_longer_than_the_first_token_timeout_is_no_stall(upstream):
+    # Each piece comes well within the timeout, the whole call takes longer than it.
+    arguments = json.dumps({"expression": "1 + 2 + 3 + 4"})
+    upstream.scripts += [
+        Script(tool_call("calculate", arguments, size=2) + ends("tool_calls"), pause_s=0.05),
+        Script(text("Ten.") + ends("stop")),
+    ]
+    sink = MemorySink()
+    patience = Resilience(retries=0, resumes=0, first_token_timeout_s=0.4, stall_s=0.4)
+    await StreamRun(source(upstream, Activity()), sink, resilience=patience).run(request("sum?"))
+    assert sink.result is not None and sink.result.reason is EndReason.COMPLETE
+    assert sink.text == "Ten."

@@ -326,7 +326,9 @@ class _Events:
 
     async def handle(self, event: object) -> Delta | None:
         if isinstance(event, RawResponsesStreamEvent):
-            return await self._raw(event.data)
+            # The provider is sending (a tool call, say) even when no text comes of it: an
+            # empty Delta says so, so the relay does not take a long tool call for a stall.
+            return await self._raw(event.data) or Delta("", index=0)
         if isinstance(event, RunItemStreamEvent):
             await self._item(event)
         return None
