@@ -316,6 +316,8 @@ _PHRASES = {
     },
 }
 _SYMBOLS = {"*": "×", "/": "÷"}  # ** and // stay as they are
+# An operator after a number or a closing parenthesis is binary: written with a space each side.
+_BINARY = re.compile(r"([\d)])(\*\*|//|[-+*/%^])")
 _FAILURE_PREFIX = re.compile(
     r"^(?:an error occurred while running the tool\.(?: please try again\.)?\s*)?error:?\s*",
     re.IGNORECASE,
@@ -358,7 +360,9 @@ def _say(result: _Result, language: str) -> str:
         return phrases["failed"].format(name=result.name, reason=reason)
     if result.name == "calculate":
         expression = str(result.arguments.get("expression", "?"))
-        shown = re.sub(r"\*\*|//|[*/]", lambda m: _SYMBOLS.get(m.group(), m.group()), expression)
+        shown = _BINARY.sub(
+            lambda m: f"{m[1]} {_SYMBOLS.get(m[2], m[2])} ", expression.replace(" ", "")
+        )
         return phrases["calculate"].format(expression=shown, output=result.output.rstrip("."))
     if result.name == "current_time":
         zone = str(result.arguments.get("timezone") or "UTC")
