@@ -87,6 +87,7 @@ async def test_unknown_model_is_a_404(client):
             "invalid_value",
         ),
         ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
+        ({"functions": [{"name": "calculate"}]}, "functions", "unsupported_parameter"),
         (
             {
                 "tools": [{"type": "function", "function": {"name": "calculate"}}],

@@ -72,6 +72,7 @@ def planned(question: str, **body: Any) -> list[tuple[str, dict[str, Any]]]:
             [("current_time", {"timezone": "Asia/Kolkata"})],
         ),
         ("Abhi kitne baje hain?", [("current_time", {"timezone": "UTC"})]),
+        ("lessons mein backpressure dhoondo", [("search_lessons", {"query": "backpressure"})]),
         (
             "Search the lessons for time to first token",
             [("search_lessons", {"query": "time to first token"})],
@@ -177,6 +178,18 @@ def test_the_answer_from_results_follows_the_language():
     assert "UTC mein abhi ki date aur waqt 2026-03-01T12:00:00+00:00 (Sunday, UTC) hai." in answer
     failed = conversation("17*23 kitna hai?", {"calculate": "Error: boom"})
     assert "`calculate` tool fail ho gaya: boom." in (answer_from_results(failed) or "")
+
+
+def test_two_results_are_answered_in_the_order_of_the_calls():
+    answer = answer_from_results(
+        conversation(
+            "What is 2+2 and what time is it?",
+            {"calculate": "4", "current_time": "2026-03-01T12:00:00+00:00 (Sunday, UTC)"},
+        )
+    )
+    assert answer is not None
+    sum_at = answer.index("2 + 2 = 4.")
+    assert sum_at < answer.index("The current date and time in UTC is 2026-03-01T12:00:00+00:00")
 
 
 def test_messages_without_tool_results_get_no_answer_from_results():

@@ -58,6 +58,13 @@ class ToolRequestError(ValueError):
 def offered_tools(body: Mapping[str, Any]) -> list[str]:
     """The names of the functions the request offers. Raises ToolRequestError for a malformed
     `tools`, `tool_choice` or `parallel_tool_calls`, or a choice this model cannot follow."""
+    for legacy in ("functions", "function_call"):
+        if body.get(legacy) is not None:
+            raise ToolRequestError(
+                f"The demo model takes 'tools' and 'tool_choice', not the older '{legacy}'.",
+                legacy,
+                "unsupported_parameter",
+            )
     tools = body.get("tools")
     names: list[str] = []
     if tools is not None:
