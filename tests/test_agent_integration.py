@@ -81,12 +81,11 @@ def tool_steps(answer: Answer) -> dict[str, dict[str, Any]]:
 
 
 def answer_text(answer: Answer) -> str:
-    steps = tool_steps(answer)
-    finals = [
-        m
-        for m in answer.messages()
-        if m.get("type") == "assistant_message" and m["id"] not in steps
-    ]
+    """The answer's final text: the assistant message that streamed (not a tool step)."""
+    streamed = {
+        e.data["id"] for e in answer.named("stream_start") if e.data["type"] == "assistant_message"
+    }
+    finals = [m for m in answer.messages() if m["id"] in streamed]
     return finals[-1]["output"] if finals else ""
 
 
@@ -124,6 +123,9 @@ async def test_a_tool_call_is_a_step_whose_arguments_stream_in_then_its_result(
     # (With guardrails on, a piece shows once the guard has checked it: short arguments
     # wait for the end of the call.)
     assert answer_text(answer).startswith("17 × 23 = 391.")
+    # Each model call's usage under the answer, the total in its stats line.
+    assert "*Tokens per model call: 1) 10 in, 5 out · 2) 10 in, 5 out*" in answer.texts()
+    assert "10 tokens" in answer_text(answer)
 
 
 async def test_two_tools_in_one_turn_are_two_steps(upstream, agent):

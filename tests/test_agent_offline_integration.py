@@ -124,7 +124,7 @@ async def test_agent_demo_shows_the_raw_chunks_of_a_tool_call_beside_its_step(
         assert rows[-1].endswith('`calculate({"expression": "17 * 23"})` |')
         # The Raw chunks step holds the chunks' JSON: the arguments piece by piece.
         (raw,) = [m for m in answer.messages() if "raw chunks" in str(m.get("name", ""))]
-        assert raw["output"].count('"tool_calls"') >= 3
-        assert '"finish_reason":"tool_calls"' in raw["output"].replace(" ", "")
+        assert raw["output"].count("tool_call[0]") >= 3
+        assert "tool_calls" in raw["output"]  # the call's finish_reason
     finally:
         await client.close()

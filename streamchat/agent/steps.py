@@ -16,7 +16,7 @@ from streamchat.agent.run import ToolActivity, agent_source, use_agent
 from streamchat.agent.tools import TOOLS
 from streamchat.chat import ChatSession
 from streamchat.core.relay import StreamResult
-from streamchat.core.sinks import Sink
+from streamchat.core.sinks import ChainlitSink
 from streamchat.runtime import Runtime
 from streamchat.settings import public_url
 
@@ -104,16 +104,36 @@ class ToolSteps:
         self.steps.clear()
 
 
-async def answer(runtime: Runtime, chat: ChatSession, text: str, sink: Sink) -> StreamResult:
+def turns_line(turns: list[ToolActivity]) -> str | None:
+    """Each model call's tokens (prompt in, completion out), when the answer took more than
+    one; None otherwise (the stats line says it all)."""
+    if len(turns) < 2:
+        return None
+    parts = [
+        f"{turn.turn}) {turn.usage.prompt_tokens} in, {turn.usage.completion_tokens} out"
+        if turn.usage is not None
+        else f"{turn.turn}) not reported"
+        for turn in turns
+    ]
+    return "Tokens per model call: " + " · ".join(parts)
+
+
+async def answer(
+    runtime: Runtime, chat: ChatSession, text: str, sink: ChainlitSink
+) -> StreamResult:
     """An Agent chat's answer to `text`: the input checks, then the agent's run, its tool calls
-    as steps above the answer."""
+    as steps above the answer, and (with the stats line on) each model call's tokens under it."""
     use_agent(chat)
     steps = ToolSteps()
     source = agent_source(runtime, chat.guardrail_config, steps)
     try:
-        return await chat.answer(text, sink, source=source)
+        result = await chat.answer(text, sink, source=source)
     finally:
         await steps.close()
+    line = turns_line(steps.usage) if chat.options.show_metrics else None
+    if line is not None and sink.message.id:
+        await cl.Message(content=f"*{line}*", parent_id=sink.message.id, author="agent").send()
+    return result
 
 
 async def start(runtime: Runtime) -> None:
