@@ -89,6 +89,11 @@ async def test_unknown_model_is_a_404(client):
         ({"tool_choice": "required"}, "tool_choice", "invalid_value"),
         ({"functions": [{"name": "calculate"}]}, "functions", "unsupported_parameter"),
         (
+            {"messages": [*ask("1+1?"), {"role": "assistant", "tool_calls": [{"id": "c"}]}]},
+            "messages[1].tool_calls[0]",
+            "invalid_type",
+        ),
+        (
             {
                 "tools": [{"type": "function", "function": {"name": "calculate"}}],
                 "tool_choice": {"type": "function", "function": {"name": "weather"}},

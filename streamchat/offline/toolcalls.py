@@ -147,7 +147,23 @@ def check_tool_messages(messages: Sequence[Mapping[str, Any]]) -> None:
                     f"messages[{position}].tool_calls",
                     "invalid_type",
                 )
-            pending = {str(call.get("id")) for call in calls if isinstance(call, dict)}
+            for number, call in enumerate(calls):
+                function = call.get("function") if isinstance(call, dict) else None
+                if not (
+                    isinstance(call, dict)
+                    and isinstance(call.get("id"), str)
+                    and isinstance(function, dict)
+                    and isinstance(function.get("name"), str)
+                    and isinstance(function.get("arguments"), str)
+                ):
+                    where = f"messages[{position}].tool_calls[{number}]"
+                    raise ToolRequestError(
+                        f"{where} must be an object with an id and a function "
+                        "(a name and its arguments as a JSON string).",
+                        where,
+                        "invalid_type",
+                    )
+            pending = {call["id"] for call in calls}
         elif role == "tool":
             call_id = message.get("tool_call_id")
             if not isinstance(call_id, str) or call_id not in pending:
@@ -163,6 +179,8 @@ def check_tool_messages(messages: Sequence[Mapping[str, Any]]) -> None:
 
 # --- deciding to call ------------------------------------------------------------------------
 
+# A question that asks for a tool says so early; reading no further keeps every pattern cheap.
+MAX_QUESTION_CHARS = 1000
 _NUMBER = r"\d[\d_]*(?:\.\d+)?"
 _OPERATOR = r"(?:\*\*|//|[-+*/%^×÷]|\s[xX]\s)"
 _ARITHMETIC = re.compile(
@@ -234,7 +252,7 @@ def _last_user_question(messages: Sequence[Mapping[str, Any]]) -> tuple[int, str
                 content = " ".join(
                     str(part.get("text") or "") for part in content if isinstance(part, dict)
                 )
-            return position, strip_directives(str(content or ""))
+            return position, strip_directives(str(content or ""))[:MAX_QUESTION_CHARS]
     return None
 
 
@@ -253,11 +271,10 @@ def plan_tool_calls(
         return []
     position, question = found
     made = {
-        str(call.get("function", {}).get("name"))
+        name
         for message in messages[position + 1 :]
         if message.get("role") == "assistant"
-        for call in (message.get("tool_calls") or [])
-        if isinstance(call, dict)
+        for name, _ in _calls_in(message).values()
     }
     wanted = [w for w in (_expression(question), _time(question), _search(question)) if w]
     wanted.sort(key=lambda w: w.position)
@@ -331,21 +348,30 @@ _FAILURE_PREFIX = re.compile(
 )
 
 
+def _calls_in(message: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The tool calls an assistant message made: id -> (name, arguments), read leniently."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            continue
+        try:
+            arguments = json.loads(str(function.get("arguments") or "{}"))
+        except json.JSONDecodeError:
+            arguments = {}
+        found[str(call.get("id"))] = (
+            str(function.get("name")),
+            arguments if isinstance(arguments, dict) else {},
+        )
+    return found
+
+
 def _results(messages: Sequence[Mapping[str, Any]]) -> list[_Result]:
     """The results at the end of the messages, each with the call it answers."""
     calls: dict[str, tuple[str, dict[str, Any]]] = {}
     for message in messages:
-        for call in message.get("tool_calls") or []:
-            if isinstance(call, dict):
-                function = call.get("function") or {}
-                try:
-                    arguments = json.loads(function.get("arguments") or "{}")
-                except json.JSONDecodeError:
-                    arguments = {}
-                calls[str(call.get("id"))] = (
-                    str(function.get("name")),
-                    arguments if isinstance(arguments, dict) else {},
-                )
+        calls.update(_calls_in(message))
     found: list[_Result] = []
     for message in reversed(messages):
         if message.get("role") != "tool":
