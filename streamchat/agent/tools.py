@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -61,7 +62,8 @@ class Tool:
 MAX_EXPRESSION_CHARS = 500
 MAX_NUMBER_DIGITS = 1000  # of any numerator or denominator, on the way and in the result
 _MAX_BITS = int(MAX_NUMBER_DIGITS * 3.33)  # a bound on bits above which no number is allowed
-_DECIMAL_PLACES = 12  # shown beside a fraction that has no finite decimal form
+_SIGNIFICANT = 12  # digits of the decimal shown beside a fraction written as a/b
+_MAX_PLACES = 100  # a finite decimal longer than this is written as a fraction
 
 _BINARY: dict[type[ast.operator], Callable[[Fraction, Fraction], Fraction]] = {
     ast.Add: operator.add,
@@ -146,9 +148,12 @@ def format_number(value: Fraction) -> str:
         denominator, twos = denominator // 2, twos + 1
     while denominator % 5 == 0:
         denominator, fives = denominator // 5, fives + 1
-    if denominator == 1:  # a finite decimal: write it out exactly
+    if denominator == 1 and max(twos, fives) <= _MAX_PLACES:  # a finite decimal, written exactly
         return _decimal(value, max(twos, fives))
-    return f"{value.numerator}/{value.denominator} (≈ {_decimal(value, _DECIMAL_PLACES)})"
+    with localcontext() as context:
+        context.prec = _SIGNIFICANT
+        approximately = Decimal(value.numerator) / Decimal(value.denominator)
+    return f"{value.numerator}/{value.denominator} (≈ {approximately})"
 
 
 def _decimal(value: Fraction, places: int) -> str:
