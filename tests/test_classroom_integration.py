@@ -66,6 +66,7 @@ async def test_the_classroom_offers_its_commands_and_the_chat_profile_does_not(a
         "SideBySide",
         "GuardrailDemo",
         "FaultDemo",
+        "AgentDemo",
     }
     plain = await ChainlitClient(app.url).connect()
     try:
