@@ -420,6 +420,8 @@ class _Events:
             started = call.called_at
             duration = time.perf_counter() - started if started is not None else 0.0
             error = output.startswith("Error")
+        # One line per tool call for operators: never its arguments or output.
+        log.info("tool_call name=%s duration_ms=%.1f error=%s", call.name, duration * 1000, error)
         shown, withheld = _checked(self.source.guards, output)
         await self.tell(
             ToolActivity(
