@@ -403,6 +403,12 @@ async def on_continue(action: cl.Action) -> None:
     if chat is None:
         return
     await action.remove()
+    if agent_ui.is_agent() and _runtime is not None:
+        runtime = _runtime
+        _start_stoppable_task(
+            _within_limits(lambda: agent_ui.continue_answer(runtime, chat, _sink(chat)))
+        )
+        return
     _start_stoppable_task(_within_limits(lambda: chat.continue_answer(_sink(chat))))
 
 

@@ -237,11 +237,14 @@ class ChatSession:
             self.history.add_assistant(result.text, result.reason)
             return result
 
-    async def continue_answer(self, sink: Sink) -> StreamResult | None:
+    async def continue_answer(
+        self, sink: Sink, *, source: DeltaSource | None = None
+    ) -> StreamResult | None:
         """Continue the last answer if it was interrupted; None when there is nothing to continue.
 
         The continuation streams into `sink` (without the words the model repeats at the seam)
-        and is appended to the answer in the history.
+        and is appended to the answer in the history. `source` replaces the chat's own (an
+        agent's run).
         """
         async with self._lock:
             interrupted = self.history.interrupted_answer()
@@ -251,7 +254,7 @@ class ChatSession:
             # The request's history ends with the interrupted answer itself; the run adds it
             # back with the instruction to continue.
             base = replace(request, messages=request.messages[:-1])
-            run = self.new_run(sink)
+            run = self.new_run(sink, source=source)
             try:
                 result = await run.run(base, continuing=interrupted.content)
             except asyncio.CancelledError:

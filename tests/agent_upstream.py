@@ -53,6 +53,7 @@ class Script:
     error: dict[str, Any] | None = None
     hold: bool = False  # after the chunks, send nothing more until the client hangs up
     pause_s: float = 0.0  # between chunks: a slow provider
+    drop: bool = False  # after the chunks, the connection is cut mid-body
 
 
 @dataclass
@@ -110,6 +111,16 @@ class ToolUpstream:
             )
             if script.status != 200:
                 self._json(writer, script.status, {"error": script.error or {}})
+                await writer.drain()
+                return
+            if script.drop:
+                # A chunked body that never gets its last chunk: the client sees it break.
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n"
+                )
+                for piece in script.chunks:
+                    writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 await writer.drain()
                 return
             writer.write(

@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from tests.agent_upstream import Script, ToolUpstream, ends, text, tool_call
-from tests.harness import REPO, Answer, AppProcess, ChainlitClient
+from tests.harness import REPO, Answer, AppProcess, ChainlitClient, click_action
 from tests.test_sse_integration import Received, read_all
 
 pytestmark = pytest.mark.integration
@@ -184,6 +184,29 @@ async def test_stop_during_the_answer_keeps_it_and_closes_the_upstream(upstream,
     assert await asyncio.to_thread(upstream.seen[1].ended.wait, 10)
     assert "Stopped by you" in answer_text(answer)
     assert answer_text(answer).startswith("17 × 23 is")
+
+
+async def test_continue_after_a_broken_stream_goes_on_with_the_agent(app, upstream, agent):
+    upstream.scripts += [
+        Script(tool_call("calculate", ARGUMENTS) + ends("tool_calls")),
+        Script(text("17 × 23 is "), drop=True),
+        Script(text("391.") + ends("stop")),
+    ]
+    await agent.change_settings({"guardrails_on": False})
+    mark = await agent.send("What is 17 * 23?")
+    broken = await agent.finished(mark)
+    # (What came before the break is kept; how much of it was read depends on the HTTP stack.)
+    assert answer_text(broken).startswith("17 ×")
+    assert "Interrupted" in answer_text(broken)
+    again = len(agent.events)
+    await click_action(app.url, agent, "continue", start=mark)
+    continued = await agent.finished(again)
+    assert upstream.seen[2].body["messages"][-2]["content"].startswith("17 ×")
+    assert "391." in answer_text(continued)
+    # The continuation was the agent's: its tools were offered again.
+    assert [tool["function"]["name"] for tool in upstream.seen[2].body["tools"]][:1] == [
+        "calculate"
+    ]
 
 
 async def test_a_guardrail_match_in_the_final_answer_never_reaches_the_client(upstream, agent):

@@ -104,6 +104,20 @@ class ToolSteps:
         self.steps.clear()
 
 
+async def continue_answer(
+    runtime: Runtime, chat: ChatSession, sink: ChainlitSink
+) -> StreamResult | None:
+    """Continue an Agent chat's interrupted answer with the agent (tools included)."""
+    use_agent(chat)
+    steps = ToolSteps()
+    try:
+        return await chat.continue_answer(
+            sink, source=agent_source(runtime, chat.guardrail_config, steps)
+        )
+    finally:
+        await steps.close()
+
+
 def turns_line(turns: list[ToolActivity]) -> str | None:
     """Each model call's tokens (prompt in, completion out), when the answer took more than
     one; None otherwise (the stats line says it all)."""
