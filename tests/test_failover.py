@@ -102,11 +102,14 @@ async def answer_under_way(app: AppProcess, token: str) -> tuple[ChainlitClient,
 
 
 async def resumed_and_continued(
-    app: AppProcess, token: str, thread_id: str, shown: str
+    app: AppProcess, token: str, thread_id: str, shown: str, session_id: str | None = None
 ) -> tuple[dict[str, Any], str]:
-    """Open the thread on `app` as the history sidebar does; check the interrupted answer is
-    shown with Continue, press it, and return the resumed answer step and the continuation."""
+    """Open the thread on `app` as the history sidebar does (or, given the lost page's
+    `session_id`, as that page reconnecting does: it names its thread); check the interrupted
+    answer is shown with Continue, press it, and return the resumed answer step and the
+    continuation."""
     chat = ChainlitClient(app.url, access_token=token, thread_id=thread_id)
+    chat.session_id = session_id or chat.session_id
     try:
         await chat.connect()
         resumed = next(e.data for e in chat.events if e.name == "resume_thread")
@@ -142,7 +145,10 @@ async def test_an_answer_whose_replica_is_killed_is_shown_interrupted_and_contin
         os.kill(doomed.pid, signal.SIGKILL)  # nothing can be marked at the end
         await chat.close()
 
-    answer, continuation = await resumed_and_continued(survivor, token, thread_id, shown)
+    # The page reconnects to the other replica with its session and thread.
+    answer, continuation = await resumed_and_continued(
+        survivor, token, thread_id, shown, session_id=chat.session_id
+    )
     assert LOST_WRITER_NOTE in answer["output"]
     assert continuation, "the rest of the answer"
     stored = stored_answers(survivor, token, thread_id)
