@@ -108,7 +108,7 @@ class Drain:
         def hand_on(sig: int) -> None:
             if callable(previous):
                 previous(sig, None)
-            else:  # nobody else handles it: the default action, as without a drain
+            elif previous != signal.SIG_IGN:  # nobody else handles it: the default action
                 signal.signal(sig, signal.SIG_DFL)
                 signal.raise_signal(sig)
 
