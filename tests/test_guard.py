@@ -379,9 +379,10 @@ def test_pieces_arriving_faster_than_a_ui_update_are_checked_together():
     released = ""
     for piece in split("x" * 3200, [1]):
         released += guard.feed(piece).release
-    # Each piece is checked until the first text is out (no delay to the first token); then
-    # at most one check per 32 characters.
-    first_out = len(guard.max_match * "x") + 1
+    # Each piece is checked until the first text is out (no delay to the first token: a first
+    # word no longer than a batch waits to be whole, a longer one goes out as it is checked);
+    # then at most one check per 32 characters.
+    first_out = guard.max_match + 32 + 1
     assert policy.checks <= first_out + 3200 / 32 + 1
     assert released, "text is released while it streams"
     assert guard.finish().release, "finish releases what is still held"
@@ -476,3 +477,53 @@ def test_a_phone_number_followed_by_more_digits_is_still_caught(text, sizes):
     released, guard = run_default(text, sizes, action="stop")
     assert guard.stopped and guard.record.violations[-1].kind == "phone"
     assert released == "Mobile: "
+
+
+PHRASES = BlocklistPolicy(["suar ki aulad", "darn"])
+
+
+def test_the_blocklist_holds_only_text_that_can_still_become_an_entry():
+    assert PHRASES.hold_from("the answer is w12 w13 ") == len("the answer is w12 w13 ")
+    assert PHRASES.hold_from("woh suar ki au") == len("woh ")
+    assert PHRASES.hold_from("woh 5u4r k") == len("woh "), "leetspeak folds as in find"
+    assert PHRASES.hold_from("so da") == len("so "), "a single word in progress"
+    assert PHRASES.hold_from("xdar") == len("xdar"), "not on a word boundary: never an entry"
+    assert PHRASES.hold_from("woh suar kiya") == len("woh suar kiya")
+
+
+@pytest.mark.parametrize("action", ["stop", "redact"])
+def test_a_blocked_phrase_is_never_shown_in_part_at_any_split(action):
+    text = "Woh toh suar ki aulad hai, aur baaki sab theek hai."
+    before, after = text.split("suar ki aulad")
+    cuts = [[text[:cut], text[cut:]] for cut in range(1, len(text))]
+    for pieces in cuts + [split(text, [size]) for size in (1, 2, 3, 5, 7)]:
+        guard = Guard([PHRASES], action=action)
+        released = ""
+        for piece in pieces:
+            step = guard.feed(piece)
+            released += step.release
+            if step.stopped:
+                break
+        else:
+            released += guard.finish().release
+        assert guard.record.violations, pieces
+        expected = before if action == "stop" else before + "[blocked word removed]" + after
+        assert released == expected, pieces
+
+
+def test_text_after_a_word_that_begins_no_entry_is_released_at_once():
+    guard = Guard(DEFAULT, check_every_chars=1, check_every_s=0.0)
+    released = ""
+    for index in range(40):
+        released += guard.feed(f"w{index} ").release
+        # Only the digits of the newest word wait (a number may go on after a space).
+        # (The first update is whole words.)
+        expected = "".join(f"w{i} " for i in range(index)) + ("w" if index > 1 else "")
+        assert released == expected, released[-20:]
+
+
+def test_the_first_update_is_a_whole_word_not_a_piece_of_one():
+    guard = Guard(DEFAULT, check_every_chars=1000, check_every_s=10.0, clock=lambda: 1.0)
+    releases = [guard.feed(f"w{index} ").release for index in range(5)]
+    first = next(release for release in releases if release)
+    assert first == "w0 ", releases

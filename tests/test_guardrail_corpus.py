@@ -5,6 +5,8 @@ passed through untouched."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +19,7 @@ from streamchat.guardrails import (
     SecretsPolicy,
     build_policies,
 )
+from streamchat.guardrails.normalize import Normalizer, normalize
 from streamchat.guardrails.policies import default_blocklist, label
 from streamchat.offline.lessons import lessons
 from tests.guardrail_corpus import NEGATIVES, POSITIVES
@@ -149,3 +152,67 @@ def test_common_hindi_and_urdu_abuse_in_roman_script_is_blocked(text):
 def test_default_configuration_uses_the_same_policies():
     names = [p.name for p in build_policies(GuardrailConfig())]
     assert names == ["pii", "secrets", "blocklist"]
+
+
+# --- the cheap first questions -----------------------------------------------------------------
+# The guard tells each policy where new matches can start (`since`): everything before has been
+# decided, so the policy asks its cheap question (four digits or an @; a format's prefix or a
+# secret's name) only from a little before there. These check that the question never skips a
+# match: wherever `since` falls up to a match's start, the match is still found.
+
+
+@pytest.mark.parametrize(("kind", "value", "sentence"), POSITIVES, ids=POSITIVE_IDS)
+def test_a_match_is_found_from_any_point_up_to_its_start(kind, value, sentence):
+    text = normalize("Pehle kuch aur baat, phir: " + sentence.format(v=value))
+    for policy in POLICIES:
+        whole = [m for m in policy.find(text) if m.kind == kind]
+        for match in whole:
+            for since in range(match.start + 1):
+                assert match in policy.find(text, since), (policy.name, since)
+
+
+@pytest.mark.parametrize(("kind", "value", "sentence"), POSITIVES, ids=POSITIVE_IDS)
+@pytest.mark.parametrize("action", ["stop", "redact"])
+def test_a_positive_split_in_two_anywhere_and_checked_at_every_piece_is_caught(
+    kind, value, sentence, action
+):
+    text = "Pehle kuch aur baat. " + sentence.format(v=value) + " Baaki sab theek."
+    for cut in range(1, len(text)):
+        guard = Guard(POLICIES, action=action, check_every_chars=1, check_every_s=0.0)
+        released = ""
+        for piece in (text[:cut], text[cut:]):
+            step = guard.feed(piece)
+            released += step.release
+            if step.stopped:
+                break
+        else:
+            released += guard.finish().release
+        assert kind in [v.kind for v in guard.record.violations], cut
+        assert not leaked(value, released, text), cut
+        assert guard.record.check_errors == 0, cut
+
+
+@pytest.mark.parametrize(("kind", "value", "sentence"), POSITIVES, ids=POSITIVE_IDS)
+def test_a_positive_fed_a_character_at_a_time_and_checked_at_each_is_caught(kind, value, sentence):
+    text = "Pehle kuch aur baat. " + sentence.format(v=value) + " Baaki sab theek."
+    guard = Guard(POLICIES, action="redact", check_every_chars=1, check_every_s=0.0)
+    released = "".join(guard.feed(char).release for char in text) + guard.finish().release
+    assert kind in [v.kind for v in guard.record.violations]
+    assert not leaked(value, released, text)
+    assert guard.record.check_errors == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.text(alphabet="ab1 \t\n\r.\u200bｂ", max_size=40),
+    cuts=st.lists(st.integers(0, 40), max_size=6),
+)
+def test_normalising_in_pieces_equals_normalising_the_whole(text, cuts):
+    normalizer = Normalizer()
+    points = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    for start, end in itertools.pairwise(points):
+        normalizer.feed(text[start:end])
+    whole = Normalizer()
+    whole.feed(text)
+    assert normalizer.window(0) == normalize(text) == whole.window(0)
+    assert normalizer.origin == whole.origin

@@ -129,6 +129,9 @@ class Guard:
         self._always_continue: dict[str, frozenset[str]] = {
             p.name: getattr(p, "always_continues", frozenset()) for p in self.policies
         }
+        self._accepts_since = {
+            p.name for p in self.policies if getattr(p, "accepts_since", False) is True
+        }
         self.record = GuardRecord(policies=tuple(p.name for p in self.policies))
         self._norm = Normalizer()
         self._unreleased = ""  # original text after the release point (bounded by the hold)
@@ -267,6 +270,8 @@ class Guard:
                 safe_norm = min(safe_norm, tentative_start)
             self._resume = safe_norm
             safe = self._norm.to_original(safe_norm) if safe_norm > 0 else 0
+            if self._released == 0:
+                safe = self._first_release(safe)
         out.append(self._take(safe))
         self._note_hold()
         return GuardStep(release="".join(out))
@@ -286,6 +291,23 @@ class Guard:
                 offset = 0  # fail closed: hold everything
             start = min(start, tail_start + max(0, offset))
         return start
+
+    def _first_release(self, safe: int) -> int:
+        """The first text shown ends between words: the UI sends its first update at once and
+        the next one an update interval later, so a first update cut inside a word ("w" of
+        "w0") would leave the first word waiting for that. Until a word is whole, nothing is
+        released and every piece is checked (the batching starts after the first release);
+        a first word longer than a batch is released as it is checked."""
+        if safe <= 0 or safe >= len(self._unreleased):
+            return safe
+        text = self._unreleased
+        if not (text[safe - 1].isalnum() and text[safe].isalnum()):
+            return safe
+        cut = safe
+        while cut > 0 and text[cut - 1].isalnum():
+            cut -= 1
+        # Text without spaces (Chinese, a long identifier) is released as it is.
+        return cut if safe - cut <= self.check_every_chars else safe
 
     def _goes_on(self, match: Match, policy: str) -> bool:
         """Whether the value may go on beyond the match: a match as long as its policy's cap
@@ -372,13 +394,19 @@ class Guard:
         split across any chunk boundary is seen whole, with the text just before it that a
         policy may look at."""
         end = len(self._norm)
-        start = max(0, min(self._resume, self._scanned) - _CONTEXT)
+        since = min(self._resume, self._scanned)
+        start = max(0, since - _CONTEXT)
         window = self._norm.window(start, end)
         decided: list[Match] = []
         still_open: dict[tuple[int, str], str] = {}
         for policy in self.policies:
             try:
-                found = policy.find(window)
+                # Everything before `since` is decided: a policy that can use it looks for new
+                # matches from there only (the window before it is context).
+                if policy.name in self._accepts_since:
+                    found = policy.find(window, since - start)  # type: ignore[call-arg]
+                else:
+                    found = policy.find(window)
             except Exception:
                 # A check that fails must not let text through: the whole window violates.
                 log.exception("guardrail policy %s failed; failing closed", policy.name)
@@ -394,7 +422,7 @@ class Guard:
                 # numbers go on after a separator ("4111 1111" + " 1111").
                 growing = absolute.end >= end - _GROWTH_MARGIN or match.pending
                 if growing and not final and absolute.kind != "check_error":
-                    if absolute.start >= end - self.max_match:
+                    if absolute.start >= end - self.max_match - _GROWTH_MARGIN:
                         still_open[(absolute.start, absolute.kind)] = policy.name
                         continue
                     # It has grown beyond max_match while still going on: decided now as a

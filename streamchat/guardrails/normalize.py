@@ -11,6 +11,7 @@ exactly.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 INVISIBLE = frozenset(
@@ -18,6 +19,10 @@ INVISIBLE = frozenset(
     "\u202a\u202b\u202c\u202d\u202e\u2060\u2061\u2062\u2063\u2064\u2066\u2067\u2068\u2069"
     "\u206a\u206b\u206c\u206d\u206e\u206f\u3164\ufeff\uffa0"
 )
+
+
+# ASCII text without these passes through unchanged: no whitespace but single spaces.
+_ASCII_CHANGES = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1f]|  ")
 
 
 class Normalizer:
@@ -32,6 +37,17 @@ class Normalizer:
     def feed(self, text: str) -> None:
         base = self.original_length
         chars, origin = self._chars, self.origin
+        if (
+            text.isascii()
+            and _ASCII_CHANGES.search(text) is None
+            and not (self._in_space and text[:1] == " ")
+        ):
+            # The common case, character for character: ASCII without runs of whitespace.
+            chars.extend(text)
+            origin.extend(range(base, base + len(text)))
+            self._in_space = text[-1:] == " " if text else self._in_space
+            self.original_length += len(text)
+            return
         for offset, char in enumerate(text):
             if char in INVISIBLE:
                 continue

@@ -51,7 +51,10 @@ class Policy(Protocol):
     match stops the stream instead of being redacted. And it may define
     `hold_from(text) -> int`: the position in `text` (the newest max_match characters) from
     which a match still in progress could start; text before it can be released at once.
-    Without it, hold mode holds the full max_match characters."""
+    Without it, hold mode holds the full max_match characters. A policy whose `find` takes
+    `since` (and says so with `accepts_since = True`) is told where in the text new matches
+    can start: the guard has decided everything before, so the policy's cheap first question
+    needs to look only from there on (see `find`)."""
 
     name: str
     max_match: int
@@ -176,8 +179,12 @@ _IFSC = re.compile(r"(?<![A-Za-z0-9])[A-Z]{4}0[A-Z0-9]{6}(?![A-Za-z0-9])")
 _ACCOUNT = re.compile(r"(?<![\w.,-])\d{9,18}(?![\w-]|[.,]\d)")
 _IFSC_NEAR = 40
 _DIGITS = re.compile(r"\d")
-# Every kind has an @ or four digits close together ("1234", "12 34" in a UK NI number).
+# Every kind has an @ or four digits close together ("1234", "12 34" in a UK NI number),
+# inside the match itself.
 _WORTH_A_LOOK = re.compile(r"\d\d[ -]?\d\d|@")
+# How far before a match its cheap question's answer can start (none for these kinds; a
+# little slack for the separators).
+_PII_REACH = 4
 
 
 def _card_ok(value: str) -> bool:
@@ -249,6 +256,7 @@ class PiiPolicy:
 
     name = "pii"
     max_match = 80
+    accepts_since = True
     # Match ends for a match that outgrew max_match (redact mode reads on to them).
     continuations: ClassVar[Mapping[str, re.Pattern[str]]] = {
         "email": re.compile(r"(?=[^A-Za-z0-9._%+@-])")
@@ -271,8 +279,11 @@ class PiiPolicy:
             break
         return start
 
-    def find(self, text: str) -> list[Match]:
-        if _WORTH_A_LOOK.search(text) is None:
+    def find(self, text: str, since: int = 0) -> list[Match]:
+        """Matches in `text`. With `since`, [] when no match can start at or after it (what
+        the cheap question would find lies inside each match, so it is asked from there on);
+        otherwise every match in `text`, as without it."""
+        if _WORTH_A_LOOK.search(text, max(0, since - _PII_REACH)) is None:
             return []  # most prose stops here
         found: list[Match] = []
         if "@" in text:
@@ -555,6 +566,27 @@ _SHAPES: tuple[_Shape, ...] = (
         ),
     ),
 )
+# What each format's pattern cannot match without (in the text as it is, or lower-cased for
+# the patterns that ignore case): a shape is tried only where one of these occurs.
+_NEEDLES: dict[str, tuple[tuple[str, ...], bool]] = {
+    "private_key": (("-----BEGIN ",), False),
+    "anthropic_key": (("sk-ant-",), False),
+    "openai_key": (("sk-",), False),
+    "google_api_key": (("AIza",), False),
+    "aws_access_key": (("AKIA", "ASIA", "ABIA", "ACCA", "A3T"), False),
+    "aws_secret_key": (("key",), True),
+    "azure_storage_key": (("accountkey=",), True),
+    "github_token": (("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), False),
+    "gitlab_token": (("gl",), False),
+    "slack_webhook": (("https://hooks.slack.com/",), False),
+    "slack_token": (("xox", "xapp-"), False),
+    "stripe_key": (("k_live_",), False),
+    "sendgrid_key": (("SG.",), False),
+    "twilio_key": (("SK", "AC"), False),
+    "jwt": (("eyJ",), False),
+    "bearer_token": (("bearer ",), True),
+    "password": (("://",), False),
+}
 _SECRET_NAMES = (
     r"password|passwd|passphrase|pwd|secret|api[_-]?key|apikey|access[_-]?key|auth[_-]?token"
     r"|access[_-]?token|refresh[_-]?token|token|client[_-]?secret|private[_-]?key|credentials?"
@@ -580,9 +612,16 @@ _PENDING_REACH = 64  # the longest tail a pending header or assignment can have
 _PENDING_WORDS = 5  # and the most words ("-----BEGIN ENCRYPTED PRIVATE KEY", "token = value")
 _TRIGGER = re.compile(
     r"-----BEGIN|sk-|AIza|A(?:KIA|SIA|BIA|CCA|3T)|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
-    r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|"
+    r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|@|"
     r"(?i:bearer |(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
 )
+# How far before a match its trigger can start: a value found by the name before it
+# ("credentials" ": " '"' is 17 characters; an AWS "SecretAccessKey" name with its separators
+# less). A password in a URL has its "@" after it, so the scheme may be any distance back.
+_TRIGGER_REACH = 24
+# The names a pending assignment or bearer token can have all hold one of these (in text
+# already normalised: Unicode letters that case-fold to these are ASCII by then).
+_NAME_PARTS = ("pass", "pwd", "secret", "key", "token", "creden", "bearer")
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----")
 
 
@@ -616,6 +655,7 @@ class SecretsPolicy:
 
     name = "secrets"
     max_match = 100
+    accepts_since = True
     open_ended = True  # keys and tokens have no fixed length: matches are capped at max_match
     # kind -> where a match that may go on beyond max_match ends
     continuations: ClassVar[Mapping[str, re.Pattern[str]]] = {
@@ -637,17 +677,31 @@ class SecretsPolicy:
         for _ in range(_PENDING_WORDS):
             reach = text.rfind(" ", 0, max(0, reach - 1)) + 1
         reach = max(reach, len(text) - _PENDING_REACH)
-        for pattern in (_PENDING_PEM, _PENDING_ASSIGNMENT):
-            pending = pattern.search(text, reach)
+        # Each pattern only where its fixed part occurs (most text has neither).
+        tail = text[reach:]
+        lowered = tail.lower()
+        for pattern, worth_a_look in (
+            (_PENDING_PEM, "-" in tail),
+            (_PENDING_ASSIGNMENT, any(part in lowered for part in _NAME_PARTS)),
+        ):
+            pending = pattern.search(text, reach) if worth_a_look else None
             if pending is not None:
                 start = min(start, text.rfind(" ", 0, pending.start()) + 1)
         return start
 
-    def find(self, text: str) -> list[Match]:
-        if _TRIGGER.search(text) is None:
+    def find(self, text: str, since: int = 0) -> list[Match]:
+        """Matches in `text`. With `since`, [] when no match can start at or after it (its
+        format's prefix, its name or its "@" lies within _TRIGGER_REACH before the match or
+        inside it); otherwise every match in `text`, as without it."""
+        if _TRIGGER.search(text, max(0, since - _TRIGGER_REACH)) is None:
             return []  # no format's prefix and no secret's name: most prose stops here
         found: list[Match] = []
+        lowered = text.lower()
         for shape in _SHAPES:
+            needles, folded = _NEEDLES[shape.kind]
+            haystack = lowered if folded else text
+            if not any(needle in haystack for needle in needles):
+                continue
             for m in shape.pattern.finditer(text):
                 if shape.kind == "password":
                     if _connection_password(m):
@@ -658,7 +712,10 @@ class SecretsPolicy:
                 if shape.valid is not None and not shape.valid(m.group(group)):
                     continue
                 found.append(Match(start, min(end, start + self.max_match), shape.kind))
-        for m in _ASSIGNMENT.finditer(text):
+        assignments = (
+            _ASSIGNMENT.finditer(text) if any(part in lowered for part in _NAME_PARTS) else ()
+        )
+        for m in assignments:
             raw = m.group(3)
             value = _TRAILING_PUNCTUATION.sub("", raw)
             start = m.start(3)
@@ -697,6 +754,7 @@ class BlocklistPolicy:
     Aho-Corasick automaton: one pass over the text whatever the size of the list."""
 
     name = "blocklist"
+    accepts_since = True
 
     def __init__(self, entries: Iterable[str]) -> None:
         words = sorted({" ".join(fold(e).split()) for e in entries if e.strip()})
@@ -704,24 +762,39 @@ class BlocklistPolicy:
         for word in words:
             self.automaton.add_word(word, len(word))
         self.max_match = max((len(w) for w in words), default=1)
-        self._phrases = any(" " in w for w in words)
+        # Every beginning of an entry: text still being written can only become an entry
+        # where its end is one of these.
+        self._prefixes = frozenset(w[:i] for w in words for i in range(1, len(w) + 1))
         self._empty = not words
         if words:
             self.automaton.make_automaton()
 
     def hold_from(self, text: str) -> int:
-        """A word in progress can only be the last word (unless entries have spaces), and
-        starts at most max_match - 1 characters back."""
-        latest = max(0, len(text) - (self.max_match - 1))
-        return latest if self._phrases else max(latest, trailing_word_start(text))
+        """An entry in progress starts on a word boundary at most max_match - 1 characters
+        back, and what follows its start, folded, is the beginning of an entry: the earliest
+        such start (len(text) when there is none, as after most words)."""
+        first = max(0, len(text) - (self.max_match - 1))
+        folded = fold(text[first:])
+        for offset in range(len(folded)):
+            start = first + offset
+            if folded[offset:] in self._prefixes and (
+                start == 0 or not _is_word_char(text[start - 1])
+            ):
+                return start
+        return len(text)
 
-    def find(self, text: str) -> list[Match]:
+    def find(self, text: str, since: int = 0) -> list[Match]:
+        """Entries in `text` on word boundaries; with `since`, only those starting at or after
+        it (the character before it is read for the boundary)."""
         if self._empty:
             return []
-        folded = fold(text)
+        base = max(0, since - 1)
+        folded = fold(text[base:])
         found = []
         for end_index, length in self.automaton.iter(folded):
-            start, end = end_index - length + 1, end_index + 1
+            start, end = base + end_index - length + 1, base + end_index + 1
+            if start < since:
+                continue
             before = text[start - 1] if start > 0 else " "
             after = text[end] if end < len(text) else " "
             if not _is_word_char(before) and not _is_word_char(after):
