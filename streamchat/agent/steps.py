@@ -146,7 +146,10 @@ async def answer(
         await steps.close()
     line = turns_line(steps.usage) if chat.options.show_metrics else None
     if line is not None and sink.message.id:
-        await cl.Message(content=f"*{line}*", parent_id=sink.message.id, author="agent").send()
+        # Under the answer's stats line, in the same message (its stored answer text, kept in
+        # its metadata for the history, is unchanged).
+        sink.message.content = f"{sink.message.content}\n\n*{line}*"
+        await sink.message.update()
     return result
 
 
