@@ -71,6 +71,10 @@ FAST_INTEGRATION = (
     "tests/test_classroom_integration.py::test_raw_chunks_token_view_and_timeline",
     "tests/test_classroom_integration.py::test_guardrail_demo_holds_back_and_stops",
     "tests/test_classroom_integration.py::test_fault_demo_cuts_the_stream",
+    "tests/test_offline_tools.py",
+    "tests/test_agent_offline_integration.py::test_the_offline_model_calls_the_calculator_",
+    "tests/test_agent_offline_integration.py::test_sse_agent_mode_on_the_offline_model",
+    "tests/test_agent_offline_integration.py::test_the_console_agent_on_the_offline_model",
 )
 SLOW = {
     "tests/test_many_streams.py": "a load test: hundreds of chat sessions at once",
