@@ -23,7 +23,7 @@ except ImportError:
     _chainlit_chat_contexts = None  # type: ignore[assignment]
 
 from streamchat.agent import steps as agent_ui
-from streamchat.chat import ChatSession
+from streamchat.chat import ChatSession, retried_question
 from streamchat.classroom import ui as classroom_ui
 from streamchat.core.errors import ConfigError
 from streamchat.core.paint import PAINTED_EVENT, PaintAcks
@@ -172,8 +172,19 @@ async def _show_error(text: str, actions: list[cl.Action] | None = None) -> None
         await action.send(for_id=message.id)
 
 
-def _action(name: str, label: str) -> cl.Action:
-    return cl.Action(name=name, label=label, payload={})
+def _action(name: str, label: str, payload: dict[str, Any] | None = None) -> cl.Action:
+    return cl.Action(name=name, label=label, payload=payload or {})
+
+
+def _answer_actions(chat: ChatSession) -> Callable[[str, str], cl.Action]:
+    """The buttons under an answer. Retry carries its question: a replica that has not seen
+    the failed answer (the page's socket moved after a failover) can still ask it again."""
+
+    def make(name: str, label: str) -> cl.Action:
+        question = chat.history.last_question() if name == "retry" else None
+        return _action(name, label, {"question": question} if question else None)
+
+    return make
 
 
 # Pages with public/paint_ack.js say which stream updates they have painted (core/paint.py).
@@ -190,7 +201,7 @@ def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
     sink = ChainlitSink(
         message,
         notify_error=_show_error,
-        make_action=_action,
+        make_action=_answer_actions(chat),
         show_metrics=chat.options.show_metrics,
         updates=_socket_updates(),
         paint=_paint_acks.track(message.id),
@@ -421,10 +432,12 @@ async def on_retry(action: cl.Action) -> None:
 
     async def retry() -> None:
         # Inside the limits: a refused retry leaves the question where it was.
-        question = chat.take_unanswered_question()
-        if question is not None and agent_ui.is_agent() and _runtime is not None:
+        question = chat.take_unanswered_question() or retried_question(action.payload)
+        if question is None:
+            await _show_error("There is no question to retry here: please ask it again.")
+        elif agent_ui.is_agent() and _runtime is not None:
             await agent_ui.answer(_runtime, chat, question, _sink(chat))
-        elif question is not None:
+        else:
             await chat.answer(question, _sink(chat))
 
     _start_stoppable_task(_within_limits(retry))

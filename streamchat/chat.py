@@ -55,6 +55,12 @@ def fitted_request(
     )
 
 
+def retried_question(payload: object) -> str | None:
+    """The question a Retry button carries (see app.py), if it carries one."""
+    question = payload.get("question") if isinstance(payload, dict) else None
+    return question if isinstance(question, str) and question.strip() else None
+
+
 @dataclass(frozen=True, slots=True)
 class ChatOptions:
     """What the user can change during a chat (Chainlit chat settings)."""

@@ -156,6 +156,48 @@ async def test_an_answer_whose_replica_is_killed_is_shown_interrupted_and_contin
     assert metadata(stored[-1])["reason"] == "complete", "the continuation finished"
 
 
+async def test_retry_pressed_after_a_failover_asks_the_question_again_on_the_other_replica(
+    shared, survivor
+):
+    with AppProcess({**shared, "STREAM_RETRIES": "0"}) as doomed:
+        token = login(doomed.url, "alice", PASSWORD)
+        chat = await ChainlitClient(doomed.url, access_token=token).connect()
+        # The request fails before any text (once: the model answers the next one).
+        await chat.send("What is a token? [fault: 503 times=1]")
+        retry = await chat.wait_for(
+            lambda e: e.name == "action" and e.data.get("name") == "retry", within=30
+        )
+        thread_id = next(
+            str(e.data["thread_id"]) for e in chat.events if e.name == "first_interaction"
+        )
+        os.kill(doomed.pid, signal.SIGKILL)
+        await chat.close()
+
+    # The page reconnects to the other replica with its session and thread; its Retry button
+    # is still on screen, and the person presses it there.
+    page = ChainlitClient(survivor.url, access_token=token, thread_id=thread_id)
+    page.session_id = chat.session_id
+    try:
+        await page.connect()
+        mark = len(page.events)
+        async with httpx2.AsyncClient(
+            base_url=survivor.url, timeout=30, cookies={"access_token": token}
+        ) as http:
+            response = await http.post(
+                "/project/action", json={"sessionId": page.session_id, "action": retry.data}
+            )
+        assert response.status_code == 200
+        end = await page.wait_for(lambda e: e.name == "task_end", start=mark, within=90)
+        answers = [
+            e.data["output"]
+            for e in page.events[mark : page.events.index(end)]
+            if e.name == "new_message" and e.data.get("type") == "assistant_message"
+        ]
+        assert answers and "token" in strip_footer(answers[-1]).lower(), "the question answered"
+    finally:
+        await page.close()
+
+
 async def test_sigterm_drains_saves_the_answer_interrupted_and_refuses_new_messages(
     shared, survivor
 ):

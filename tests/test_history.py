@@ -3,6 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamchat.chat import retried_question
 from streamchat.core.history import Conversation, estimate_tokens, fit_to_budget, message_tokens
 from streamchat.core.types import ChatMessage, EndReason
 
@@ -114,3 +115,19 @@ def test_fitting_keeps_a_suffix_that_starts_with_a_question(turns, budget, with_
         over = sum(message_tokens(m) for m in fitted.messages) > budget
         # Over budget only when nothing but the current exchange is left.
         assert not over or all(m.role != "user" for m in kept[1:])
+
+
+def test_the_last_question_is_the_last_user_turn_whatever_came_after():
+    conversation = Conversation()
+    assert conversation.last_question() is None
+    conversation.add_user("first")
+    conversation.add_assistant("an answer", EndReason.COMPLETE)
+    conversation.add_user("second")
+    conversation.add_assistant("", EndReason.ERROR)
+    assert conversation.last_question() == "second"
+
+
+def test_a_retry_button_carries_a_question_only_when_it_has_a_real_one():
+    assert retried_question({"question": "What is a token?"}) == "What is a token?"
+    for payload in ({}, {"question": "  "}, {"question": 42}, None, "What is a token?"):
+        assert retried_question(payload) is None

@@ -72,6 +72,13 @@ class Conversation:
         last = self._turns[-1]
         self._turns[-1] = Turn("assistant", last.content + text, ended)
 
+    def last_question(self) -> str | None:
+        """What the user asked last, if anything."""
+        for turn in reversed(self._turns):
+            if turn.role == "user":
+                return turn.content
+        return None
+
     def take_unanswered_question(self) -> str | None:
         """Remove and return the last question if its answer failed before any text."""
         if len(self._turns) >= 2:
