@@ -23,6 +23,7 @@ from streamchat.core.relay import (
     StreamRun,
     refused_input_result,
 )
+from streamchat.core.sharing import SharedAnswers, SharedRun
 from streamchat.core.sinks import Sink
 from streamchat.core.types import Delta
 from streamchat.guardrails import (
@@ -157,6 +158,9 @@ class Pipeline:
     max_input_chars: int = 32_000
     metrics: ProcessMetrics = PROCESS_METRICS
     show_reasoning: bool = True  # a reasoning model's thinking shown (always out of the answer)
+    # Identical requests share one upstream stream, and complete answers may be replayed
+    # (SHARED_ANSWERS, ANSWER_CACHE_TTL_S); None: every request goes upstream.
+    sharing: SharedAnswers | None = None
 
     def unstreamed(self) -> DeltaSource | None:
         """The same provider asked without streaming (for comparisons); None when the source
@@ -202,19 +206,32 @@ class Pipeline:
         with moderation when the guardrails ask for it. A reasoning model's thinking takes the
         same way beside the answer, through a guard of its own (`show_reasoning`: a chat's
         choice, else the pipeline's)."""
-        run = StreamRun(
-            source or self.source,
-            CoalescingSink(sink, interval_s=self.flush_interval_s),
+        config = self.guardrails if guardrails is None else guardrails
+        coalescing = CoalescingSink(sink, interval_s=self.flush_interval_s)
+        options = dict(
             stream_id=stream_id,
             resilience=self.resilience,
             metrics=self.metrics,
             on_delta=on_delta,
             show_reasoning=self.show_reasoning if show_reasoning is None else show_reasoning,
         )
-        config = self.guardrails if guardrails is None else guardrails
+        run: StreamRun
+        if self.sharing is not None and source is None and on_delta is None:
+            # Shared only from the pipeline's own provider, and not for views of the raw
+            # chunks (their arrival is what those views show).
+            view = self.sharing.view(self.source, self._sharing_context(config))
+            run = SharedRun(view, coalescing, **options)
+        else:
+            run = StreamRun(source or self.source, coalescing, **options)  # type: ignore[arg-type]
         if config.enabled:
             run.guard = build_guard(config, stream_id=run.stream_id)
             run.reasoning_guards = partial(build_guard, config, stream_id=run.stream_id)
             if config.moderated:
                 run.moderator = self.moderator
         return run
+
+    def _sharing_context(self, config: GuardrailConfig) -> str:
+        """What shapes an answer besides its request: the provider and the guardrails (hashed
+        into the fingerprint, never shown)."""
+        provider = getattr(self.source, "label", type(self.source).__qualname__)
+        return f"{provider}|{config!r}"

@@ -17,6 +17,7 @@ from streamchat.core.errors import ConfigError, ProviderError
 from streamchat.core.metrics import PROCESS_METRICS
 from streamchat.core.provider import Provider
 from streamchat.core.relay import Resilience
+from streamchat.core.sharing import SharedAnswers
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
 from streamchat.hosting.limits import RateLimiter
 from streamchat.offline import OfflineServer
@@ -52,6 +53,13 @@ class Runtime:
         # Per-user limits, in this process or in Redis; None when no limit is set.
         self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits.enabled else None
         self._services: list[Service] = []
+        # Identical questions share one upstream answer; complete answers may be replayed.
+        self.sharing = SharedAnswers.configured(
+            settings.shared_answers,
+            settings.answer_cache_ttl_s,
+            settings.answer_cache_max_mb,
+            login=settings.login,
+        )
 
     def attach(self, service: Service) -> None:
         """Start `service` with this Runtime and close it at shutdown. Call before start()."""
@@ -180,6 +188,7 @@ class Runtime:
             ),
             max_input_chars=settings.max_input_chars,
             show_reasoning=settings.show_reasoning,
+            sharing=self.sharing,
         )
 
     async def available_models(self) -> list[str]:

@@ -259,6 +259,23 @@ VARIABLES: dict[str, Variable] = {
             hint="redis://localhost:6379/0",
         ),
         Variable(
+            "SHARED_ANSWERS",
+            "choice",
+            "off",
+            "Identical questions share one upstream answer.",
+            choices=("off", "on", "all"),
+        ),
+        Variable(
+            "ANSWER_CACHE_TTL_S",
+            "number",
+            "0",
+            "Seconds a complete answer is replayed from cache.",
+            0,
+            604800,
+            hint="0 means no cache",
+        ),
+        Variable("ANSWER_CACHE_MAX_MB", "number", "64", "Memory for cached answers.", 0.1, 65536),
+        Variable(
             "FORWARDED_ALLOW_IPS",
             "list",
             "",
@@ -461,6 +478,10 @@ class Settings:
     sse_keepalive_s: float = 15.0
     sse_ttl_s: float = 300.0
     guardrails: GuardrailConfig = field(default_factory=GuardrailConfig)
+    shared_answers: str = "off"  # off | on | all (sharing.py)
+    answer_cache_ttl_s: float = 0.0  # 0: no answer cache
+    answer_cache_max_mb: float = 64.0
+    login: bool = False  # CHAINLIT_AUTH_SECRET set: answers are per user
 
     @property
     def offline(self) -> bool:
@@ -519,6 +540,10 @@ class Settings:
             sse_keepalive_s=read.number("SSE_KEEPALIVE_S"),
             sse_ttl_s=read.number("SSE_TTL_S"),
             guardrails=_guardrails(read, api_key, base_url),
+            shared_answers=read.choice("SHARED_ANSWERS"),
+            answer_cache_ttl_s=read.number("ANSWER_CACHE_TTL_S"),
+            answer_cache_max_mb=read.number("ANSWER_CACHE_MAX_MB"),
+            login=bool(read.text("CHAINLIT_AUTH_SECRET")),
         )
 
 

@@ -30,6 +30,9 @@ class StreamStats:
     # and its tokens (of completion_tokens: reported by the provider, or one per chunk).
     first_reasoning_s: float | None = None
     reasoning_tokens: int = 0
+    # Where the answer came from: its own upstream request ("live"), another viewer's request
+    # for the very same question ("shared"), or the answer cache ("cache"); see sharing.py.
+    source: str = "live"
 
     @property
     def tokens_per_second(self) -> float | None:
@@ -64,6 +67,10 @@ class StreamStats:
         if self.attempts > 1:
             resumed = f", resumed {self.resumes}×" if self.resumes else ""
             parts.append(f"{self.attempts} attempts{resumed}")
+        if self.source == "shared":
+            parts.append("shared")
+        elif self.source == "cache":
+            parts.append("from cache")
         return " · ".join(parts)
 
     def as_log_fields(self) -> dict[str, object]:
@@ -84,6 +91,7 @@ class StreamStats:
             if self.first_reasoning_s is None
             else round(self.first_reasoning_s, 4),
             "reasoning_tokens": self.reasoning_tokens,
+            "source": self.source,
         }
 
 
@@ -240,6 +248,16 @@ class ProcessMetrics:
             ["policy"],
             registry=self.registry,
         )
+        self.shared_answers = Counter(
+            "streamchat_shared_answers",
+            "Answers that joined another viewer's upstream request for the same question.",
+            registry=self.registry,
+        )
+        self.cache_hits = Counter(
+            "streamchat_cache_hits",
+            "Answers replayed from the answer cache, with no upstream request.",
+            registry=self.registry,
+        )
         self.guardrail_check_errors = Counter(
             "streamchat_guardrail_check_errors",
             "Guardrail checks that failed or timed out, by policy.",
@@ -249,6 +267,10 @@ class ProcessMetrics:
 
     def record(self, stats: StreamStats, reason: str, error_kind: str | None) -> None:
         self.streams.labels(reason=reason).inc()
+        if stats.source == "shared":
+            self.shared_answers.inc()
+        elif stats.source == "cache":
+            self.cache_hits.inc()
         self.tokens.inc(stats.completion_tokens)
         if stats.first_token_s is not None:
             self.first_token_seconds.observe(stats.first_token_s)

@@ -1,0 +1,329 @@
+"""Shared answers: identical requests asked at the same time share one upstream stream, and a
+complete answer may be kept for a while and replayed to an identical later request.
+
+A class often asks the same starter question within seconds; on one API key that is one billed,
+rate-limited request per student for the same answer. `SharedAnswers` keys each request by a
+fingerprint (a hash, never logged as text) of everything that shapes the answer: the provider,
+the model, every message, the sampling settings and the context the pipeline adds (language,
+guardrails). The first request streams upstream into a broadcast log; a joiner replays what is
+recorded at once, then follows live. Each viewer keeps its own run (guard, coalescer, sink,
+pace), so each screen goes at its own pace and one viewer's Stop ends only its view; the
+upstream is closed when the last viewer leaves. A complete answer (finish "stop", the viewer's
+run complete) goes into an LRU `AnswerCache` with a time to live, replayed at the recorded
+pace (gaps capped) with no upstream request. Within one process; no I/O libraries here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+from streamchat.core.errors import StreamBroken
+from streamchat.core.relay import DeltaSource, StreamResult, StreamRun
+from streamchat.core.types import ChatRequest, Delta, EndReason
+
+__all__ = [
+    "SHARING_MODES",
+    "AnswerCache",
+    "SharedAnswers",
+    "SharedRun",
+    "SharedView",
+    "fingerprint",
+]
+
+SHARING_MODES = ("off", "on", "all")
+MAX_REPLAY_GAP_S = 0.1  # a cached answer's longest pause between pieces on replay
+
+Recorded = tuple[tuple[float, Delta], ...]  # (seconds from the request, piece)
+
+
+def fingerprint(request: ChatRequest, context: str = "") -> str:
+    """A hash of everything in `request` that shapes the answer, and `context` (what the
+    pipeline adds: provider, guardrails, language). Equal only for the very same request."""
+    shape = {
+        "context": context,
+        "model": request.model,
+        "messages": [m.as_dict() for m in request.messages],
+        "temperature": request.temperature,
+        "max_tokens": request.max_tokens,
+        "headers": sorted(request.extra_headers.items()),
+    }
+    text = json.dumps(shape, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _size(recorded: Recorded) -> int:
+    """Roughly the bytes a recorded answer holds."""
+    return sum(
+        64
+        + len(d.text.encode("utf-8", "replace"))
+        + len(d.reasoning.encode("utf-8", "replace"))
+        + len(d.raw.encode("utf-8", "replace"))
+        for _, d in recorded
+    )
+
+
+class AnswerCache:
+    """Complete answers by fingerprint, each kept `ttl_s`, at most `max_bytes` in all (the
+    least recently used go first). `clock` is injectable so tests need not wait."""
+
+    def __init__(
+        self, ttl_s: float, max_bytes: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, Recorded, int]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> Recorded | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, recorded, _ = entry
+        if self._clock() >= expires:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return recorded
+
+    def put(self, key: str, recorded: Recorded) -> None:
+        size = _size(recorded)
+        if self.ttl_s <= 0 or size > self.max_bytes:
+            return
+        if key in self._entries:
+            self._drop(key)
+        self._entries[key] = (self._clock() + self.ttl_s, recorded, size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: str) -> None:
+        _, _, size = self._entries.pop(key)
+        self.bytes -= size
+
+
+@dataclass(eq=False, slots=True)
+class _Broadcast:
+    """One upstream stream and what it sent so far, followed by its viewers."""
+
+    key: str
+    started: float
+    pieces: list[tuple[float, Delta]] = field(default_factory=list)
+    done: bool = False
+    error: BaseException | None = None
+    viewers: int = 0
+    task: asyncio.Task[None] | None = None
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        wake, self._wake = self._wake, asyncio.Event()
+        wake.set()
+
+    async def changed(self) -> None:
+        await self._wake.wait()
+
+    @property
+    def complete(self) -> bool:
+        """Ended by the model's own stop, with no error."""
+        return (
+            self.done
+            and self.error is None
+            and any(d.finish_reason == "stop" for _, d in self.pieces)
+        )
+
+
+class SharedAnswers:
+    """The hub: live broadcasts by fingerprint (when `share`) and the answer cache (when
+    given). `eligible` says whether a request may be shared or cached at all (privacy)."""
+
+    def __init__(
+        self,
+        *,
+        share: bool = True,
+        cache: AnswerCache | None = None,
+        eligible: Callable[[ChatRequest], bool] = lambda _request: True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.share = share
+        self.cache = cache
+        self.eligible = eligible
+        self._clock = clock
+        self._sleep = sleep
+        self._live: dict[str, _Broadcast] = {}
+        self.upstream_requests = 0  # requests this hub sent upstream (for tests and benchmarks)
+
+    @classmethod
+    def configured(
+        cls, mode: str, ttl_s: float, max_mb: float, *, login: bool
+    ) -> SharedAnswers | None:
+        """The hub the settings ask for; None when sharing and the cache are both off. With
+        login on, mode "on" shares only requests without earlier turns (no user's history)."""
+        if mode not in SHARING_MODES:
+            raise ValueError(f"sharing mode must be one of {', '.join(SHARING_MODES)}")
+        if mode == "off" and ttl_s <= 0:
+            return None
+        cache = AnswerCache(ttl_s, int(max_mb * 1024 * 1024)) if ttl_s > 0 else None
+        eligible = without_history if login and mode != "all" else (lambda _request: True)
+        return cls(share=mode != "off", cache=cache, eligible=eligible)
+
+    @property
+    def live(self) -> int:
+        """Upstream streams now being shared."""
+        return len(self._live)
+
+    def view(self, source: DeltaSource, context: str = "") -> SharedView:
+        """A DeltaSource for one viewer's run: `source` is asked only when needed."""
+        return SharedView(self, source, context)
+
+    # --- the leader's side -------------------------------------------------------------------
+
+    def _open(self, key: str, source: DeltaSource, request: ChatRequest) -> _Broadcast:
+        broadcast = _Broadcast(key, self._clock())
+        if self.share:
+            self._live[key] = broadcast
+        self.upstream_requests += 1
+        broadcast.task = asyncio.create_task(self._pump(broadcast, source, request))
+        return broadcast
+
+    async def _pump(self, broadcast: _Broadcast, source: DeltaSource, request: ChatRequest) -> None:
+        """Read the upstream stream into `broadcast`, whatever pace its viewers keep."""
+        try:
+            async with contextlib.aclosing(source.stream(request)) as deltas:
+                async for delta in deltas:
+                    broadcast.pieces.append((self._clock() - broadcast.started, delta))
+                    broadcast.notify()
+        except asyncio.CancelledError:
+            broadcast.error = asyncio.CancelledError()
+            raise
+        except Exception as exc:  # a provider error goes to every viewer, who may retry
+            broadcast.error = exc
+        finally:
+            broadcast.done = True
+            if self._live.get(broadcast.key) is broadcast:
+                del self._live[broadcast.key]
+            broadcast.notify()
+
+    def _leave(self, broadcast: _Broadcast) -> None:
+        broadcast.viewers -= 1
+        if broadcast.viewers <= 0 and not broadcast.done and broadcast.task is not None:
+            # The last viewer left: nobody wants the rest, so the upstream is closed now.
+            if self._live.get(broadcast.key) is broadcast:
+                del self._live[broadcast.key]
+            broadcast.task.cancel()
+
+
+def without_history(request: ChatRequest) -> bool:
+    """True when `request` holds no earlier turns: system prompts and one user message."""
+    return [m.role for m in request.messages if m.role != "system"] == ["user"]
+
+
+class SharedView:
+    """One viewer's source: the answer from the cache, from a broadcast another viewer
+    started, or from a broadcast of its own. `origin` says which, once `stream` began."""
+
+    def __init__(self, hub: SharedAnswers, source: DeltaSource, context: str) -> None:
+        self.hub = hub
+        self.source = source
+        self.context = context
+        self.origin = "live"
+        self._key: str | None = None
+        self._broadcast: _Broadcast | None = None  # the last one followed
+
+    async def stream(
+        self, request: ChatRequest, *, pace: Callable[[], float | None] | None = None
+    ) -> AsyncGenerator[Delta, None]:
+        hub = self.hub
+        if not hub.eligible(request):
+            self._key = self._broadcast = None
+            self.origin = "live"
+            async with contextlib.aclosing(self.source.stream(request, pace=pace)) as deltas:
+                async for delta in deltas:
+                    yield delta
+            return
+        key = self._key = fingerprint(request, self.context)
+        cached = hub.cache.get(key) if hub.cache is not None else None
+        if cached is not None:
+            self.origin, self._broadcast = "cache", None
+            before = 0.0
+            for offset, delta in cached:
+                gap = min(max(offset - before, 0.0), MAX_REPLAY_GAP_S)
+                before = offset
+                if gap > 0:
+                    await hub._sleep(gap)
+                yield delta
+            return
+        broadcast = hub._live.get(key) if hub.share else None
+        if broadcast is None:
+            broadcast = hub._open(key, self.source, request)
+            # A retry or resume of a shared answer counts as shared still.
+            self.origin = "live" if self.origin != "shared" else "shared"
+        else:
+            self.origin = "shared"
+        self._broadcast = broadcast
+        broadcast.viewers += 1
+        try:
+            seen = 0
+            while True:
+                while seen < len(broadcast.pieces):
+                    yield broadcast.pieces[seen][1]
+                    seen += 1
+                if broadcast.done:
+                    if seen < len(broadcast.pieces):
+                        continue
+                    error = broadcast.error
+                    if isinstance(error, asyncio.CancelledError):
+                        raise StreamBroken(
+                            "The shared answer was closed before it ended.", cause="dropped"
+                        )
+                    if error is not None:
+                        raise error
+                    return
+                await broadcast.changed()
+        finally:
+            hub._leave(broadcast)
+
+    def settle(self, result: StreamResult) -> None:
+        """After the viewer's run: a complete answer from upstream goes into the cache."""
+        broadcast, cache = self._broadcast, self.hub.cache
+        if (
+            cache is None
+            or broadcast is None
+            or self._key is None
+            or result.reason is not EndReason.COMPLETE
+            or not broadcast.complete
+        ):
+            return
+        cache.put(self._key, tuple(broadcast.pieces))
+
+
+class SharedRun(StreamRun):
+    """A StreamRun over a SharedView: its stats, log line and metrics say where the answer
+    came from, and a complete answer is offered to the cache."""
+
+    view: SharedView
+
+    def __init__(self, view: SharedView, *args: object, **kwargs: object) -> None:
+        super().__init__(view, *args, **kwargs)  # type: ignore[arg-type]
+        self.view = view
+
+    def _marked(self, result: StreamResult) -> StreamResult:
+        return replace(result, stats=replace(result.stats, source=self.view.origin))
+
+    async def run(self, request: ChatRequest, *, continuing: str | None = None) -> StreamResult:
+        return self._marked(await super().run(request, continuing=continuing))
+
+    async def _finish(self, result: StreamResult) -> None:
+        result = self._marked(result)
+        self.view.settle(result)
+        await super()._finish(result)
