@@ -1,0 +1,108 @@
+"""Shared answers end to end: the real app on loopback, chats over Socket.IO and the SSE
+endpoint, against the offline model, which records every upstream request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx2
+import pytest
+
+from streamchat.offline import OfflineServer
+from streamchat.offline.lessons import choose_answer
+from tests.harness import AppProcess, ChainlitClient, strip_footer
+from tests.test_sse_integration import Received, read_all, text_of
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[OfflineServer]:
+    # Slow enough that thirty questions sent together all arrive while the first streams.
+    with OfflineServer(tokens_per_second=40, first_token_delay_ms=500) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def app(upstream: OfflineServer) -> Iterator[AppProcess]:
+    env = {
+        "OPENAI_BASE_URL": upstream.base_url,
+        "SHARED_ANSWERS": "on",
+        "ANSWER_CACHE_TTL_S": "600",
+        "SYSTEM_PROMPT": "",
+        "STREAM_RETRIES": "0",
+    }
+    with AppProcess(env) as running:
+        yield running
+
+
+def answers_upstream(upstream: OfflineServer, question: str) -> list:
+    return [r for r in upstream.records.all() if r.stream and question in str(r.messages[-1])]
+
+
+async def test_thirty_identical_questions_make_one_upstream_request_and_thirty_exact_answers(
+    app, upstream
+):
+    question = "What is a token? (thirty at once)"
+    clients = await asyncio.gather(*(ChainlitClient(app.url).connect() for _ in range(30)))
+    try:
+        marks = await asyncio.gather(*(client.send(question) for client in clients))
+        answers = await asyncio.gather(
+            *(client.finished(mark) for client, mark in zip(clients, marks, strict=True))
+        )
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
+    (record,) = answers_upstream(upstream, question)
+    intended = choose_answer(record.messages)
+    finals = [answer.final_assistant_text() for answer in answers]
+    assert [strip_footer(final) for final in finals] == [intended] * 30
+    marked = [final for final in finals if "· shared" in final or "· from cache" in final]
+    assert len(marked) == 29, "every answer but the first says it was shared"
+
+    # Asked again once it is complete: from the cache, with no upstream request.
+    client = await ChainlitClient(app.url).connect()
+    try:
+        again = await client.ask(question)
+    finally:
+        await client.close()
+    assert strip_footer(again.final_assistant_text()) == intended
+    assert "· from cache" in again.final_assistant_text()
+    assert len(answers_upstream(upstream, question)) == 1
+    metrics = httpx2.get(f"{app.url}/metrics", timeout=10).text
+    assert "streamchat_cache_hits_total" in metrics
+    assert "streamchat_shared_answers_total" in metrics
+
+
+async def test_one_viewers_stop_leaves_the_others_answer_whole(app, upstream):
+    question = "What is streaming? (one stops)"
+    stays, stops = await asyncio.gather(*(ChainlitClient(app.url).connect() for _ in range(2)))
+    try:
+        mark_stays = await stays.send(question)
+        mark_stops = await stops.send(question)
+        await stops.wait_for(lambda e: e.name == "stream_start", start=mark_stops)
+        await stops.stop()
+        stopped = await stops.finished(mark_stops)
+        kept = await stays.finished(mark_stays)
+    finally:
+        await asyncio.gather(stays.close(), stops.close())
+    (record,) = answers_upstream(upstream, question)
+    intended = choose_answer(record.messages)
+    assert strip_footer(kept.final_assistant_text()) == intended
+    assert strip_footer(stopped.final_assistant_text()) != intended
+    assert not record.client_disconnected, "the upstream went on for the other viewer"
+
+
+async def test_sse_requests_share_and_differ_by_temperature(app, upstream):
+    question = "What is a chunk? (over SSE)"
+    same = {"messages": [{"role": "user", "content": question}], "temperature": 0.5}
+    other = {**same, "temperature": 0.9}
+    async with httpx2.AsyncClient(base_url=app.url, timeout=60) as http:
+        results = await asyncio.gather(
+            *(read_all(http, "POST", "/api/stream", json=body) for body in (same, same, other))
+        )
+    texts = [text_of(events) for events in results]
+    assert texts[0] == texts[1] and texts[0]
+    for events in results:
+        assert [e for e in events if isinstance(e, Received)][-1].event == "done"
+    assert len(answers_upstream(upstream, question)) == 2, "one for 0.5 (shared), one for 0.9"
