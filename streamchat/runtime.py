@@ -19,6 +19,7 @@ from streamchat.core.provider import Provider
 from streamchat.core.relay import Resilience
 from streamchat.core.sharing import SharedAnswers
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
+from streamchat.hosting.answer_cache import RedisAnswerCache
 from streamchat.hosting.limits import RateLimiter
 from streamchat.offline import OfflineServer
 from streamchat.pipeline import Pipeline, check_guardrail_files
@@ -54,11 +55,19 @@ class Runtime:
         self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits.enabled else None
         self._services: list[Service] = []
         # Identical questions share one upstream answer; complete answers may be replayed.
+        # With Redis, complete answers are kept there too, for every replica.
+        redis_url = settings.rate_limits.redis_url
+        self.answer_store = (
+            RedisAnswerCache(redis_url, settings.answer_cache_ttl_s)
+            if redis_url and settings.answer_cache_ttl_s > 0
+            else None
+        )
         self.sharing = SharedAnswers.configured(
             settings.shared_answers,
             settings.answer_cache_ttl_s,
             settings.answer_cache_max_mb,
             login=settings.login,
+            remote=self.answer_store,
         )
 
     def attach(self, service: Service) -> None:
@@ -131,6 +140,8 @@ class Runtime:
             await service.aclose()
         if self.limiter is not None:
             await self.limiter.aclose()
+        if self.answer_store is not None:
+            await self.answer_store.aclose()
         if self._provider is not None:
             await self._provider.aclose()
         if self.moderator is not None:

@@ -4,7 +4,7 @@ gets the whole answer with its own Stop, and complete answers are replayed from 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 
 import pytest
 
@@ -13,9 +13,12 @@ from streamchat.core.metrics import ProcessMetrics
 from streamchat.core.relay import ReadPace, Resilience, StreamResult
 from streamchat.core.sharing import AnswerCache, SharedAnswers, fingerprint, without_history
 from streamchat.core.sinks import MemorySink
-from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason
+from streamchat.core.types import ChatMessage, ChatRequest, Delta, EndReason, Usage
+from streamchat.hosting.answer_cache import RedisAnswerCache, decode, encode
 from streamchat.pipeline import Pipeline
 from streamchat.settings import Settings, guardrail_config
+from tests.databases import redis_server
+from tests.harness import free_port
 from tests.scripted import RecordingSleep, ScriptedSource
 from tests.waiting import eventually
 
@@ -352,3 +355,50 @@ def test_the_settings_read_the_sharing_variables():
     assert settings.shared_answers == "all"
     assert settings.answer_cache_ttl_s == 30 and settings.answer_cache_max_mb == 8
     assert Settings.from_env({}).shared_answers == "off"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
+
+
+async def test_a_complete_answer_kept_in_redis_is_replayed_by_another_replica(redis_url):
+    def replica() -> tuple[SharedAnswers, RedisAnswerCache]:
+        store = RedisAnswerCache(redis_url, ttl_s=60)
+        hub = SharedAnswers.configured("on", 60, 64, login=False, remote=store)
+        assert hub is not None
+        return hub, store
+
+    (one, store_one), (two, store_two) = replica(), replica()
+    source_one, source_two = ScriptedSource(PIECES), ScriptedSource(PIECES)
+    try:
+        _, first = await answer(pipeline(source_one, one))
+        sink, second = await answer(pipeline(source_two, two))
+    finally:
+        await store_one.aclose()
+        await store_two.aclose()
+    assert first.stats.source == "live" and second.stats.source == "cache"
+    assert sink.text == ANSWER and source_two.requests == []
+
+
+async def test_with_redis_down_the_answer_cache_misses_and_the_answer_goes_upstream(caplog):
+    store = RedisAnswerCache(f"redis://127.0.0.1:{free_port()}/0", ttl_s=60)
+    hub = SharedAnswers.configured("off", 60, 64, login=False, remote=store)
+    assert hub is not None
+    source = ScriptedSource(PIECES)
+    try:
+        sink, result = await answer(pipeline(source, hub))
+    finally:
+        await store.aclose()
+    assert sink.text == ANSWER and result.reason is EndReason.COMPLETE
+    assert len(source.requests) == 1
+    assert "answer cache: could not" in caplog.text
+
+
+def test_recorded_answers_round_trip_through_their_redis_form():
+    recorded = (
+        (0.0, Delta(text="", index=0, raw='{"a": 1}', reasoning="hmm", more=True)),
+        (0.25, Delta(text="Hi ✓", index=1, finish_reason="stop", usage=Usage(3, 4, 1))),
+    )
+    assert decode(encode(recorded)) == recorded

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from streamchat.core.errors import StreamBroken
 from streamchat.core.relay import DeltaSource, StreamResult, StreamRun
@@ -31,6 +32,8 @@ from streamchat.core.types import ChatRequest, Delta, EndReason
 __all__ = [
     "SHARING_MODES",
     "AnswerCache",
+    "Recorded",
+    "RemoteCache",
     "SharedAnswers",
     "SharedRun",
     "SharedView",
@@ -56,6 +59,15 @@ def fingerprint(request: ChatRequest, context: str = "") -> str:
     }
     text = json.dumps(shape, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class RemoteCache(Protocol):
+    """Complete answers kept outside the process (Redis), shared by every replica: a miss or
+    a failure answers None, a failed put is dropped; neither fails an answer."""
+
+    async def get(self, key: str) -> Recorded | None: ...
+
+    async def put(self, key: str, recorded: Recorded) -> None: ...
 
 
 def _size(recorded: Recorded) -> int:
@@ -122,6 +134,7 @@ class _Broadcast:
     done: bool = False
     error: BaseException | None = None
     viewers: int = 0
+    stored: bool = False  # put in the remote cache
     task: asyncio.Task[None] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -151,12 +164,14 @@ class SharedAnswers:
         *,
         share: bool = True,
         cache: AnswerCache | None = None,
+        remote: RemoteCache | None = None,
         eligible: Callable[[ChatRequest], bool] = lambda _request: True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.share = share
         self.cache = cache
+        self.remote = remote  # beside `cache`, for every replica
         self.eligible = eligible
         self._clock = clock
         self._sleep = sleep
@@ -165,7 +180,13 @@ class SharedAnswers:
 
     @classmethod
     def configured(
-        cls, mode: str, ttl_s: float, max_mb: float, *, login: bool
+        cls,
+        mode: str,
+        ttl_s: float,
+        max_mb: float,
+        *,
+        login: bool,
+        remote: RemoteCache | None = None,
     ) -> SharedAnswers | None:
         """The hub the settings ask for; None when sharing and the cache are both off. With
         login on, mode "on" shares only requests without earlier turns (no user's history)."""
@@ -175,7 +196,8 @@ class SharedAnswers:
             return None
         cache = AnswerCache(ttl_s, int(max_mb * 1024 * 1024)) if ttl_s > 0 else None
         eligible = without_history if login and mode != "all" else (lambda _request: True)
-        return cls(share=mode != "off", cache=cache, eligible=eligible)
+        remote = remote if ttl_s > 0 else None
+        return cls(share=mode != "off", cache=cache, remote=remote, eligible=eligible)
 
     @property
     def live(self) -> int:
@@ -253,6 +275,10 @@ class SharedView:
             return
         key = self._key = fingerprint(request, self.context)
         cached = hub.cache.get(key) if hub.cache is not None else None
+        if cached is None and hub.remote is not None:
+            cached = await hub.remote.get(key)
+            if cached is not None and hub.cache is not None:
+                hub.cache.put(key, cached)
         if cached is not None:
             self.origin, self._broadcast = "cache", None
             before = 0.0
@@ -293,18 +319,23 @@ class SharedView:
         finally:
             hub._leave(broadcast)
 
-    def settle(self, result: StreamResult) -> None:
+    async def settle(self, result: StreamResult) -> None:
         """After the viewer's run: a complete answer from upstream goes into the cache."""
-        broadcast, cache = self._broadcast, self.hub.cache
+        broadcast, cache, remote = self._broadcast, self.hub.cache, self.hub.remote
         if (
-            cache is None
+            (cache is None and remote is None)
             or broadcast is None
             or self._key is None
             or result.reason is not EndReason.COMPLETE
             or not broadcast.complete
         ):
             return
-        cache.put(self._key, tuple(broadcast.pieces))
+        recorded = tuple(broadcast.pieces)
+        if cache is not None:
+            cache.put(self._key, recorded)
+        if remote is not None and not broadcast.stored:
+            broadcast.stored = True  # once per broadcast, not once per viewer
+            await remote.put(self._key, recorded)
 
 
 class SharedRun(StreamRun):
@@ -325,5 +356,5 @@ class SharedRun(StreamRun):
 
     async def _finish(self, result: StreamResult) -> None:
         result = self._marked(result)
-        self.view.settle(result)
+        await self.view.settle(result)
         await super()._finish(result)
