@@ -8,7 +8,7 @@ import asyncio
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 
 def chunk_bytes(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
@@ -62,10 +62,11 @@ class Seen:
     ended: threading.Event = field(default_factory=threading.Event)
 
 
-class ToolUpstream:
+class LoopbackServer:
+    """A raw HTTP server on a loopback port, on its own thread and event loop, so the app
+    under test and the test's own loop never wait on it; `_serve` answers one connection."""
+
     def __init__(self) -> None:
-        self.scripts: list[Script] = []
-        self.seen: list[Seen] = []
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.port = 0
@@ -75,7 +76,7 @@ class ToolUpstream:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def __enter__(self) -> ToolUpstream:
+    def __enter__(self) -> Self:
         self._thread.start()
         assert self.ready.wait(10)
         return self
@@ -92,15 +93,34 @@ class ToolUpstream:
         self.loop.run_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One request's head (request line and headers) and body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.decode().split("\r\n"):
+        if line.lower().startswith("content-length:"):
+            length = int(line.split(":")[1])
+    return head, await reader.readexactly(length)
+
+
+def asks_for_models(head: bytes) -> bool:
+    return b"/models" in head.split(b"\r\n")[0]
+
+
+class ToolUpstream(LoopbackServer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: list[Script] = []
+        self.seen: list[Seen] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         seen: Seen | None = None
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.decode().split("\r\n"):
-                if line.lower().startswith("content-length:"):
-                    length = int(line.split(":")[1])
-            raw = await reader.readexactly(length)
-            if b"/models" in head.split(b"\r\n")[0]:
+            head, raw = await read_request(reader)
+            if asks_for_models(head):
                 self._json(writer, 200, {"object": "list", "data": [{"id": "scripted"}]})
                 await writer.drain()
                 return

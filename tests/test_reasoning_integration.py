@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import AsyncIterator, Iterator
 
 import httpx2
@@ -14,6 +13,7 @@ import pytest
 
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer, choose_thinking
+from tests.agent_upstream import LoopbackServer, asks_for_models, read_request
 from tests.harness import AppProcess, ChainlitClient, upstream_ended, upstream_requests
 from tests.test_sse_integration import Received, read_all, sse_events
 
@@ -35,47 +35,18 @@ def chunk(delta: dict[str, object], finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 
-class ScriptedUpstream:
+class ScriptedUpstream(LoopbackServer):
     """An OpenAI-compatible chat endpoint on loopback that answers every request with the
     next scripted list of deltas, written a few bytes at a time (so reads split anywhere)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.scripts: list[list[dict[str, object]]] = []
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
-        self.closed = 0  # connections that ended
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def __enter__(self) -> ScriptedUpstream:
-        self._thread.start()
-        assert self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.decode().split("\r\n"):
-                if line.lower().startswith("content-length:"):
-                    length = int(line.split(":")[1])
-            await reader.readexactly(length)
-            if b"/models" in head.split(b"\r\n")[0]:
+            head, _ = await read_request(reader)
+            if asks_for_models(head):
                 body = b'{"object":"list","data":[{"id":"scripted","object":"model"}]}'
                 writer.write(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -84,7 +55,8 @@ class ScriptedUpstream:
                 )
                 await writer.drain()
                 return
-            script = self.scripts.pop(0) if self.scripts else [{"content": "nothing scripted"}]
+            unscripted: list[dict[str, object]] = [{"content": "nothing scripted"}]
+            script = self.scripts.pop(0) if self.scripts else unscripted
             writer.write(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
             )
@@ -93,7 +65,6 @@ class ScriptedUpstream:
                 writer.write(stream[at : at + 7])
                 await writer.drain()
         finally:
-            self.closed += 1
             writer.close()
 
 
