@@ -11,7 +11,9 @@ import pytest
 
 from streamchat.offline import OfflineServer
 from streamchat.offline.lessons import choose_answer
+from tests.databases import redis_server
 from tests.harness import AppProcess, ChainlitClient, strip_footer
+from tests.test_cli import cli_env, run_cli
 from tests.test_sse_integration import Received, read_all, text_of
 
 pytestmark = pytest.mark.integration
@@ -106,3 +108,43 @@ async def test_sse_requests_share_and_differ_by_temperature(app, upstream):
     for events in results:
         assert [e for e in events if isinstance(e, Received)][-1].event == "done"
     assert len(answers_upstream(upstream, question)) == 2, "one for 0.5 (shared), one for 0.9"
+
+
+async def test_an_answer_complete_on_one_replica_is_replayed_by_another_through_redis(upstream):
+    question = "What is a token? (two replicas)"
+    with redis_server() as redis_url:
+        env = {
+            "OPENAI_BASE_URL": upstream.base_url,
+            "REDIS_URL": redis_url,
+            "SHARED_ANSWERS": "on",
+            "ANSWER_CACHE_TTL_S": "600",
+            "SYSTEM_PROMPT": "",
+        }
+        with AppProcess(env) as one, AppProcess(env) as two:
+            answers = []
+            for replica in (one, two):
+                client = await ChainlitClient(replica.url).connect()
+                try:
+                    answers.append((await client.ask(question)).final_assistant_text())
+                finally:
+                    await client.close()
+    (record,) = answers_upstream(upstream, question)
+    assert [strip_footer(text) for text in answers] == [choose_answer(record.messages)] * 2
+    assert "from cache" not in answers[0] and "· from cache" in answers[1]
+
+
+def test_the_console_replays_an_answer_another_console_kept_in_redis(upstream):
+    question = "What is a token? (console)"
+    with redis_server() as redis_url:
+        env = cli_env(
+            OPENAI_BASE_URL=upstream.base_url,
+            REDIS_URL=redis_url,
+            ANSWER_CACHE_TTL_S="600",
+            SYSTEM_PROMPT="",
+        )
+        first_done = run_cli(question, env=env)
+        second_done = run_cli(question, env=env)
+    assert first_done.returncode == second_done.returncode == 0, second_done.stderr
+    (record,) = answers_upstream(upstream, question)
+    assert first_done.stdout == second_done.stdout == choose_answer(record.messages) + "\n"
+    assert "from cache" not in first_done.stderr and "from cache" in second_done.stderr
