@@ -20,7 +20,7 @@ THINKING_START = "The question is about reasoning models."
 def app() -> Iterator[AppProcess]:
     # Slow enough that the thinking streams for several seconds before the answer starts, so a
     # page rendered late on a busy machine still sees it open.
-    with AppProcess({"OFFLINE_TPS": "12", "OFFLINE_TTFT_MS": "50"}) as running:
+    with AppProcess({"OFFLINE_TPS": "6", "OFFLINE_TTFT_MS": "50"}) as running:
         yield running
 
 
