@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from streamchat.core.coalesce import CoalescingSink
 from streamchat.core.errors import ConfigError, InputRejected
@@ -208,13 +209,13 @@ class Pipeline:
         choice, else the pipeline's)."""
         config = self.guardrails if guardrails is None else guardrails
         coalescing = CoalescingSink(sink, interval_s=self.flush_interval_s)
-        options = dict(
-            stream_id=stream_id,
-            resilience=self.resilience,
-            metrics=self.metrics,
-            on_delta=on_delta,
-            show_reasoning=self.show_reasoning if show_reasoning is None else show_reasoning,
-        )
+        options: dict[str, Any] = {
+            "stream_id": stream_id,
+            "resilience": self.resilience,
+            "metrics": self.metrics,
+            "on_delta": on_delta,
+            "show_reasoning": self.show_reasoning if show_reasoning is None else show_reasoning,
+        }
         run: StreamRun
         if self.sharing is not None and source is None and on_delta is None:
             # Shared only from the pipeline's own provider, and not for views of the raw
@@ -222,7 +223,7 @@ class Pipeline:
             view = self.sharing.view(self.source, self._sharing_context(config))
             run = SharedRun(view, coalescing, **options)
         else:
-            run = StreamRun(source or self.source, coalescing, **options)  # type: ignore[arg-type]
+            run = StreamRun(source or self.source, coalescing, **options)
         if config.enabled:
             run.guard = build_guard(config, stream_id=run.stream_id)
             run.reasoning_guards = partial(build_guard, config, stream_id=run.stream_id)

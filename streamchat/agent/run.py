@@ -498,7 +498,7 @@ def agent_source(
         max_turns=settings.agent_max_turns,
         mcp=settings.agent_mcp_servers,
         # The provider's own wording for every other failure (private to the core, shared).
-        map_error=lambda exc, model: provider._map_error(exc, model=model),
+        map_error=lambda exc, model: provider.map_error(exc, model=model),
         default_model=provider.default_model,
     )
 

@@ -204,7 +204,7 @@ class Provider:
         try:
             page = await self.client.models.list()
         except openai.APIError as exc:
-            raise self._map_error(exc, model=None) from exc
+            raise self.map_error(exc, model=None) from exc
         models = sorted(model.id for model in page.data)
         self._models = (time.monotonic(), models)
         return models
@@ -295,7 +295,7 @@ class Provider:
                 del body["stream_options"]
                 return await self._post_on_live_connection(stack, post, body, extra_headers)
         except openai.APIError as exc:
-            raise self._map_error(exc, model=body["model"]) from exc
+            raise self.map_error(exc, model=body["model"]) from exc
 
     async def _post_on_live_connection(
         self,
@@ -347,7 +347,7 @@ class Provider:
         try:
             completion = await self.client.chat.completions.create(**kwargs, stream=False)
         except openai.APIError as exc:
-            raise self._map_error(exc, model=kwargs["model"]) from exc
+            raise self.map_error(exc, model=kwargs["model"]) from exc
         choice = completion.choices[0] if completion.choices else None
         text = (choice.message.content or "") if choice else ""
         extra = choice.message.model_extra if choice else None
@@ -366,7 +366,7 @@ class Provider:
             thinking_of(extra) if extra else "",
         )
 
-    def _map_error(self, exc: openai.APIError, *, model: str | None) -> ProviderError:
+    def map_error(self, exc: openai.APIError, *, model: str | None) -> ProviderError:
         """Translate an SDK error into a short message a person can act on."""
         detail = f"{type(exc).__name__}: {exc.message}"
         if (cause := _root_cause(exc)) is not exc:

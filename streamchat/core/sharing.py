@@ -23,10 +23,11 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from streamchat.core.errors import StreamBroken
 from streamchat.core.relay import DeltaSource, StreamResult, StreamRun
+from streamchat.core.sinks import Sink
 from streamchat.core.types import ChatRequest, Delta, EndReason
 
 __all__ = [
@@ -344,8 +345,8 @@ class SharedRun(StreamRun):
 
     view: SharedView
 
-    def __init__(self, view: SharedView, *args: object, **kwargs: object) -> None:
-        super().__init__(view, *args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, view: SharedView, sink: Sink, **options: Any) -> None:
+        super().__init__(view, sink, **options)
         self.view = view
 
     def _marked(self, result: StreamResult) -> StreamResult:
