@@ -78,6 +78,15 @@ def metadata(step: dict[str, Any]) -> dict[str, Any]:
     return dict(stored.get("streamchat") or {})
 
 
+def answers_sent(client: ChainlitClient, mark: int, end: Any) -> list[str]:
+    """The answers (their final text) the app sent to `client` from event `mark` to `end`."""
+    return [
+        e.data["output"]
+        for e in client.events[mark : client.events.index(end)]
+        if e.name == "new_message" and e.data.get("type") == "assistant_message"
+    ]
+
+
 async def answer_under_way(app: AppProcess, token: str) -> tuple[ChainlitClient, str, str]:
     """A chat on `app` whose answer has streamed a few words and been saved as in progress;
     returns the client, the thread id and the text saved so far."""
@@ -125,11 +134,7 @@ async def resumed_and_continued(
         end = await chat.wait_for(
             lambda e: e.name == "task_end", start=chat.events.index(start), within=90
         )
-        continued = [
-            e.data["output"]
-            for e in chat.events[mark : chat.events.index(end)]
-            if e.name == "new_message" and e.data.get("type") == "assistant_message"
-        ]
+        continued = answers_sent(chat, mark, end)
         assert continued, "Continue answered"
         return answer, strip_footer(continued[-1])
     finally:
@@ -188,11 +193,7 @@ async def test_retry_pressed_after_a_failover_asks_the_question_again_on_the_oth
             )
         assert response.status_code == 200
         end = await page.wait_for(lambda e: e.name == "task_end", start=mark, within=90)
-        answers = [
-            e.data["output"]
-            for e in page.events[mark : page.events.index(end)]
-            if e.name == "new_message" and e.data.get("type") == "assistant_message"
-        ]
+        answers = answers_sent(page, mark, end)
         assert answers and "token" in strip_footer(answers[-1]).lower(), "the question answered"
     finally:
         await page.close()
