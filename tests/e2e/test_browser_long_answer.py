@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,22 +51,27 @@ def app() -> Iterator[AppProcess]:
         upstream.wait()
 
 
+def finished_answer(page: Any, url: str, question: str) -> Any:
+    """Ask `question` on the app at `url`; the answer's element once its stats line is shown."""
+    page.goto(url)
+    page.locator("#chat-input").wait_for(timeout=30_000)
+    page.locator("#chat-input").fill(question)
+    page.locator("#chat-submit").click()
+    answer = page.locator(".ai-message .message-content").last
+    wait_until(
+        lambda: " tok/s · " in (answer.text_content() or ""),
+        within=90,
+        what="the finished answer",
+        pause=browser_pause(page),
+    )
+    return answer
+
+
 def test_a_long_answers_blocks_off_screen_are_skipped_and_its_text_is_whole(browser, app):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
-        page.goto(app.url)
-        page.locator("#chat-input").wait_for(timeout=30_000)
-        page.locator("#chat-input").fill("Please write the long guide to streaming.")
-        page.locator("#chat-submit").click()
-        answer = page.locator(".ai-message .message-content").last
-        wait_until(
-            lambda: (
-                LAST_WORD in (answer.text_content() or "") and " tok/s · " in answer.text_content()
-            ),
-            within=90,
-            what="the whole long answer on the page",
-            pause=browser_pause(page),
-        )
+        answer = finished_answer(page, app.url, "Please write the long guide to streaming.")
+        assert LAST_WORD in (answer.text_content() or ""), "the whole long answer on the page"
         blocks = page.evaluate(BLOCKS)
         assert len(blocks) >= 40, f"a long answer: {len(blocks)} blocks"
         assert all(mode == "auto" for mode, _ in blocks[: len(blocks) - 10]), "far blocks skippable"
@@ -82,17 +88,7 @@ def test_a_short_answer_is_laid_out_whole(browser):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     with AppProcess({"OFFLINE_TPS": "2000", "OFFLINE_TTFT_MS": "10"}) as offline:
         try:
-            page.goto(offline.url)
-            page.locator("#chat-input").wait_for(timeout=30_000)
-            page.locator("#chat-input").fill("What is time to first token?")
-            page.locator("#chat-submit").click()
-            answer = page.locator(".ai-message .message-content").last
-            wait_until(
-                lambda: " tok/s · " in (answer.text_content() or ""),
-                within=60,
-                what="the finished answer",
-                pause=browser_pause(page),
-            )
+            finished_answer(page, offline.url, "What is time to first token?")
             blocks = page.evaluate(BLOCKS)
             assert 2 <= len(blocks) < 40, f"a short answer: {len(blocks)} blocks"
             assert all(mode == "visible" for mode, _ in blocks), "nothing of it is skipped"
