@@ -36,10 +36,81 @@
     });
   }
 
+  // A long answer streams in parts, one message each (streamchat/core/segments.py), marked in
+  // their metadata; shown as one answer: no avatar before a later part, no buttons under an
+  // earlier one, no gap between them, and a finished part off screen is not laid out again.
+  const SEGMENT_KEY = "streamchat_segment";
+  const styled = new Set(); // "<id> first" / "<id> continued": rules already added
+  let sheet = null;
+  function addRule(key, rule) {
+    if (styled.has(key)) return;
+    styled.add(key);
+    if (sheet === null) {
+      const style = document.createElement("style");
+      style.id = "streamchat-segments";
+      document.head.appendChild(style);
+      sheet = style.sheet;
+    }
+    sheet.insertRule(rule, sheet.cssRules.length);
+  }
+  function showAsOne(step) {
+    const segment = step && step.metadata && step.metadata[SEGMENT_KEY];
+    if (!segment || typeof step.id !== "string") return;
+    const id = "#step-" + CSS.escape(step.id);
+    const outer = '[data-step-type="assistant_message"]:has(> div > ' + id + ")";
+    if (segment.index > 0) {
+      addRule(step.id + " later", outer + " { padding-top: 0 !important; }");
+      addRule(step.id + " avatar", id + " .ai-message > :first-child { visibility: hidden; }");
+    }
+    if (segment.continued) {
+      addRule(step.id + " continued", outer + " { padding-bottom: 0 !important; }");
+      addRule(step.id + " pad", id + " { padding-bottom: 0 !important; }");
+      addRule(
+        step.id + " end",
+        id + " .message-content .prose > :last-child { margin-bottom: 1.25em !important; }",
+      );
+      addRule(step.id + " buttons", id + " .message-content ~ * { display: none !important; }");
+      addRule(
+        step.id + " skip",
+        outer + " { content-visibility: auto; contain-intrinsic-size: auto 2000px; }",
+      );
+    }
+  }
+  function markSegments(data) {
+    // new_message, update_message, stream_start: a step; resume_thread: a thread's steps.
+    let payload;
+    try {
+      payload = JSON.parse(data.slice(2))[1];
+    } catch (error) {
+      return;
+    }
+    if (payload && Array.isArray(payload.steps)) payload.steps.forEach(showAsOne);
+    else showAsOne(payload);
+  }
+  // A stored thread opened from the sidebar is fetched over HTTP.
+  const nativeFetch = window.fetch;
+  if (typeof nativeFetch === "function") {
+    window.fetch = function (...args) {
+      const answer = nativeFetch.apply(this, args);
+      const url = String(args[0] && args[0].url ? args[0].url : args[0]);
+      if (url.includes("/project/thread/")) {
+        answer
+          .then((response) => response.clone().json())
+          .then((thread) => thread && Array.isArray(thread.steps) && thread.steps.forEach(showAsOne))
+          .catch(() => {});
+      }
+      return answer;
+    };
+  }
+
   function watch(socket) {
     socket.addEventListener("message", (event) => {
       const data = event.data;
-      if (typeof data !== "string" || !data.startsWith(EVENT_PREFIX)) return;
+      if (typeof data !== "string") return;
+      if (!data.startsWith(EVENT_PREFIX)) {
+        if (data.startsWith("42[") && data.includes(SEGMENT_KEY)) markSegments(data);
+        return;
+      }
       let id;
       try {
         id = JSON.parse(data.slice(2))[1].id;

@@ -37,6 +37,7 @@ class MessagePaint:
         *,
         max_hold_s: float = DEFAULT_MAX_HOLD_S,
         clock: Callable[[], float] = time.monotonic,
+        register: Callable[[str, MessagePaint], None] | None = None,
     ) -> None:
         self.max_hold_s = max_hold_s
         self._clock = clock
@@ -47,15 +48,28 @@ class MessagePaint:
         self._rest_until = 0.0
         self._callback: Callable[[], None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        # A long answer that continues in a new message (core/segments.py): the updates sent
+        # before each message's first, by its id, so its own count maps onto ours.
+        self._sent_before: dict[str, int] = {}
+        self._register = register  # PaintAcks: acknowledgements for a new part reach us
 
     def sending(self) -> None:
         """Count an update as it goes to the browser (every `stream_token` of the message)."""
         self.sent += 1
         self._sent_at = self._clock()
 
-    def acknowledge(self, painted: int) -> None:
-        """The browser has painted `painted` updates of this message."""
+    def continue_in(self, message_id: str) -> None:
+        """The stream goes on in a new message `message_id` (a long answer's next part): the
+        browser counts its updates from zero; acknowledgements for it are taken from now on."""
+        self._sent_before[message_id] = self.sent
+        if self._register is not None:
+            self._register(message_id, self)
+
+    def acknowledge(self, painted: int, message_id: str | None = None) -> None:
+        """The browser has painted `painted` updates of this message (of its part
+        `message_id`, when the stream went on in a new message)."""
         self.live = True
+        painted += self._sent_before.get(message_id, 0) if message_id is not None else 0
         if painted <= self.painted:
             return
         self.painted = min(painted, self.sent)
@@ -114,9 +128,12 @@ class PaintAcks:
         )
 
     def track(self, message_id: str) -> MessagePaint:
-        paint = MessagePaint(max_hold_s=self.max_hold_s)
-        self._messages[message_id] = paint
+        paint = MessagePaint(max_hold_s=self.max_hold_s, register=self._register)
+        self._register(message_id, paint)
         return paint
+
+    def _register(self, message_id: str, paint: MessagePaint) -> None:
+        self._messages[message_id] = paint
 
     def receive(self, data: Any) -> None:
         """An acknowledgement as the page sent it: `{"id": str, "n": int}`; anything else, or an
@@ -128,4 +145,4 @@ class PaintAcks:
             return
         paint = self._messages.get(message_id)
         if paint is not None:
-            paint.acknowledge(painted)
+            paint.acknowledge(painted, message_id)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from streamchat.core.history import METADATA_KEY, answer_metadata
 from streamchat.core.paint import MessagePaint
+from streamchat.core.segments import SEGMENT_CHARS, SEGMENT_KEY, BlockBoundaries, segment_metadata
 from streamchat.core.types import EndReason
 
 if TYPE_CHECKING:
@@ -159,6 +160,16 @@ class ChainlitSink:
     passes a `cl.Step` named "reasoning", open while it streams, collapsed once it ends); it is
     named with the thinking's duration when the answer starts.
 
+    `split(message)`, when given, lets a long answer go on in a new message (core/segments.py):
+    it returns a message standing for the part shown so far (same id, author and parent; the
+    sink finishes it) and gives `message` a new id, under which the answer continues; it
+    returns None when the answer must stay one message (another answer streams beside it).
+    The page renders again only the growing part at each update, not the whole answer. A
+    part ends at a safe Markdown block boundary once it holds `segment_chars`, and only for a
+    page that acknowledges its paints (public/paint_ack.js shows the parts as one answer).
+    `self.message` is the last part; the answer's actions, stats line and stored text go to
+    it.
+
     `checkpoint(metadata)`, when given, saves the message as it stands with `metadata` (app.py
     passes the data layer's write): the answer is saved as it streams, marked in progress, at
     its first text and then every `checkpoint_every_s` from a task of its own (a heartbeat too,
@@ -179,8 +190,18 @@ class ChainlitSink:
         thinking: Callable[[], ThinkingStep] | None = None,
         checkpoint: Callable[[dict[str, Any]], Awaitable[object]] | None = None,
         checkpoint_every_s: float = 1.0,
+        split: Callable[[StreamingMessage], StreamingMessage | None] | None = None,
+        segment_chars: int = SEGMENT_CHARS,
     ) -> None:
         self.message = message
+        self._split = split
+        self._segment_chars = segment_chars
+        self._blocks = BlockBoundaries()
+        self._cuts: list[int] = []  # safe cuts not yet used, as offsets in the answer
+        self.parts: list[StreamingMessage] = []  # the finished parts of a long answer
+        self._parts_text = ""  # their text
+        self._first_id = ""
+        self.done = False
         self._checkpoint = checkpoint
         self._checkpoint_every_s = checkpoint_every_s
         self._saver: asyncio.Task[None] | None = None
@@ -201,10 +222,17 @@ class ChainlitSink:
         # its own "running" indicator, so an answer that fails early leaves no empty bubble.
         return None
 
+    @property
+    def shown(self) -> str:
+        """The answer's text as shown, across its parts."""
+        return self._parts_text + self.message.content
+
     async def write(self, text: str) -> None:
         self._streamed = True
         if self._saver is None and self._checkpoint is not None and text:
             self._saver = asyncio.create_task(self._keep_saved(self._checkpoint))
+        if self._split is not None and text and await self._continued(text):
+            return
         message = self.message
         if self.paint is not None and text and message.streaming:
             self.paint.sending()  # a stream_token update (the first text is stream_start)
@@ -217,11 +245,52 @@ class ChainlitSink:
             "stream_token", {"id": message.id, "token": text, "isSequence": False, "isInput": False}
         )
 
+    async def _continued(self, text: str) -> bool:
+        """Whether `text` ended the current part at a safe cut and went on in a new one."""
+        message = self.message
+        before = len(self._parts_text)
+        self._cuts += self._blocks.feed(text)
+        due = before + self._segment_chars
+        cut = next((c for c in self._cuts if c >= due), None)
+        if cut is None or not message.streaming or self.paint is None or not self.paint.live:
+            return False  # a page without the paint script shows one message, as before
+        finished = self._split(message) if self._split is not None else None
+        if finished is None:
+            return False
+        self._cuts = [c for c in self._cuts if c > cut]
+        whole = finished.content + text
+        head, tail = whole[: cut - before], whole[cut - before :]
+        index = len(self.parts)
+        self._first_id = self._first_id or finished.id
+        finished.content = head
+        finished.metadata = {
+            **{k: v for k, v in (finished.metadata or {}).items() if k != METADATA_KEY},
+            SEGMENT_KEY: segment_metadata(self._first_id, index, continued=True),
+        }
+        # send() ends that part's stream in the page and stores it (no answer text in its
+        # metadata: a resumed chat takes the whole answer from the last part).
+        await finished.send()
+        self.parts.append(finished)
+        self._parts_text += head
+        message.metadata = {
+            **(message.metadata or {}),
+            SEGMENT_KEY: segment_metadata(self._first_id, index + 1, continued=False),
+        }
+        if self.paint is not None:
+            self.paint.continue_in(message.id)
+        await message.stream_token(tail)  # the new part's stream_start
+        return True
+
     def would_wait(self) -> bool:
         return self._updates is not None and self._updates.backlogged()
 
     async def replace(self, text: str) -> None:
         self._streamed = True
+        if self.parts:
+            text = await self._retract_parts(text)
+        if self._split is not None:  # the safe cuts of the text as it now stands
+            self._blocks = BlockBoundaries()
+            self._cuts = self._blocks.feed(self._parts_text + text)
         if text:
             if self.paint is not None and self.message.streaming:
                 self.paint.sending()
@@ -231,6 +300,22 @@ class ChainlitSink:
             self.message.content = ""
             await self.message.update()
 
+    async def _retract_parts(self, text: str) -> str:
+        """Cut a long answer back to `text`: finished parts past it are removed, the one it
+        ends in is cut short (and the current part, emptied, goes on after it). What remains
+        for the current part is returned."""
+        while self.parts and not text.startswith(self._parts_text):
+            last = self.parts.pop()
+            self._parts_text = self._parts_text[: len(self._parts_text) - len(last.content)]
+            if len(text) > len(self._parts_text):  # `text` ends inside this part
+                last.content = text[len(self._parts_text) :]
+                await last.update()
+                self.parts.append(last)
+                self._parts_text = text
+            else:
+                await _remove(last)
+        return text[len(self._parts_text) :]
+
     def interrupt(self, cause: str) -> None:
         """The answer is about to be cut off by the server, not by the user: `cause` ends
         "Interrupted: ... after N tokens"."""
@@ -239,7 +324,8 @@ class ChainlitSink:
     async def _keep_saved(self, checkpoint: Callable[[dict[str, Any]], Awaitable[object]]) -> None:
         while True:
             try:
-                await checkpoint(partial_answer_metadata(self.message.content, time.time()))
+                stored = partial_answer_metadata(self.shown, time.time())
+                await checkpoint({**(self.message.metadata or {}), **stored})
             except Exception as exc:  # a lost save must never break the answer
                 log.warning("could not save the answer being written: %s", type(exc).__name__)
             with contextlib.suppress(TimeoutError):
@@ -258,7 +344,10 @@ class ChainlitSink:
             saver.cancel()
 
     async def finish(self, result: StreamResult) -> None:
+        self.done = True
         await self._stop_saving()
+        if self.parts:  # the last part shows what follows the finished ones
+            await self._retract_parts(result.text)
         reason, note = result.reason, result.note()
         if self.interrupted_by is not None and reason is EndReason.STOPPED_BY_USER:
             reason = EndReason.ERROR
@@ -269,7 +358,8 @@ class ChainlitSink:
             footer = [f"*({note})*" for note in notes if note]
             if self._show_metrics:
                 footer.append(f"*{result.stats.summary()}*")
-            self.message.content = "\n\n".join([p for p in (result.text, *footer) if p])
+            text = result.text[len(self._parts_text) :]
+            self.message.content = "\n\n".join([p for p in (text, *footer) if p])
             if reason is EndReason.ERROR:
                 self.message.actions = self._actions("continue", "Continue")
             # What the user saw and how it ended, stored with the message for a resumed chat.
@@ -437,6 +527,12 @@ class SseSink:
                 "history_note": result.history_note(),
             },
         )
+
+
+async def _remove(message: StreamingMessage) -> None:
+    remove = getattr(message, "remove", None)  # chainlit.Message has it
+    if remove is not None:
+        await remove()
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -55,6 +55,7 @@ from sqlalchemy.schema import CreateColumn
 
 from streamchat.core.errors import ConfigError
 from streamchat.core.history import METADATA_KEY, Conversation
+from streamchat.core.segments import SEGMENT_KEY
 from streamchat.core.sinks import IN_PROGRESS_KEY
 from streamchat.core.types import EndReason
 from streamchat.settings import ConfigReader
@@ -667,11 +668,12 @@ def conversation_from_steps(steps: Sequence[Mapping[str, Any]]) -> Conversation:
     """The history of a stored thread, as the model saw it: each question that was sent, with
     the answer text the user saw (no footers or notes) and how it ended. Questions that were
     refused or got no answer are left out; an answer that continued an interrupted one extends
-    it, as it did live."""
+    it, as it did live. A long answer stored in parts (core/segments.py) is one answer: its
+    last stored part holds its whole text."""
     conversation = Conversation()
     question: str | None = None
     answered = False
-    for step in steps:
+    for step in _whole_answers(steps):
         kind = step.get("type")
         if kind == "user_message":
             question, answered = str(step.get("output") or ""), False
@@ -689,6 +691,28 @@ def conversation_from_steps(steps: Sequence[Mapping[str, Any]]) -> Conversation:
         elif answered and conversation.interrupted_answer() is not None:
             conversation.extend_last_answer(text, reason)
     return conversation
+
+
+def _whole_answers(steps: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """`steps` without the earlier parts of answers stored in parts: only each answer's last
+    part with stored text is kept (an earlier part may still hold a save of the answer made
+    while it streamed, before it went on in the next part)."""
+
+    def answer_of(step: Mapping[str, Any]) -> str:
+        segment = _as_dict(step.get("metadata")).get(SEGMENT_KEY)
+        first = segment.get("first") if isinstance(segment, dict) else None
+        return str(first) if isinstance(first, str) and first else str(step.get("id"))
+
+    last_part = {
+        answer_of(step): index
+        for index, step in enumerate(steps)
+        if step.get("type") == "assistant_message" and _stored_answer(step.get("metadata"))
+    }
+    return [
+        step
+        for index, step in enumerate(steps)
+        if step.get("type") != "assistant_message" or last_part.get(answer_of(step), index) == index
+    ]
 
 
 def last_answer_id(steps: Sequence[Mapping[str, Any]]) -> str | None:
