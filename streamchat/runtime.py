@@ -21,6 +21,7 @@ from streamchat.core.sharing import SharedAnswers
 from streamchat.guardrails.moderation import Moderator, OpenAIModerationClient
 from streamchat.hosting.answer_cache import RedisAnswerCache
 from streamchat.hosting.limits import RateLimiter
+from streamchat.hosting.shared_streams import RedisSharedStreams
 from streamchat.offline import OfflineServer
 from streamchat.pipeline import Pipeline, check_guardrail_files
 from streamchat.settings import Settings, public_url
@@ -55,11 +56,17 @@ class Runtime:
         self.limiter = RateLimiter(settings.rate_limits) if settings.rate_limits.enabled else None
         self._services: list[Service] = []
         # Identical questions share one upstream answer; complete answers may be replayed.
-        # With Redis, complete answers are kept there too, for every replica.
+        # With Redis, complete answers are kept there too, for every replica, and a live
+        # answer is led by one replica and followed by the others.
         redis_url = settings.rate_limits.redis_url
         self.answer_store = (
             RedisAnswerCache(redis_url, settings.answer_cache_ttl_s)
             if redis_url and settings.answer_cache_ttl_s > 0
+            else None
+        )
+        self.live_store = (
+            RedisSharedStreams(redis_url)
+            if redis_url and settings.shared_answers != "off"
             else None
         )
         self.sharing = SharedAnswers.configured(
@@ -68,6 +75,7 @@ class Runtime:
             settings.answer_cache_max_mb,
             login=settings.login,
             remote=self.answer_store,
+            live_remote=self.live_store,
         )
 
     def attach(self, service: Service) -> None:
@@ -142,6 +150,8 @@ class Runtime:
             await self.limiter.aclose()
         if self.answer_store is not None:
             await self.answer_store.aclose()
+        if self.live_store is not None:
+            await self.live_store.aclose()
         if self._provider is not None:
             await self._provider.aclose()
         if self.moderator is not None:

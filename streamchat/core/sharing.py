@@ -10,7 +10,10 @@ recorded at once, then follows live. Each viewer keeps its own run (guard, coale
 pace), so each screen goes at its own pace and one viewer's Stop ends only its view; the
 upstream is closed when the last viewer leaves. A complete answer (finish "stop", the viewer's
 run complete) goes into an LRU `AnswerCache` with a time to live, replayed at the recorded
-pace (gaps capped) with no upstream request. Within one process; no I/O libraries here.
+pace (gaps capped) with no upstream request. No I/O libraries here: across replicas, a
+`LiveRemote` (Redis, in hosting/shared_streams.py) decides which replica leads a live answer;
+the others follow its mirror instead of asking upstream, and a `RemoteCache` keeps complete
+answers for every replica.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ from streamchat.core.types import ChatRequest, Delta, EndReason
 __all__ = [
     "SHARING_MODES",
     "AnswerCache",
+    "LeaderGone",
+    "LiveMirror",
+    "LiveRemote",
     "Recorded",
     "RemoteCache",
+    "RemoteJoin",
     "SharedAnswers",
     "SharedRun",
     "SharedView",
@@ -43,6 +50,7 @@ __all__ = [
 
 SHARING_MODES = ("off", "on", "all")
 MAX_REPLAY_GAP_S = 0.1  # a cached answer's longest pause between pieces on replay
+MAX_JOINS = 3  # leaders on other replicas tried before a broadcast gives up
 
 Recorded = tuple[tuple[float, Delta], ...]  # (seconds from the request, piece)
 
@@ -69,6 +77,44 @@ class RemoteCache(Protocol):
     async def get(self, key: str) -> Recorded | None: ...
 
     async def put(self, key: str, recorded: Recorded) -> None: ...
+
+
+class LeaderGone(StreamBroken):
+    """The replica leading a shared answer went away, or closed it, before it ended."""
+
+
+class LiveMirror(Protocol):
+    """The leading replica's copy of a live answer for the others. `put` and `end` never
+    block and never fail (a mirror that cannot write stops mirroring and says so in the log)."""
+
+    check_s: float  # how often the leader asks `watched` once no viewer of its own is left
+
+    def put(self, offset: float, delta: Delta) -> None: ...
+
+    def end(self, error: BaseException | None) -> None:
+        """The answer ended: complete (None), failed (the error) or closed (CancelledError)."""
+
+    async def watched(self) -> bool:
+        """Whether a viewer on another replica follows this answer now (False if unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteJoin:
+    """What this replica is to a live answer: its leader (`mirror`: send every piece to the
+    others) or a follower (`feed`: the leader's pieces with their offsets, from the first;
+    it raises the leader's error, or LeaderGone). A follower whose leader is gone before its
+    first piece joins again (leads or follows anew); after it, its viewers resume the answer
+    as after any dropped stream."""
+
+    mirror: LiveMirror | None = None
+    feed: Callable[[], AsyncGenerator[tuple[float, Delta], None]] | None = None
+
+
+class LiveRemote(Protocol):
+    """Live answers shared by every replica (Redis). `join` answers None when it cannot tell
+    (the store is down): the answer is then shared within this process only."""
+
+    async def join(self, key: str) -> RemoteJoin | None: ...
 
 
 def _size(recorded: Recorded) -> int:
@@ -137,6 +183,9 @@ class _Broadcast:
     viewers: int = 0
     stored: bool = False  # put in the remote cache
     task: asyncio.Task[None] | None = None
+    mirror: LiveMirror | None = None  # this replica leads it for the others
+    followed: bool = False  # another replica leads it: its pieces come from there
+    linger: asyncio.Task[None] | None = None  # no local viewer left: watching remote ones
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -166,6 +215,7 @@ class SharedAnswers:
         share: bool = True,
         cache: AnswerCache | None = None,
         remote: RemoteCache | None = None,
+        live_remote: LiveRemote | None = None,
         eligible: Callable[[ChatRequest], bool] = lambda _request: True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -173,6 +223,7 @@ class SharedAnswers:
         self.share = share
         self.cache = cache
         self.remote = remote  # beside `cache`, for every replica
+        self.live_remote = live_remote if share else None  # live answers across replicas
         self.eligible = eligible
         self._clock = clock
         self._sleep = sleep
@@ -188,6 +239,7 @@ class SharedAnswers:
         *,
         login: bool,
         remote: RemoteCache | None = None,
+        live_remote: LiveRemote | None = None,
     ) -> SharedAnswers | None:
         """The hub the settings ask for; None when sharing and the cache are both off. With
         login on, mode "on" shares only requests without earlier turns (no user's history)."""
@@ -198,7 +250,13 @@ class SharedAnswers:
         cache = AnswerCache(ttl_s, int(max_mb * 1024 * 1024)) if ttl_s > 0 else None
         eligible = without_history if login and mode != "all" else (lambda _request: True)
         remote = remote if ttl_s > 0 else None
-        return cls(share=mode != "off", cache=cache, remote=remote, eligible=eligible)
+        return cls(
+            share=mode != "off",
+            cache=cache,
+            remote=remote,
+            live_remote=live_remote,
+            eligible=eligible,
+        )
 
     @property
     def live(self) -> int:
@@ -215,16 +273,36 @@ class SharedAnswers:
         broadcast = _Broadcast(key, self._clock())
         if self.share:
             self._live[key] = broadcast
-        self.upstream_requests += 1
         broadcast.task = asyncio.create_task(self._pump(broadcast, source, request))
         return broadcast
 
     async def _pump(self, broadcast: _Broadcast, source: DeltaSource, request: ChatRequest) -> None:
-        """Read the upstream stream into `broadcast`, whatever pace its viewers keep."""
+        """Read the answer into `broadcast`, whatever pace its viewers keep: from upstream
+        (mirrored for other replicas when this one leads), or from the replica that leads."""
         try:
+            joined, joins = await self._join(broadcast), 1
+            while joined is not None and joined.feed is not None:
+                broadcast.followed = True
+                try:
+                    async with contextlib.aclosing(joined.feed()) as pieces:
+                        async for piece in pieces:
+                            broadcast.pieces.append(piece)
+                            broadcast.notify()
+                    return
+                except LeaderGone:
+                    if broadcast.pieces or joins >= MAX_JOINS:
+                        raise  # the viewers resume what they have, as after a dropped stream
+                # Gone before its first piece: lead or follow anew, as if just asked.
+                broadcast.followed = False
+                joined, joins = await self._join(broadcast), joins + 1
+            mirror = broadcast.mirror = joined.mirror if joined is not None else None
+            self.upstream_requests += 1
             async with contextlib.aclosing(source.stream(request)) as deltas:
                 async for delta in deltas:
-                    broadcast.pieces.append((self._clock() - broadcast.started, delta))
+                    piece = (self._clock() - broadcast.started, delta)
+                    broadcast.pieces.append(piece)
+                    if mirror is not None:
+                        mirror.put(*piece)
                     broadcast.notify()
         except asyncio.CancelledError:
             broadcast.error = asyncio.CancelledError()
@@ -235,15 +313,47 @@ class SharedAnswers:
             broadcast.done = True
             if self._live.get(broadcast.key) is broadcast:
                 del self._live[broadcast.key]
+            if broadcast.mirror is not None:
+                broadcast.mirror.end(broadcast.error)
             broadcast.notify()
+
+    async def _join(self, broadcast: _Broadcast) -> RemoteJoin | None:
+        """Whether another replica leads this answer (None: no other replica is asked)."""
+        if self.live_remote is None:
+            return None
+        return await self.live_remote.join(broadcast.key)
 
     def _leave(self, broadcast: _Broadcast) -> None:
         broadcast.viewers -= 1
-        if broadcast.viewers <= 0 and not broadcast.done and broadcast.task is not None:
-            # The last viewer left: nobody wants the rest, so the upstream is closed now.
-            if self._live.get(broadcast.key) is broadcast:
-                del self._live[broadcast.key]
+        if broadcast.viewers > 0 or broadcast.done or broadcast.task is None:
+            return
+        if broadcast.mirror is not None:
+            # Viewers on other replicas may still follow it: ask before closing.
+            if broadcast.linger is None:
+                broadcast.linger = asyncio.create_task(self._linger(broadcast, broadcast.mirror))
+            return
+        self._close(broadcast)
+
+    def _close(self, broadcast: _Broadcast) -> None:
+        # The last viewer left: nobody wants the rest, so the upstream is closed now.
+        if self._live.get(broadcast.key) is broadcast:
+            del self._live[broadcast.key]
+        if broadcast.task is not None:
             broadcast.task.cancel()
+
+    async def _linger(self, broadcast: _Broadcast, mirror: LiveMirror) -> None:
+        """No viewer of this replica is left: go on while one on another replica follows."""
+        try:
+            while not broadcast.done and broadcast.viewers <= 0:
+                watched = await mirror.watched()
+                if broadcast.done or broadcast.viewers > 0:
+                    return
+                if not watched:
+                    self._close(broadcast)
+                    return
+                await self._sleep(mirror.check_s)
+        finally:
+            broadcast.linger = None
 
 
 def without_history(request: ChatRequest) -> bool:
@@ -259,9 +369,17 @@ class SharedView:
         self.hub = hub
         self.source = source
         self.context = context
-        self.origin = "live"
+        self._origin = "live"
         self._key: str | None = None
         self._broadcast: _Broadcast | None = None  # the last one followed
+
+    @property
+    def origin(self) -> str:
+        """ "live" (asked upstream for this viewer), "shared" or "cache"."""
+        broadcast = self._broadcast
+        if self._origin == "live" and broadcast is not None and broadcast.followed:
+            return "shared"  # another replica asked upstream
+        return self._origin
 
     async def stream(
         self, request: ChatRequest, *, pace: Callable[[], float | None] | None = None
@@ -269,7 +387,7 @@ class SharedView:
         hub = self.hub
         if not hub.eligible(request):
             self._key = self._broadcast = None
-            self.origin = "live"
+            self._origin = "live"
             async with contextlib.aclosing(self.source.stream(request, pace=pace)) as deltas:
                 async for delta in deltas:
                     yield delta
@@ -281,7 +399,7 @@ class SharedView:
             if cached is not None and hub.cache is not None:
                 hub.cache.put(key, cached)
         if cached is not None:
-            self.origin, self._broadcast = "cache", None
+            self._origin, self._broadcast = "cache", None
             before = 0.0
             for offset, delta in cached:
                 gap = min(max(offset - before, 0.0), MAX_REPLAY_GAP_S)
@@ -294,9 +412,9 @@ class SharedView:
         if broadcast is None:
             broadcast = hub._open(key, self.source, request)
             # A retry or resume of a shared answer counts as shared still.
-            self.origin = "live" if self.origin != "shared" else "shared"
+            self._origin = "shared" if self.origin == "shared" else "live"
         else:
-            self.origin = "shared"
+            self._origin = "shared"
         self._broadcast = broadcast
         broadcast.viewers += 1
         try:
