@@ -113,5 +113,8 @@ def test_page_acknowledges_painted_updates_and_server_waits_for_each(browser, ap
     updates, acked, ahead = tally(frames)
     assert updates >= 3, f"the long answer came in several updates, got {updates}"
     assert acked == updates, "the page acknowledged every update it painted"
-    # Once the page has caught up, the server holds each update until the last is painted.
-    assert ahead and max(ahead) == 1, f"never more than one update unpainted: {ahead}"
+    # Once the page has caught up, the server holds each update until the last is painted;
+    # only the answer's end goes at once (CoalescingSink.finish), so the last word is not late.
+    *streaming, final = ahead
+    assert streaming and max(streaming) == 1, f"never more than one update unpainted: {ahead}"
+    assert final <= 2, f"the end goes after at most one unpainted update: {ahead}"
