@@ -148,3 +148,55 @@ def test_the_console_replays_an_answer_another_console_kept_in_redis(upstream):
     (record,) = answers_upstream(upstream, question)
     assert first_done.stdout == second_done.stdout == choose_answer(record.messages) + "\n"
     assert "from cache" not in first_done.stderr and "from cache" in second_done.stderr
+
+
+async def test_identical_questions_on_two_replicas_while_one_streams_make_one_upstream_request(
+    upstream,
+):
+    question = "What is a token? (two replicas, live)"
+    over_sse = "What is a chunk? (two replicas, live)"
+    with redis_server() as redis_url:
+        env = {
+            "OPENAI_BASE_URL": upstream.base_url,
+            "REDIS_URL": redis_url,
+            "SHARED_ANSWERS": "on",
+            "ANSWER_CACHE_TTL_S": "0",  # no cache: only a live answer can be shared
+            "SYSTEM_PROMPT": "",
+            "STREAM_RETRIES": "0",
+        }
+        with AppProcess(env) as one, AppProcess(env) as two:
+            replicas = [one, two, one, two, one, two, one, two]
+            clients = await asyncio.gather(*(ChainlitClient(r.url).connect() for r in replicas))
+            try:
+                # The first asks on replica one; once its answer streams, the rest ask on both.
+                first = await clients[0].send(question)
+                await clients[0].wait_for(lambda e: e.name == "stream_token", start=first)
+                marks = [first, *await asyncio.gather(*(c.send(question) for c in clients[1:]))]
+                answers = await asyncio.gather(
+                    *(c.finished(mark) for c, mark in zip(clients, marks, strict=True))
+                )
+            finally:
+                await asyncio.gather(*(client.close() for client in clients))
+
+            # Over SSE, the same body on each replica at once shares; another temperature not.
+            same = {"messages": [{"role": "user", "content": over_sse}], "temperature": 0.5}
+            warmer = {**same, "temperature": 0.9}
+            sent = [(one, same), (two, same), (two, warmer)]
+            async with httpx2.AsyncClient(timeout=60) as http:
+                results = await asyncio.gather(
+                    *(read_all(http, "POST", f"{r.url}/api/stream", json=b) for r, b in sent)
+                )
+
+    (record,) = answers_upstream(upstream, question)
+    intended = choose_answer(record.messages)
+    finals = [answer.final_assistant_text() for answer in answers]
+    assert [strip_footer(final) for final in finals] == [intended] * len(replicas)
+    assert "· shared" not in finals[0]
+    assert all("· shared" in final for final in finals[1:]), "on either replica, shared"
+
+    by_temperature = sorted(r.body["temperature"] for r in answers_upstream(upstream, over_sse))
+    assert by_temperature == [0.5, 0.9], "one request for 0.5 (shared by two replicas), one for 0.9"
+    texts = [text_of(events) for events in results]
+    assert texts[0] == texts[1] and texts[0]
+    for events in results:
+        assert [e for e in events if isinstance(e, Received)][-1].event == "done"
