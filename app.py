@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -27,6 +28,7 @@ from streamchat.chat import ChatSession, retried_question
 from streamchat.classroom import ui as classroom_ui
 from streamchat.core.errors import ConfigError
 from streamchat.core.paint import PAINTED_EVENT, PaintAcks
+from streamchat.core.segments import SEGMENT_CHARS, StreamingAnswers
 from streamchat.core.sinks import ChainlitSink
 from streamchat.faces.chat_settings import settings_widgets
 from streamchat.faces.web import mount
@@ -198,6 +200,14 @@ async def stream_painted(_sid: str, data: object = None) -> None:
 
 def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
     message = message or cl.Message(content="")
+    part_chars = _runtime.settings.stream_part_chars if _runtime is not None else 0
+    # The answers streaming in this chat: a long answer is cut into parts only while alone.
+    answers: StreamingAnswers = cl.user_session.get("streaming_answers") or StreamingAnswers()
+    cl.user_session.set("streaming_answers", answers)
+
+    def split(part: Any) -> cl.Message | None:
+        return _split_message(part) if answers.alone(sink) else None
+
     sink = ChainlitSink(
         message,
         notify_error=_show_error,
@@ -208,9 +218,31 @@ def _sink(chat: ChatSession, message: cl.Message | None = None) -> ChainlitSink:
         thinking=_thinking_step if chat.options.show_reasoning else None,
         checkpoint=_checkpoint(message),
         checkpoint_every_s=_hosting.partial_save_s,
+        split=split if part_chars > 0 else None,
+        segment_chars=part_chars or SEGMENT_CHARS,
     )
+    answers.add(sink)
     _drain.track(sink)
     return sink
+
+
+def _split_message(message: cl.Message) -> cl.Message:
+    """A long answer goes on in a new message (core/segments.py): the part shown so far, as a
+    message of its own under the id the page knows, and `message` under a new id."""
+    finished = cl.Message(
+        content=message.content,
+        id=message.id,
+        author=message.author,
+        parent_id=message.parent_id,
+        created_at=message.created_at,
+        metadata=dict(message.metadata or {}),
+    )
+    message.id = str(uuid.uuid4())
+    message.content = ""
+    message.streaming = False  # its next text is the new message's stream_start
+    message.created_at = utc_now()  # stored after the part before it
+    message.persisted = False
+    return finished
 
 
 def _checkpoint(message: cl.Message) -> Callable[[dict[str, Any]], Awaitable[None]] | None:

@@ -159,6 +159,14 @@ VARIABLES: dict[str, Variable] = {
             0,
             60000,
         ),
+        Variable(
+            "STREAM_PART_CHARS",
+            "whole",
+            "8000",
+            "Characters after which a long answer goes on in a new message (0: never).",
+            0,
+            10_000_000,
+        ),
         Variable("STREAM_READ_PACING", "flag", "true", "Read chunks once per UI update."),
         Variable(
             "EVENT_LOOP",
@@ -455,6 +463,7 @@ class Settings:
     retries: int = 2
     stream_flush_ms: float = 40.0
     stream_paint_hold_ms: float = 2000.0  # an update waits this long at most for a paint (paint.py)
+    stream_part_chars: int = 8000  # a long answer goes on in a new message (segments.py); 0: never
     read_pacing: bool = True  # leave chunks in the kernel until the next UI update (pacing.py)
     speedups: bool = True  # STREAM_SPEEDUPS: off, only public APIs (streamchat/speedups)
     stream_resumes: int = 1
@@ -512,6 +521,7 @@ class Settings:
             retries=read.whole("STREAM_RETRIES") or 0,
             stream_flush_ms=read.number("STREAM_FLUSH_MS"),
             stream_paint_hold_ms=read.number("STREAM_PAINT_HOLD_MS"),
+            stream_part_chars=read.whole("STREAM_PART_CHARS") or 0,
             read_pacing=read.flag("STREAM_READ_PACING"),
             speedups=read.flag("STREAM_SPEEDUPS"),
             stream_resumes=read.whole("STREAM_RESUMES") or 0,

@@ -11,6 +11,8 @@ complete Markdown on its own, and so is the text after it.
 from __future__ import annotations
 
 import re
+import weakref
+from typing import Protocol
 
 # A long answer continues in a new message once its current message holds this many characters
 # (about 1,500 tokens) and a safe cut comes: shorter answers are one message, as always.
@@ -28,6 +30,31 @@ _LIST_ITEM = re.compile(r"([-*+]|\d{1,9}[.)])([ \t]|$)")
 
 def segment_metadata(first: str, index: int, *, continued: bool) -> dict[str, object]:
     return {"first": first, "index": index, "continued": continued}
+
+
+class Answer(Protocol):
+    """What `StreamingAnswers` needs of an answer's sink: whether it has finished."""
+
+    @property
+    def done(self) -> bool: ...
+
+
+class StreamingAnswers:
+    """The answers streaming in one chat. A long answer may go on in a new message only while
+    it is the only one: the new message is placed last, below any answer streaming beside it
+    (the Classroom's lanes), which would split the answer around another.
+
+    Answers are held weakly: a finished answer's sink is not kept alive by the chat."""
+
+    def __init__(self) -> None:
+        self._answers: weakref.WeakSet[Answer] = weakref.WeakSet()
+
+    def add(self, answer: Answer) -> None:
+        self._answers.add(answer)
+
+    def alone(self, answer: Answer) -> bool:
+        """Whether no answer other than `answer` is still streaming."""
+        return not any(other is not answer and not other.done for other in self._answers)
 
 
 class BlockBoundaries:
