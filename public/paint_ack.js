@@ -53,8 +53,21 @@
     }
     sheet.insertRule(rule, sheet.cssRules.length);
   }
+  function metadataOf(step) {
+    // A stored thread's steps may carry their metadata as JSON text (SQLite keeps it so).
+    let metadata = step && step.metadata;
+    if (typeof metadata === "string") {
+      try {
+        metadata = JSON.parse(metadata);
+      } catch (error) {
+        return null;
+      }
+    }
+    return metadata && typeof metadata === "object" ? metadata : null;
+  }
   function showAsOne(step) {
-    const segment = step && step.metadata && step.metadata[SEGMENT_KEY];
+    const metadata = metadataOf(step);
+    const segment = metadata && metadata[SEGMENT_KEY];
     if (!segment || typeof step.id !== "string") return;
     const id = "#step-" + CSS.escape(step.id);
     const outer = '[data-step-type="assistant_message"]:has(> div > ' + id + ")";
