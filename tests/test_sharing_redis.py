@@ -340,6 +340,34 @@ async def test_with_redis_down_a_live_answer_is_shared_within_the_replica(caplog
     assert "What is a stream" not in caplog.text and key not in caplog.text
 
 
+async def test_a_redis_that_never_answers_holds_no_answer_past_the_join_timeout(caplog):
+    caplog.set_level(logging.WARNING)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # connected, and never a reply
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # A long lease: the store's socket timeout (lease / 3 + 5 s) is then 25 s.
+    url = f"redis://127.0.0.1:{port}/0"
+    store = RedisSharedStreams(url, lease_s=60, join_timeout_s=0.2)
+    source = ScriptedSource(PIECES)
+    p = Pipeline(
+        source, sharing=SharedAnswers(live_remote=store), flush_interval_s=0, resilience=NO_RETRIES
+    )
+    try:
+        sink, result = await asyncio.wait_for(answer(p), 10)
+    finally:
+        await store.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+    assert sink.text == ANSWER and result.reason is EndReason.COMPLETE
+    assert len(source.requests) == 1
+    assert "shared within this replica only: Redis failed (TimeoutError)" in caplog.text
+
+
 def test_end_entries_carry_what_the_user_is_told_and_nothing_more():
     assert decode_end(encode_end(None)) is None
     assert isinstance(decode_end(encode_end(asyncio.CancelledError())), LeaderGone)

@@ -50,6 +50,7 @@ PREFIX = "streamchat:shared:"
 LEASE_S = 6.0  # a leader that shows no sign of life this long is gone
 END_KEEP_S = 30.0  # an ended stream is kept this long for followers still reading it
 LIVE_KEEP_S = 120.0  # a stream whose leader went away is deleted this long after
+JOIN_TIMEOUT_S = 2.0  # a Redis that does not answer this fast is down, for a join
 
 # Take the lead, or say who has it: {1, run} or {0, the leader's run}.
 CLAIM = """
@@ -160,6 +161,7 @@ class RedisSharedStreams:
         lease_s: float = LEASE_S,
         end_keep_s: float = END_KEEP_S,
         live_keep_s: float = LIVE_KEEP_S,
+        join_timeout_s: float = JOIN_TIMEOUT_S,
         client: Any = None,
     ) -> None:
         import redis.asyncio as redis  # only deployments with REDIS_URL need it
@@ -168,6 +170,8 @@ class RedisSharedStreams:
         self.check_s = lease_s / 3  # heartbeats, viewer refreshes, checks on the leader
         self.end_keep_ms = max(1, math.ceil(end_keep_s * 1000))
         self.live_keep_ms = max(self.lease_ms, math.ceil(live_keep_s * 1000))
+        # Every answer waits for its join: a hung Redis must not hold it for a socket timeout.
+        self.join_timeout_s = join_timeout_s
         # Reads block up to check_s, so the socket may wait longer than that.
         self._redis: Any = client or redis.from_url(
             url,
@@ -193,12 +197,14 @@ class RedisSharedStreams:
         run = uuid.uuid4().hex
         claim = asyncio.ensure_future(self._claim(keys=[lead_key(key)], args=[run, self.lease_ms]))
         try:
-            won, holder = await asyncio.shield(claim)
+            won, holder = await asyncio.wait_for(asyncio.shield(claim), self.join_timeout_s)
         except asyncio.CancelledError:
             # Nobody wants the answer any more: a lease taken meanwhile is let go.
             claim.add_done_callback(lambda done: self._let_go(done, key, run))
             raise
         except Exception as exc:
+            # Down or too slow: a lease the claim takes after all is let go (not led).
+            claim.add_done_callback(lambda done: self._let_go(done, key, run))
             self.warn("a live answer is shared within this replica only", exc)
             return None
         if int(won):
