@@ -4,6 +4,7 @@ hold mode, clean text passed through exactly, linear cost, failing closed."""
 from __future__ import annotations
 
 import re
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ from streamchat.guardrails import (
     build_guard,
     check_input,
 )
-from streamchat.guardrails.normalize import Normalizer
+from streamchat.guardrails.normalize import Normalizer, normalize
 from streamchat.settings import guardrail_config
 
 POLICIES = (PiiPolicy(), SecretsPolicy(), BlocklistPolicy(["darn", "hate"]))
@@ -327,6 +328,26 @@ def test_normalizer_maps_positions_back_to_the_original():
         normalizer.feed(piece)
     assert normalizer.window(0) == "ab c"
     assert [normalizer.to_original(i) for i in range(4)] == [0, 2, 3, 7]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.text(alphabet="ab \n\t١२3\u200bé x", max_size=9), max_size=60),
+    reads=st.lists(st.tuples(st.integers(0, 80), st.integers(-3, 90)), max_size=60),
+)
+def test_normalizer_windows_read_from_the_kept_tail_equal_the_whole_text(pieces, reads):
+    # A small kept tail, so reads fall before it, across it and after it, and it is trimmed.
+    with mock.patch("streamchat.guardrails.normalize._RECENT_KEEP", 8):
+        normalizer = Normalizer()
+        for count, (piece, (back, length)) in enumerate(
+            zip(pieces, reads + [(0, -1)] * len(pieces), strict=False), start=1
+        ):
+            normalizer.feed(piece)
+            whole = normalize("".join(pieces[:count]))
+            start = max(0, len(whole) - back)
+            end = None if length < 0 else start + length
+            assert normalizer.window(start, end) == whole[start:end]
+            assert normalizer.window(start) == whole[start:]
 
 
 noisy = st.text(alphabet="abcdeXYZ 0123456789,.-+()@:=_", min_size=0, max_size=120)

@@ -133,9 +133,11 @@ class Guard:
         self._always_continue: dict[str, frozenset[str]] = {
             p.name: getattr(p, "always_continues", frozenset()) for p in self.policies
         }
-        self._accepts_since = {
-            p.name for p in self.policies if getattr(p, "accepts_since", False) is True
-        }
+        # Each check calls these for every policy: looked up once.
+        self._finders = tuple(
+            (p.name, p.find, getattr(p, "accepts_since", False) is True) for p in self.policies
+        )
+        self._hold_froms = tuple((p.name, getattr(p, "hold_from", None)) for p in self.policies)
         self.record = GuardRecord(policies=tuple(p.name for p in self.policies))
         self._norm = Normalizer()
         self._unreleased = ""  # original text after the release point (bounded by the hold)
@@ -285,16 +287,16 @@ class Guard:
         most max_match characters back, less where every policy can tell (see Policy)."""
         tail_start = max(0, len(self._norm) - self.max_match)
         tail = self._norm.window(tail_start)
-        start = len(self._norm)
-        for policy in self.policies:
-            hold_from = getattr(policy, "hold_from", None)
+        offset = len(tail)
+        for name, hold_from in self._hold_froms:
+            if hold_from is None:
+                return tail_start
             try:
-                offset = hold_from(tail) if hold_from is not None else 0
+                offset = min(offset, hold_from(tail))
             except Exception:
-                log.exception("guardrail policy %s failed to say what to hold", policy.name)
-                offset = 0  # fail closed: hold everything
-            start = min(start, tail_start + max(0, offset))
-        return start
+                log.exception("guardrail policy %s failed to say what to hold", name)
+                return tail_start  # fail closed: hold everything
+        return tail_start + max(0, offset)
 
     def _first_release(self, safe: int) -> int:
         """The first text shown ends between words: the UI sends its first update at once and
@@ -403,20 +405,19 @@ class Guard:
         window = self._norm.window(start, end)
         decided: list[Match] = []
         still_open: dict[tuple[int, str], str] = {}
-        for policy in self.policies:
+        for name, find, accepts_since in self._finders:
             try:
                 # Everything before `since` is decided: a policy that can use it looks for new
                 # matches from there only (the window before it is context).
-                if policy.name in self._accepts_since:
-                    found = policy.find(window, since - start)  # type: ignore[call-arg]
-                else:
-                    found = policy.find(window)
+                found = find(window, since - start) if accepts_since else find(window)
             except Exception:
                 # A check that fails must not let text through: the whole window violates.
-                log.exception("guardrail policy %s failed; failing closed", policy.name)
+                log.exception("guardrail policy %s failed; failing closed", name)
                 self.record.check_errors += 1
-                self.record.failed_policies.append(policy.name)
+                self.record.failed_policies.append(name)
                 found = [Match(0, len(window), "check_error")]
+            if not found:
+                continue
             for match in found:
                 absolute = Match(match.start + start, match.end + start, match.kind)
                 key = (absolute.start, absolute.end, absolute.kind)
@@ -427,17 +428,19 @@ class Guard:
                 growing = absolute.end >= end - _GROWTH_MARGIN or match.pending
                 if growing and not final and absolute.kind != "check_error":
                     if absolute.start >= end - self.max_match - _GROWTH_MARGIN:
-                        still_open[(absolute.start, absolute.kind)] = policy.name
+                        still_open[(absolute.start, absolute.kind)] = name
                         continue
                     # It has grown beyond max_match while still going on: decided now as a
                     # capped match (stop, or redact reading on to its end).
                     absolute = Match(absolute.start, absolute.start + self.max_match, match.kind)
                     key = (absolute.start, absolute.end, absolute.kind)
                     self._capped.add(key)
-                self._handled[key] = policy.name
+                self._handled[key] = name
                 decided.append(absolute)
         self._open = still_open
         self._scanned = end
+        if not decided and not still_open:
+            return decided, None  # most checks: nothing found
         decided.sort(key=lambda m: (m.start, -m.end))
         kept: list[Match] = []
         for match in decided:

@@ -23,6 +23,9 @@ INVISIBLE = frozenset(
 
 # ASCII text without these passes through unchanged: no whitespace but single spaces.
 _ASCII_CHANGES = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1f]|  ")
+# The newest normalised text kept as one string for `window` (checks read the last few hundred
+# characters, twice each): at least this much, at most twice as much.
+_RECENT_KEEP = 2048
 
 
 class Normalizer:
@@ -33,6 +36,8 @@ class Normalizer:
         self.origin: list[int] = []
         self.original_length = 0
         self._in_space = False
+        self._recent = ""  # normalised text from _recent_start on, as far as window() has read
+        self._recent_start = 0
 
     def feed(self, text: str) -> None:
         base = self.original_length
@@ -75,7 +80,23 @@ class Normalizer:
         return len(self._chars)
 
     def window(self, start: int, end: int | None = None) -> str:
-        return "".join(self._chars[start:end])
+        """Normalised text [start, end). The newest text comes from a string kept for it, so a
+        check near the end joins only what arrived since the last one."""
+        length = len(self._chars)
+        stop = length if end is None else min(end, length)
+        if start < self._recent_start:
+            return "".join(self._chars[start:stop])
+        recent = self._recent
+        read = self._recent_start + len(recent)
+        if read < length:
+            recent += "".join(self._chars[read:length])
+            if len(recent) > 2 * _RECENT_KEEP:
+                drop = min(len(recent) - _RECENT_KEEP, start - self._recent_start)
+                recent = recent[drop:]
+                self._recent_start += drop
+            self._recent = recent
+        base = self._recent_start
+        return recent[start - base : max(start, stop) - base]
 
     def to_original(self, position: int) -> int:
         """Original index where normalised position `position` begins (end of text if past)."""

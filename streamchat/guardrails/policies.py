@@ -273,11 +273,8 @@ class PiiPolicy:
         until it is _IFSC_NEAR characters behind (an IFSC may follow it)."""
         numberish = _NUMBERISH_BACKWARDS.match(text[::-1])
         start = min(trailing_word_start(text), len(text) - (numberish.end() if numberish else 0))
-        recent = max(0, len(text) - _IFSC_NEAR - 12)
-        for account in _ACCOUNT.finditer(text, recent):
-            start = min(start, account.start())
-            break
-        return start
+        account = _ACCOUNT.search(text, max(0, len(text) - _IFSC_NEAR - 12))
+        return start if account is None else min(start, account.start())
 
     def find(self, text: str, since: int = 0) -> list[Match]:
         """Matches in `text`. With `since`, [] when no match can start at or after it (what
@@ -610,11 +607,26 @@ _PENDING_ASSIGNMENT = re.compile(
 )
 _PENDING_REACH = 64  # the longest tail a pending header or assignment can have
 _PENDING_WORDS = 5  # and the most words ("-----BEGIN ENCRYPTED PRIVATE KEY", "token = value")
-_TRIGGER = re.compile(
+# The cheap first question, in two parts: a format's prefix (one case-sensitive search, a
+# third of the cost of one search with the case-insensitive names in it), then, only where a
+# ":" or "=" occurs, a secret's name before it.
+_TRIGGER_PREFIX = re.compile(
     r"-----BEGIN|sk-|AIza|A(?:KIA|SIA|BIA|CCA|3T)|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
-    r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|@|"
-    r"(?i:bearer |(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
+    r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|@|[Bb][Ee][Aa][Rr][Ee][Rr] "
 )
+_TRIGGER_NAME = re.compile(
+    r"(?i:(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
+)
+
+
+def _triggered(text: str, start: int) -> bool:
+    """Whether a format's prefix or a secret's name before : or = occurs from `start` on."""
+    if _TRIGGER_PREFIX.search(text, start) is not None:
+        return True
+    has_separator = text.find(":", start) >= 0 or text.find("=", start) >= 0
+    return has_separator and _TRIGGER_NAME.search(text, start) is not None
+
+
 # How far before a match its trigger can start: a value found by the name before it
 # ("credentials" ": " '"' is 17 characters; an AWS "SecretAccessKey" name with its separators
 # less). A password in a URL has its "@" after it, so the scheme may be any distance back.
@@ -672,17 +684,24 @@ class SecretsPolicy:
         """Keys and tokens have no spaces: only the last word can be one in progress, unless a
         PEM header, a `name = value` assignment or a bearer token is still being written."""
         start = trailing_word_start(text)
+        # Each pattern only where its fixed part occurs (most text has neither): a header has
+        # a "-", an assignment or bearer token a name.
+        tail = text[-_PENDING_REACH:]
+        has_dash = "-" in tail
+        lowered = tail.lower()
+        has_name = any(part in lowered for part in _NAME_PARTS)
+        if not (has_dash or has_name):
+            return start
         # Both fit in the last few words: search only there.
         reach = start
         for _ in range(_PENDING_WORDS):
             reach = text.rfind(" ", 0, max(0, reach - 1)) + 1
         reach = max(reach, len(text) - _PENDING_REACH)
-        # Each pattern only where its fixed part occurs (most text has neither).
         tail = text[reach:]
         lowered = tail.lower()
         for pattern, worth_a_look in (
-            (_PENDING_PEM, "-" in tail),
-            (_PENDING_ASSIGNMENT, any(part in lowered for part in _NAME_PARTS)),
+            (_PENDING_PEM, has_dash and "-" in tail),
+            (_PENDING_ASSIGNMENT, has_name and any(part in lowered for part in _NAME_PARTS)),
         ):
             pending = pattern.search(text, reach) if worth_a_look else None
             if pending is not None:
@@ -693,7 +712,7 @@ class SecretsPolicy:
         """Matches in `text`. With `since`, [] when no match can start at or after it (its
         format's prefix, its name or its "@" lies within _TRIGGER_REACH before the match or
         inside it); otherwise every match in `text`, as without it."""
-        if _TRIGGER.search(text, max(0, since - _TRIGGER_REACH)) is None:
+        if not _triggered(text, max(0, since - _TRIGGER_REACH)):
             return []  # no format's prefix and no secret's name: most prose stops here
         found: list[Match] = []
         lowered = text.lower()
@@ -765,6 +784,7 @@ class BlocklistPolicy:
         # Every beginning of an entry: text still being written can only become an entry
         # where its end is one of these.
         self._prefixes = frozenset(w[:i] for w in words for i in range(1, len(w) + 1))
+        self._initials = frozenset(w[0] for w in words)
         self._empty = not words
         if words:
             self.automaton.make_automaton()
@@ -775,11 +795,13 @@ class BlocklistPolicy:
         such start (len(text) when there is none, as after most words)."""
         first = max(0, len(text) - (self.max_match - 1))
         folded = fold(text[first:])
-        for offset in range(len(folded)):
+        initials, prefixes = self._initials, self._prefixes
+        for offset, char in enumerate(folded):
+            # The first character is looked up before anything longer is made and looked up.
+            if char not in initials or folded[offset:] not in prefixes:
+                continue
             start = first + offset
-            if folded[offset:] in self._prefixes and (
-                start == 0 or not _is_word_char(text[start - 1])
-            ):
+            if start == 0 or not _is_word_char(text[start - 1]):
                 return start
         return len(text)
 
