@@ -25,6 +25,7 @@ from streamchat.core.segments import SEGMENT_KEY, BlockBoundaries, StreamingAnsw
 from streamchat.core.sinks import ChainlitSink
 from streamchat.core.types import EndReason
 from streamchat.hosting.persistence import conversation_from_steps
+from tests.waiting import eventually
 
 STATS = StreamStats(
     first_token_s=0.1,
@@ -471,6 +472,30 @@ async def test_saves_while_streaming_hold_the_whole_answer_across_parts():
     await asyncio.wait_for(saved.wait(), 10)
     await answer.end(ANSWER[: 4 * PART])
     assert any(ANSWER[: 4 * PART].startswith(t) and len(t) > 2 * PART for t in texts)
+
+
+async def test_a_part_saved_while_it_went_on_in_a_new_message_is_stored_again_finished():
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_checkpoint(metadata: dict[str, Any]) -> None:
+        entered.set()
+        await release.wait()  # a database write under way while the answer goes on
+
+    answer = Answer(checkpoint=slow_checkpoint)
+    await answer.sink.write(ANSWER[:40])
+    await entered.wait()
+    first_id = answer.message.id
+    await answer.stream(ANSWER[40 : 4 * PART], 40)
+    assert answer.sink.parts and answer.sink.parts[0].id == first_id
+    release.set()  # that save lands now, after the finished part was sent and stored
+    await eventually(
+        lambda: ("update", first_id) in answer.page.events,
+        within=10,
+        what="the finished part stored again",
+    )
+    assert answer.page.shown[first_id] == answer.sink.parts[0].content
+    await answer.end(ANSWER[: 4 * PART])
+    assert answer.answer_shown() == ANSWER[: 4 * PART]
 
 
 async def test_through_the_coalescer_every_part_is_whole_and_in_order():

@@ -323,14 +323,30 @@ class ChainlitSink:
 
     async def _keep_saved(self, checkpoint: Callable[[dict[str, Any]], Awaitable[object]]) -> None:
         while True:
+            saving = self.message.id  # the checkpoint saves the message as it is now
             try:
                 stored = partial_answer_metadata(self.shown, time.time())
                 await checkpoint({**(self.message.metadata or {}), **stored})
             except Exception as exc:  # a lost save must never break the answer
                 log.warning("could not save the answer being written: %s", type(exc).__name__)
+            if saving != self.message.id:
+                await self._store_part_again(saving)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._saving_ends.wait(), self._checkpoint_every_s)
                 return
+
+    async def _store_part_again(self, part_id: str) -> None:
+        """The answer went on in a new message while a save of its part `part_id` was under
+        way: that save, with the answer so far marked in progress, may have landed after the
+        finished part was stored; the part is stored again as it is, so a resumed chat finds
+        it finished and holding only its own text."""
+        part = next((p for p in self.parts if p.id == part_id), None)
+        if part is None:
+            return
+        try:
+            await part.update()
+        except Exception as exc:
+            log.warning("could not save a finished part of the answer: %s", type(exc).__name__)
 
     async def _stop_saving(self) -> None:
         """No partial save may land after the final one: the last one in flight ends first."""
