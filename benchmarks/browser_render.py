@@ -11,9 +11,12 @@ on the answer and a PerformanceObserver for long tasks (> 50 ms on the main thre
 - longest freeze: the longest time the answer did not grow, between its first and last word;
 - busy: main-thread time in long tasks while the answer streamed; longest task: how long an
   input (a key press, Stop) could wait at worst.
-Apps: streamchat with its defaults (updates paced by the page's paint acknowledgements),
+The answer's text is counted across its messages (a long answer streams in parts).
+Apps: streamchat with its defaults (updates paced by the page's paint acknowledgements, a long
+answer in parts of STREAM_PART_CHARS), the same with STREAM_PART_CHARS=0 (one message),
 streamchat with STREAM_PAINT_HOLD_MS=0 (updates paced by time alone), and the per-token
 baseline (benchmarks/baseline_app.py). Run: python benchmarks/browser_render.py [--tps 100,200]
+[--apps paint,whole,time,baseline]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -179,24 +183,34 @@ RECORDER = """
       bench.longTasks.push([performance.timeOrigin + entry.startTime, entry.duration]);
     }
   }).observe({ type: "longtask", buffered: true });
+  // The answers' text on the page: a long answer may be shown in several messages (parts).
+  const shown = () => {
+    let length = 0, last = false;
+    for (const answer of document.querySelectorAll(".ai-message .message-content")) {
+      const text = answer.textContent || "";
+      length += text.length;
+      last = last || text.includes("LAST_WORD");
+    }
+    return [length, last];
+  };
   let seen = 0;
   const observe = () => {
     new MutationObserver(() => {
       if (bench.clickAt === null || bench.lastWordAt !== null) return;
-      const answers = document.querySelectorAll(".ai-message .message-content");
-      const answer = answers[answers.length - 1];
-      if (!answer) return;
-      const text = answer.textContent || "";
-      if (text.length > seen) {
+      const [length, last] = shown();
+      if (length > seen) {
         const now = Date.now();
-        seen = text.length;
+        seen = length;
         bench.grew.push(now);
         if (bench.firstTextAt === null) bench.firstTextAt = now;
-        if (text.includes("LAST_WORD")) bench.lastWordAt = now;
+        if (last) bench.lastWordAt = now;
       }
     }).observe(document.body, { childList: true, subtree: true, characterData: true });
     document.addEventListener("click", (event) => {
-      if (event.target.closest && event.target.closest("#chat-submit")) bench.clickAt = Date.now();
+      if (event.target.closest && event.target.closest("#chat-submit")) {
+        bench.clickAt = Date.now();
+        seen = shown()[0];  // what was on the page before the question
+      }
     }, true);
   };
   if (document.body) observe(); else addEventListener("DOMContentLoaded", observe);
@@ -290,8 +304,14 @@ def main() -> None:
 
     tokens = answer_tokens(args.tokens)
     print(f"the answer: {len(tokens)} tokens, {len(''.join(tokens))} characters")
+    print("load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()), flush=True)
     choices = {
-        "paint": ("streamchat (paced by paint)", REPO / "app.py", {}),
+        "paint": ("streamchat (paced by paint, long answers in parts)", REPO / "app.py", {}),
+        "whole": (
+            "streamchat, STREAM_PART_CHARS=0 (one message)",
+            REPO / "app.py",
+            {"STREAM_PART_CHARS": "0"},
+        ),
         "time": (
             "streamchat, STREAM_PAINT_HOLD_MS=0",
             REPO / "app.py",
@@ -331,6 +351,7 @@ def main() -> None:
         finally:
             browser.close()
     report(runs, len(tokens), len("".join(tokens)))
+    print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     lags = [r.last_word_s for r in runs if r.last_word_s is not None]
     if lags:
         print(f"median last-word lag over all runs: {statistics.median(lags):.2f} s")
