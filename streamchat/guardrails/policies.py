@@ -177,6 +177,9 @@ _UK_NINO = re.compile(
 # branch code: 4 letters, a zero, 6 letters or digits) within _IFSC_NEAR characters.
 _IFSC = re.compile(r"(?<![A-Za-z0-9])[A-Z]{4}0[A-Z0-9]{6}(?![A-Za-z0-9])")
 _ACCOUNT = re.compile(r"(?<![\w.,-])\d{9,18}(?![\w-]|[.,]\d)")
+# What every account number has: the first question before the full pattern (normalised text
+# has ASCII digits only, and a class of them is quicker to search for than \d).
+_NINE_DIGITS = re.compile(r"[0-9]{9}")
 _IFSC_NEAR = 40
 _DIGITS = re.compile(r"\d")
 # Every kind has an @ or four digits close together ("1234", "12 34" in a UK NI number),
@@ -273,7 +276,10 @@ class PiiPolicy:
         until it is _IFSC_NEAR characters behind (an IFSC may follow it)."""
         numberish = _NUMBERISH_BACKWARDS.match(text[::-1])
         start = min(trailing_word_start(text), len(text) - (numberish.end() if numberish else 0))
-        account = _ACCOUNT.search(text, max(0, len(text) - _IFSC_NEAR - 12))
+        recent = max(0, len(text) - _IFSC_NEAR - 12)
+        if _NINE_DIGITS.search(text, recent) is None:
+            return start
+        account = _ACCOUNT.search(text, recent)
         return start if account is None else min(start, account.start())
 
     def find(self, text: str, since: int = 0) -> list[Match]:
@@ -607,24 +613,31 @@ _PENDING_ASSIGNMENT = re.compile(
 )
 _PENDING_REACH = 64  # the longest tail a pending header or assignment can have
 _PENDING_WORDS = 5  # and the most words ("-----BEGIN ENCRYPTED PRIVATE KEY", "token = value")
-# The cheap first question, in two parts: a format's prefix (one case-sensitive search, a
-# third of the cost of one search with the case-insensitive names in it), then, only where a
-# ":" or "=" occurs, a secret's name before it.
+# The cheap first question, in two parts. A format's prefix: one case-sensitive search whose
+# every alternative begins with a fixed character, so the regex engine skips to those
+# characters (a fifth of the cost of one search with the case-insensitive names in it). Then,
+# only where a ":" or "=" or "bearer " occurs, a secret's name before it or a bearer token.
 _TRIGGER_PREFIX = re.compile(
-    r"-----BEGIN|sk-|AIza|A(?:KIA|SIA|BIA|CCA|3T)|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
-    r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|@|[Bb][Ee][Aa][Rr][Ee][Rr] "
+    r"-----BEGIN|sk-|AIza|AKIA|ASIA|ABIA|ACCA|A3T|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
+    r"hooks\.slack|xox|xapp|k_live_|SG\.|SK[0-9a-f]|AC[0-9a-f]|eyJ|://|@"
 )
 _TRIGGER_NAME = re.compile(
-    r"(?i:(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
+    r"(?i:bearer |(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
 )
 
 
 def _triggered(text: str, start: int) -> bool:
-    """Whether a format's prefix or a secret's name before : or = occurs from `start` on."""
+    """Whether a format's prefix, a secret's name before : or =, or "bearer " occurs from
+    `start` on."""
     if _TRIGGER_PREFIX.search(text, start) is not None:
         return True
-    has_separator = text.find(":", start) >= 0 or text.find("=", start) >= 0
-    return has_separator and _TRIGGER_NAME.search(text, start) is not None
+    if (
+        text.find(":", start) < 0
+        and text.find("=", start) < 0
+        and "bearer " not in text[start:].lower()
+    ):
+        return False
+    return _TRIGGER_NAME.search(text, start) is not None
 
 
 # How far before a match its trigger can start: a value found by the name before it
