@@ -1,5 +1,6 @@
 """Shared answers under load: N chat sessions ask the very same question at once, with
-SHARED_ANSWERS=on and off, against a fixed-rate upstream that counts requests.
+SHARED_ANSWERS=on and off, against a fixed-rate upstream that counts requests; then `on` with
+the sessions split between two app processes sharing one Redis (when redis-server is found).
 
 The upstream (this file with --upstream, its own process) answers `w0 w1 ...` (`--tokens` at
 `--tps`), counts the chat completion requests and records when it sent each token of each
@@ -20,8 +21,10 @@ import asyncio
 import bisect
 import json
 import re
+import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx2
@@ -29,6 +32,7 @@ import httpx2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.databases import redis_server  # noqa: E402
 from tests.harness import (  # noqa: E402
     AppProcess,
     ChainlitClient,
@@ -103,7 +107,10 @@ def serve_upstream(port: int, tps: float, tokens: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-async def one_mode(mode: str, upstream: str, sessions: int, tokens: int) -> dict[str, float]:
+async def one_mode(
+    mode: str, upstream: str, sessions: int, tokens: int, redis_url: str | None = None
+) -> dict[str, float]:
+    """One app, or with `redis_url` two apps sharing that Redis (sessions alternating)."""
     env = {
         "OPENAI_BASE_URL": f"{upstream}/v1",
         "SHARED_ANSWERS": mode,
@@ -111,9 +118,12 @@ async def one_mode(mode: str, upstream: str, sessions: int, tokens: int) -> dict
         "GUARDRAILS": "off",
         "SHOW_METRICS": "false",
     }
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
     expected = "".join(f"w{i} " for i in range(tokens))
-    with AppProcess(env) as app:
-        clients = [ChainlitClient(app.url) for _ in range(sessions)]
+    with ExitStack() as stack:
+        apps = [stack.enter_context(AppProcess(env)) for _ in range(1 if redis_url is None else 2)]
+        clients = [ChainlitClient(apps[i % len(apps)].url) for i in range(sessions)]
         await asyncio.gather(*(client.connect() for client in clients))
         async with httpx2.AsyncClient(base_url=upstream, timeout=30) as http:
             await http.post("/_reset")
@@ -153,6 +163,14 @@ async def one_mode(mode: str, upstream: str, sessions: int, tokens: int) -> dict
     }
 
 
+def row(mode: str, f: dict[str, float]) -> None:
+    print(
+        f"| {mode} | {f['requests']} | {f['mismatches']} | "
+        f"{f['ttft_p50']:.0f} / {f['ttft_p95']:.0f} ms | "
+        f"{f['lag_p50']:.0f} / {f['lag_p95']:.0f} ms |"
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     port = free_port()
     command = [sys.executable, __file__, "--upstream", str(port)]
@@ -167,12 +185,13 @@ async def main(args: argparse.Namespace) -> None:
         )
         print("|---|---|---|---|---|")
         for mode in ("off", "on"):
-            f = await one_mode(mode, url, args.sessions, args.tokens)
-            print(
-                f"| {mode} | {f['requests']} | {f['mismatches']} | "
-                f"{f['ttft_p50']:.0f} / {f['ttft_p95']:.0f} ms | "
-                f"{f['lag_p50']:.0f} / {f['lag_p95']:.0f} ms |"
-            )
+            row(mode, await one_mode(mode, url, args.sessions, args.tokens))
+        if shutil.which("redis-server") is None:
+            print("(no redis-server: the two-replica row is left out)")
+            return
+        with redis_server() as redis_url:
+            f = await one_mode("on", url, args.sessions, args.tokens, redis_url)
+            row("on, 2 replicas + Redis", f)
     finally:
         proc.terminate()
         proc.wait()
