@@ -611,6 +611,14 @@ _PENDING_ASSIGNMENT = re.compile(
     r"(?i)(?:" + _SECRET_NAMES + r"|secret[ _-]?access[ _-]?key|bearer)"
     r"[\"']?\s{0,2}(?:(?::=|=>|[:=])\s{0,2}[\"'`]?\S*)?$"
 )
+# The same, read backwards from the end of the text (one anchored match instead of a search
+# trying every start): the end of some name, then what may follow it up to the end. Every name
+# above ends in one of these words, so no match here means no pending assignment; a match means
+# the search above is worth making.
+_PENDING_ASSIGNMENT_REVERSED = re.compile(
+    r"(?i)(?:\S*[\"'`]?\s{0,2}(?:=:|>=|[:=]))?\s{0,2}[\"']?"
+    r"(?:drowssap|dwssap|esarhpssap|dwp|terces|yek|nekot|s?laitnederc|reraeb)"
+)
 _PENDING_REACH = 64  # the longest tail a pending header or assignment can have
 _PENDING_WORDS = 5  # and the most words ("-----BEGIN ENCRYPTED PRIVATE KEY", "token = value")
 # The cheap first question, in two parts. A format's prefix: one case-sensitive search whose
@@ -714,7 +722,12 @@ class SecretsPolicy:
         lowered = tail.lower()
         for pattern, worth_a_look in (
             (_PENDING_PEM, has_dash and "-" in tail),
-            (_PENDING_ASSIGNMENT, has_name and any(part in lowered for part in _NAME_PARTS)),
+            (
+                _PENDING_ASSIGNMENT,
+                has_name
+                and any(part in lowered for part in _NAME_PARTS)
+                and _PENDING_ASSIGNMENT_REVERSED.match(tail[::-1]) is not None,
+            ),
         ):
             pending = pattern.search(text, reach) if worth_a_look else None
             if pending is not None:
