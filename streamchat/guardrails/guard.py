@@ -133,11 +133,14 @@ class Guard:
         self._always_continue: dict[str, frozenset[str]] = {
             p.name: getattr(p, "always_continues", frozenset()) for p in self.policies
         }
-        # Each check calls these for every policy: looked up once.
-        self._finders = tuple(
+        # Each check calls these for every policy: looked up once. A `find` that accepts
+        # `since` is called with it (see Policy).
+        self._finders: tuple[tuple[str, Callable[..., list[Match]], bool], ...] = tuple(
             (p.name, p.find, getattr(p, "accepts_since", False) is True) for p in self.policies
         )
-        self._hold_froms = tuple((p.name, getattr(p, "hold_from", None)) for p in self.policies)
+        self._hold_froms: tuple[tuple[str, Callable[[str], int] | None], ...] = tuple(
+            (p.name, getattr(p, "hold_from", None)) for p in self.policies
+        )
         self.record = GuardRecord(policies=tuple(p.name for p in self.policies))
         self._norm = Normalizer()
         self._unreleased = ""  # original text after the release point (bounded by the hold)
