@@ -497,13 +497,16 @@ class Guard:
             self._shown_length += len(text)
 
     def _note_hold(self) -> None:
-        held = self._norm.original_length - self._released
-        self.record.max_held_chars = max(self.record.max_held_chars, held)
-        while self._arrivals and self._arrivals[0][0] <= self._released:
-            self._arrivals.popleft()
-        if self._arrivals:
-            waited = self._clock() - self._arrivals[0][1]
-            self.record.max_hold_s = max(self.record.max_hold_s, waited)
+        record, arrivals, released = self.record, self._arrivals, self._released
+        held = self._norm.original_length - released
+        if held > record.max_held_chars:
+            record.max_held_chars = held
+        while arrivals and arrivals[0][0] <= released:
+            arrivals.popleft()
+        if arrivals:
+            waited = self._clock() - arrivals[0][1]
+            if waited > record.max_hold_s:
+                record.max_hold_s = waited
 
     def _final_check(self) -> None:
         """One check over the whole answer. Normalisation is per character, so whole-text
