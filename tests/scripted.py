@@ -6,8 +6,19 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 from streamchat.core.errors import ProviderError
+from streamchat.core.metrics import StreamStats
 from streamchat.core.relay import ReadPace
 from streamchat.core.types import ChatRequest, Delta, Usage
+
+# The stats of a short finished answer, for sinks under test.
+STATS = StreamStats(
+    first_token_s=0.1,
+    duration_s=1.0,
+    completion_tokens=3,
+    prompt_tokens=0,
+    usage_reported=False,
+    chunks=3,
+)
 
 
 class ScriptedSource:

@@ -13,7 +13,6 @@ from typing import Any
 
 from chainlit.user import User
 
-from streamchat.core.metrics import StreamStats
 from streamchat.core.relay import StreamResult
 from streamchat.core.sinks import ChainlitSink, partial_answer_metadata
 from streamchat.core.types import EndReason
@@ -24,16 +23,8 @@ from streamchat.hosting.persistence import (
     conversation_from_steps,
 )
 from streamchat.hosting.setup import Drain
+from tests.scripted import STATS
 from tests.waiting import eventually
-
-STATS = StreamStats(
-    first_token_s=0.1,
-    duration_s=1.0,
-    completion_tokens=3,
-    prompt_tokens=0,
-    usage_reported=False,
-    chunks=3,
-)
 
 
 class Message:

@@ -18,23 +18,15 @@ from hypothesis import strategies as st
 
 from streamchat.core.coalesce import CoalescingSink
 from streamchat.core.history import METADATA_KEY
-from streamchat.core.metrics import StreamStats
 from streamchat.core.paint import MessagePaint
 from streamchat.core.relay import StreamResult
 from streamchat.core.segments import SEGMENT_KEY, BlockBoundaries, StreamingAnswers
 from streamchat.core.sinks import ChainlitSink
 from streamchat.core.types import EndReason
 from streamchat.hosting.persistence import conversation_from_steps
+from tests.scripted import STATS
 from tests.waiting import eventually
 
-STATS = StreamStats(
-    first_token_s=0.1,
-    duration_s=1.0,
-    completion_tokens=3,
-    prompt_tokens=0,
-    usage_reported=False,
-    chunks=3,
-)
 PART = 120  # a part's least length in these tests (the app's is STREAM_PART_CHARS)
 
 

@@ -136,6 +136,17 @@ async def following(redis, count: int = 1) -> None:
     await eventually(holds, within=10, what=f"{count} remote viewers")
 
 
+async def first_piece_followed(one: Replica, two: Replica):
+    """`one` leads the question and releases its first piece; `two` asks it too and follows:
+    (one's sink, one's task, two's sink, two's task) once two shows that piece."""
+    sink_one, leader = one.ask()
+    await leading(one)
+    sink_two, follower = two.ask()
+    one.source.release(1)
+    await eventually(lambda: sink_two.text == PIECES[0], within=10, what="the followed piece")
+    return sink_one, leader, sink_two, follower
+
+
 async def test_a_follower_replays_the_leaders_answer_from_the_start_then_live_exactly(
     replicas, redis
 ):
@@ -202,11 +213,7 @@ async def test_a_viewer_on_another_replica_keeps_the_upstream_open_after_the_lea
     replicas, redis
 ):
     one, two = replicas(GatedSource(PIECES)), replicas(GatedSource(PIECES))
-    sink_one, leader = one.ask()
-    await leading(one)
-    sink_two, follower = two.ask()
-    one.source.release(1)
-    await eventually(lambda: sink_two.text == PIECES[0], within=10, what="the follower's piece")
+    sink_one, leader, sink_two, follower = await first_piece_followed(one, two)
     await following(redis)
     # The only viewer on the leading replica stops.
     assert await one.stop(sink_one, leader) is EndReason.STOPPED_BY_USER
@@ -223,11 +230,7 @@ async def test_a_viewer_on_another_replica_keeps_the_upstream_open_after_the_lea
 
 async def test_the_upstream_is_closed_once_the_last_remote_viewer_stops_too(replicas, redis):
     one, two = replicas(GatedSource(PIECES)), replicas(GatedSource(PIECES))
-    sink_one, leader = one.ask()
-    await leading(one)
-    sink_two, follower = two.ask()
-    one.source.release(1)
-    await eventually(lambda: sink_two.text == PIECES[0], within=10, what="the follower's piece")
+    sink_one, leader, sink_two, follower = await first_piece_followed(one, two)
     await following(redis)
     assert await one.stop(sink_one, leader) is EndReason.STOPPED_BY_USER
     assert await two.stop(sink_two, follower) is EndReason.STOPPED_BY_USER
@@ -279,11 +282,7 @@ async def test_a_leader_gone_mid_answer_is_resumed_by_the_followers_viewers_with
 
 async def test_without_resumes_a_leader_gone_mid_answer_ends_as_a_dropped_stream(replicas):
     one, two = replicas(GatedSource(PIECES)), replicas(ScriptedSource(PIECES))
-    sink_one, leader = one.ask()
-    await leading(one)
-    sink_two, follower = two.ask()
-    one.source.release(1)
-    await eventually(lambda: sink_two.text == PIECES[0], within=10, what="a piece on two")
+    sink_one, leader, sink_two, follower = await first_piece_followed(one, two)
     one.die()
     result = await follower
     assert result.reason is EndReason.ERROR and isinstance(result.error, LeaderGone)
@@ -294,11 +293,7 @@ async def test_without_resumes_a_leader_gone_mid_answer_ends_as_a_dropped_stream
 
 async def test_the_leaders_upstream_error_reaches_the_followers(replicas):
     one, two = replicas(GatedSource(PIECES, fail_at=1)), replicas(GatedSource(PIECES))
-    sink_one, leader = one.ask()
-    await leading(one)
-    sink_two, follower = two.ask()
-    one.source.release(1)
-    await eventually(lambda: sink_two.text == PIECES[0], within=10, what="a piece on two")
+    sink_one, leader, sink_two, follower = await first_piece_followed(one, two)
     one.source.release(1)
     done = await asyncio.gather(leader, follower)
     assert [r.reason for r in done] == [EndReason.ERROR] * 2

@@ -6,19 +6,10 @@ from __future__ import annotations
 import io
 
 from streamchat.core.errors import ProviderUnavailable, StreamBroken
-from streamchat.core.metrics import StreamStats
 from streamchat.core.relay import StreamResult
 from streamchat.core.sinks import ChainlitSink, ConsoleSink
 from streamchat.core.types import EndReason
-
-STATS = StreamStats(
-    first_token_s=0.1,
-    duration_s=1.0,
-    completion_tokens=3,
-    prompt_tokens=0,
-    usage_reported=False,
-    chunks=3,
-)
+from tests.scripted import STATS
 
 
 class FakeMessage:
