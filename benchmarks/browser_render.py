@@ -13,10 +13,13 @@ on the answer and a PerformanceObserver for long tasks (> 50 ms on the main thre
   input (a key press, Stop) could wait at worst.
 The answer's text is counted across its messages (a long answer streams in parts).
 Apps: streamchat with its defaults (updates paced by the page's paint acknowledgements, a long
-answer in parts of STREAM_PART_CHARS), the same with STREAM_PART_CHARS=0 (one message),
-streamchat with STREAM_PAINT_HOLD_MS=0 (updates paced by time alone), and the per-token
-baseline (benchmarks/baseline_app.py). Run: python benchmarks/browser_render.py [--tps 100,200]
-[--apps paint,whole,time,baseline]
+answer in parts of STREAM_PART_CHARS), the same with STREAM_PART_CHARS=0 (one message) or
+with GUARDRAILS=off, streamchat with STREAM_PAINT_HOLD_MS=0 (updates paced by time alone), and
+the per-token baseline (benchmarks/baseline_app.py). `--profile Classroom` asks in that chat
+profile (picked on the page as a person does); `--resumed` asks in a thread reopened from the
+history (SQLite, a logged-in user) that already holds the same long answer, streamed into it
+beforehand without the pace. Run: python benchmarks/browser_render.py [--tps 100,200]
+[--apps paint,whole,noguard,time,baseline] [--profile Classroom] [--resumed]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +44,7 @@ import httpx2
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from streamchat.hosting.users import UsersFile  # noqa: E402
 from streamchat.offline.lessons import lessons  # noqa: E402
 from streamchat.offline.tokens import tokenize  # noqa: E402
 from tests.harness import AppProcess, free_port  # noqa: E402
@@ -56,6 +61,10 @@ CHROMIUM_ARGS = [
 ]
 LAST_WORD = "Fin-of-the-long-answer"
 QUESTION = "Please write the long guide to streaming."
+# A question holding this is answered at once (no pace): the answer a resumed thread holds.
+AT_ONCE = "[at once]"
+USER, PASSWORD = "bench", "a password for the benchmark"
+AUTH_SECRET = "a-benchmark-secret-that-is-long-enough-for-hs256-0123456789"
 
 
 def long_answer() -> str:
@@ -134,11 +143,13 @@ def serve_upstream(port: int, tps: float, tokens: int) -> None:
         question = str(body["messages"][-1]["content"])
         times = sent.setdefault(question, [])
 
+        pace = float("inf") if AT_ONCE in question else tps
+
         async def stream():
             yield chunk({"role": "assistant", "content": ""})
             start = time.time()
             for index, piece in enumerate(pieces):
-                delay = start + index / tps - time.time()  # a schedule, not fixed sleeps
+                delay = start + index / pace - time.time()  # a schedule, not fixed sleeps
                 if delay > 0:
                     await asyncio.sleep(delay)
                 times.append(time.time())
@@ -184,16 +195,17 @@ RECORDER = """
     }
   }).observe({ type: "longtask", buffered: true });
   // The answers' text on the page: a long answer may be shown in several messages (parts).
+  // Its length and how many times the last word is in it (a resumed thread already has one).
   const shown = () => {
-    let length = 0, last = false;
+    let length = 0, last = 0;
     for (const answer of document.querySelectorAll(".ai-message .message-content")) {
       const text = answer.textContent || "";
       length += text.length;
-      last = last || text.includes("LAST_WORD");
+      last += text.split("LAST_WORD").length - 1;
     }
     return [length, last];
   };
-  let seen = 0;
+  let seen = 0, lastBefore = 0;
   const observe = () => {
     new MutationObserver(() => {
       if (bench.clickAt === null || bench.lastWordAt !== null) return;
@@ -203,13 +215,13 @@ RECORDER = """
         seen = length;
         bench.grew.push(now);
         if (bench.firstTextAt === null) bench.firstTextAt = now;
-        if (last) bench.lastWordAt = now;
+        if (last > lastBefore) bench.lastWordAt = now;
       }
     }).observe(document.body, { childList: true, subtree: true, characterData: true });
     document.addEventListener("click", (event) => {
       if (event.target.closest && event.target.closest("#chat-submit")) {
         bench.clickAt = Date.now();
-        seen = shown()[0];  // what was on the page before the question
+        [seen, lastBefore] = shown();  // what was on the page before the question
       }
     }, true);
   };
@@ -230,14 +242,74 @@ class Run:
     provider_s: float
 
 
-def measure(
-    browser: Any, app: AppProcess, upstream: str, name: str, tps: float, tokens: int, wait_s: float
-) -> Run:
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+# The long answer is on the page (every part of it, live or reopened from the history).
+ANSWER_SHOWN = """() => Array.from(document.querySelectorAll(".ai-message .message-content"),
+  (answer) => answer.textContent || "").join("").includes("LAST_WORD")""".replace(
+    "LAST_WORD", LAST_WORD
+)
+
+
+def open_chat(page: Any, url: str, profile: str) -> None:
+    """The app's page ready for a question, in `profile` (picked as a person picks it)."""
+    page.goto(url)
+    page.locator("#chat-input").wait_for(timeout=60_000)
+    if profile != "Chat":
+        page.get_by_role("combobox").first.click()
+        page.get_by_role("option", name=profile).click()
+        page.get_by_text("What is a token?", exact=True).first.wait_for(timeout=30_000)
+
+
+def reopen_thread_with_an_answer(page: Any, app: AppProcess, profile: str) -> None:
+    """Opens in `page` a thread from the history that holds the long answer: asked first in a
+    page of its own (streamed at once), then reopened by its address as a person does."""
+    first = page.context.new_page()
     try:
+        open_chat(first, app.url, profile)
+        first.locator("#chat-input").fill(f"{QUESTION} {AT_ONCE}")
+        first.locator("#chat-submit").click()
+        first.wait_for_function(ANSWER_SHOWN, timeout=180_000)
+        first.locator("#chat-submit").wait_for(timeout=60_000)  # the answer has ended
+        first.wait_for_url("**/thread/**", timeout=30_000)
+        thread = first.url
+    finally:
+        first.close()
+    page.goto(thread)
+    page.locator("#chat-input").wait_for(timeout=60_000)
+    page.wait_for_function(ANSWER_SHOWN, timeout=60_000)
+
+
+def login_cookie(app: AppProcess) -> dict[str, str]:
+    token = httpx2.post(
+        f"{app.url}/login", data={"username": USER, "password": PASSWORD}, timeout=30
+    ).cookies.get("access_token")
+    if not token:
+        raise SystemExit("could not log in to the app (resumed mode)")
+    return {"name": "access_token", "value": token, "url": app.url}
+
+
+def measure(
+    browser: Any,
+    app: AppProcess,
+    upstream: str,
+    name: str,
+    tps: float,
+    tokens: int,
+    wait_s: float,
+    *,
+    profile: str = "Chat",
+    resumed: bool = False,
+    screenshot: Path | None = None,
+) -> Run:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        if resumed:
+            context.add_cookies([login_cookie(app)])
+        page = context.new_page()
         page.add_init_script(RECORDER)
-        page.goto(app.url)
-        page.locator("#chat-input").wait_for(timeout=60_000)
+        if resumed:
+            reopen_thread_with_an_answer(page, app, profile)
+        else:
+            open_chat(page, app.url, profile)
         question = f"{QUESTION} ({name}, {tps:g} tok/s, {time.time():.3f})"
         page.locator("#chat-input").fill(question)
         page.locator("#chat-submit").click()
@@ -246,8 +318,10 @@ def measure(
                 "window.__bench.lastWordAt !== null", timeout=(tokens / tps + wait_s) * 1000
             )
         record = page.evaluate("window.__bench")
+        if screenshot is not None:
+            page.screenshot(path=str(screenshot))
     finally:
-        page.close()
+        context.close()
     sent = httpx2.get(f"{upstream}/_sent", params={"q": question}, timeout=10).json()
     click, first, last = record["clickAt"], record["firstTextAt"], record["lastWordAt"]
     end = last if last is not None else time.time() * 1000
@@ -295,6 +369,11 @@ def main() -> None:
     parser.add_argument(
         "--set", action="append", default=[], metavar="VAR=VALUE", help="for the streamchat apps"
     )
+    parser.add_argument("--profile", default="Chat", help="chat profile to ask in (Classroom)")
+    parser.add_argument(
+        "--resumed", action="store_true", help="ask in a thread reopened from the history"
+    )
+    parser.add_argument("--screenshot", type=Path, help="the page after the last run, as PNG")
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
@@ -312,6 +391,11 @@ def main() -> None:
             REPO / "app.py",
             {"STREAM_PART_CHARS": "0"},
         ),
+        "noguard": (
+            "streamchat, GUARDRAILS=off",
+            REPO / "app.py",
+            {"GUARDRAILS": "off"},
+        ),
         "time": (
             "streamchat, STREAM_PAINT_HOLD_MS=0",
             REPO / "app.py",
@@ -319,6 +403,12 @@ def main() -> None:
         ),
         "baseline": ("baseline (stream_token per chunk)", REPO / "benchmarks/baseline_app.py", {}),
     }
+    suffix = (f", {args.profile} profile" if args.profile != "Chat" else "") + (
+        ", resumed thread" if args.resumed else ""
+    )
+    history = Path(tempfile.mkdtemp(prefix="browser-render-"))
+    if args.resumed:  # the history (SQLite) and a user to log in as
+        UsersFile(history / "users.txt").add(USER, PASSWORD)
     runs: list[Run] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
@@ -340,9 +430,21 @@ def main() -> None:
                         }
                         if path.name == "app.py":
                             env.update(pair.split("=", 1) for pair in args.set)
+                        if args.resumed:
+                            env.update(
+                                {
+                                    "CHAINLIT_AUTH_SECRET": AUTH_SECRET,
+                                    "AUTH_USERS_FILE": str(history / "users.txt"),
+                                    "DATABASE_URL": f"sqlite:///{history / f'{key}-{tps:g}.db'}",
+                                }
+                            )
                         with AppProcess(env, app_path=path) as app:
                             for _ in range(args.repeat):
-                                run = measure(browser, app, url, name, tps, len(tokens), args.wait)
+                                run = measure(
+                                    browser, app, url, name + suffix, tps, len(tokens), args.wait,
+                                    profile=args.profile, resumed=args.resumed,
+                                    screenshot=args.screenshot,
+                                )  # fmt: skip
                                 runs.append(run)
                                 print(run, flush=True)
                 finally:
