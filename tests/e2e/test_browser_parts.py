@@ -1,7 +1,8 @@
 """A long answer in parts, in real Chromium (core/segments.py, public/paint_ack.js): it streams
 as several messages and reads as one answer (one avatar, the buttons and the stats line only
 under its last part, its whole text in order, no block cut in two), Stop ends it where it is,
-and the thread opened again from the history (SQLite) shows it the same way."""
+the thread opened again from the history (SQLite) shows it the same way, and a page without
+the script gets it as one message, as before."""
 
 from __future__ import annotations
 
@@ -132,7 +133,11 @@ def reads_as_one_answer(parts: list[dict[str, Any]], source: str) -> None:
     assert [p["buttons"] for p in parts[:-1]] == [False] * (len(parts) - 1), "none above"
     assert parts[-1]["buttons"], "the buttons under the last part"
     assert [" tok/s · " in p["text"] for p in parts] == [False] * (len(parts) - 1) + [True]
-    # The whole text in order: every section, code block and table once, none cut in two.
+    whole_and_in_order(parts, source)
+
+
+def whole_and_in_order(parts: list[dict[str, Any]], source: str) -> None:
+    """Every section, code block and table of the answer once and in order, none cut in two."""
     headings = [h for p in parts for h in p["headings"]]
     expected = re.findall(r"^## (\d+)\. ", source, flags=re.MULTILINE)
     assert [h.split(".")[0] for h in headings] == expected
@@ -187,3 +192,20 @@ def test_a_thread_opened_from_the_history_shows_the_answer_as_one(page, app, sou
     stored = finished(again)
     assert [p["id"] for p in stored] == [p["id"] for p in live], "the same parts, in order"
     reads_as_one_answer(stored, source)
+
+
+def test_a_page_without_the_paint_script_gets_a_long_answer_as_one_message(page, app, source):
+    blocked: list[str] = []
+
+    def block(route: Any) -> None:
+        blocked.append(route.request.url)
+        route.abort()
+
+    page.route("**/paint_ack.js", block)
+    ask(page, app.url)
+    parts = finished(page)
+    assert blocked, "the page asked for the script and did not get it"
+    assert page.evaluate("window.WebSocket.__streamchatPaintAck === undefined"), "not run"
+    assert len(parts) == 1, f"one message: {len(parts)}"
+    assert parts[0]["avatar"] and parts[0]["buttons"] and " tok/s · " in parts[0]["text"]
+    whole_and_in_order(parts, source)
