@@ -759,9 +759,7 @@ class SecretsPolicy:
                 if shape.valid is not None and not shape.valid(m.group(group)):
                     continue
                 found.append(Match(start, min(end, start + self.max_match), shape.kind))
-        assignments = (
-            _ASSIGNMENT.finditer(text) if _NAME_PART.search(lowered) is not None else ()
-        )
+        assignments = _ASSIGNMENT.finditer(text) if _NAME_PART.search(lowered) is not None else ()
         for m in assignments:
             raw = m.group(3)
             value = _TRAILING_PUNCTUATION.sub("", raw)
