@@ -5,7 +5,8 @@
 // Chainlit's page talks Socket.IO over a websocket it opens after this script has run; this
 // watches that websocket's incoming `stream_token` events and, once the browser has rendered
 // them and painted a frame, sends `stream_painted` {id, n} on the same connection: n is how
-// many stream_token events of message `id` the page has painted.
+// many stream_token events of message `id` the page has painted. It also shows a long answer
+// streamed in parts as one answer (below).
 (() => {
   "use strict";
   const Native = window.WebSocket;
@@ -69,6 +70,7 @@
     const metadata = metadataOf(step);
     const segment = metadata && metadata[SEGMENT_KEY];
     if (!segment || typeof step.id !== "string") return;
+    noteWholeAnswer(step.id, metadata, segment);
     const id = "#step-" + CSS.escape(step.id);
     const outer = '[data-step-type="assistant_message"]:has(> div > ' + id + ")";
     if (segment.index > 0) {
@@ -89,6 +91,52 @@
       );
     }
   }
+  // The copy button under the last part copies the whole answer, not the last part alone: the
+  // last part's stored metadata holds the answer's text (streamchat/core/history.py), and the
+  // page's own copy handler, when it writes to the clipboard right after that click, writes it.
+  const ANSWER_KEY = "streamchat";
+  const wholeAnswers = new Map(); // the last part's id -> the whole answer's Markdown
+  let pendingCopy = null; // { text, until }: what the copy just clicked writes instead
+  function noteWholeAnswer(id, metadata, segment) {
+    const stored = metadata[ANSWER_KEY];
+    if (segment.index > 0 && !segment.continued && stored && typeof stored.text === "string") {
+      wholeAnswers.set(id, stored.text);
+    }
+  }
+  document.addEventListener(
+    "click",
+    (event) => {
+      const target = event.target instanceof Element ? event.target : null;
+      const button = target && target.closest("button");
+      if (!button || !button.querySelector("svg.lucide-copy")) return;
+      if (button.closest(".message-content")) return; // a code block's own copy button
+      const step = button.closest('[id^="step-"]');
+      const whole = step && wholeAnswers.get(step.id.slice("step-".length));
+      pendingCopy = whole === undefined ? null : { text: whole, until: Date.now() + 1000 };
+    },
+    true,
+  );
+  function takePendingCopy() {
+    const pending = pendingCopy;
+    pendingCopy = null;
+    return pending !== null && Date.now() <= pending.until ? pending.text : null;
+  }
+  const clipboard = navigator.clipboard;
+  if (clipboard && typeof clipboard.writeText === "function") {
+    const writeText = clipboard.writeText.bind(clipboard);
+    const write = typeof clipboard.write === "function" ? clipboard.write.bind(clipboard) : null;
+    clipboard.writeText = (text) => {
+      const whole = takePendingCopy();
+      return writeText(whole === null ? text : whole);
+    };
+    if (write !== null) {
+      clipboard.write = (items) => {
+        const whole = takePendingCopy();
+        return whole === null ? write(items) : writeText(whole);
+      };
+    }
+  }
+
   function markSegments(data) {
     // new_message, update_message, stream_start: a step; resume_thread: a thread's steps.
     let payload;

@@ -1,8 +1,8 @@
 """A long answer in parts, in real Chromium (core/segments.py, public/paint_ack.js): it streams
 as several messages and reads as one answer (one avatar, the buttons and the stats line only
 under its last part, its whole text in order, no block cut in two), Stop ends it where it is,
-the thread opened again from the history (SQLite) shows it the same way, and a page without
-the script gets it as one message, as before."""
+the thread opened again from the history (SQLite) shows it the same way, the copy button under
+it copies all of it, and a page without the script gets it as one message, as before."""
 
 from __future__ import annotations
 
@@ -192,6 +192,32 @@ def test_a_thread_opened_from_the_history_shows_the_answer_as_one(page, app, sou
     stored = finished(again)
     assert [p["id"] for p in stored] == [p["id"] for p in live], "the same parts, in order"
     reads_as_one_answer(stored, source)
+
+
+def test_the_copy_button_under_a_long_answer_copies_all_of_its_parts(page, app, source):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=app.url)
+    ask(page, app.url)
+    parts = finished(page)
+    last = page.locator(f"#{parts[-1]['id']}")
+    last.hover()
+    last.locator(".message-content ~ * button:has(svg.lucide-copy)").click()
+    copied = ""
+
+    def read() -> str:
+        nonlocal copied
+        copied = page.evaluate("navigator.clipboard.readText()")
+        return copied
+
+    wait_until(lambda: read(), within=10, what="the copied answer", pause=browser_pause(page))
+    assert copied == source, (len(copied), len(source), copied[:80])
+    # A code block's own copy button still copies its code alone.
+    code = page.locator(f"#{parts[0]['id']} .message-content button:has(svg.lucide-copy)").first
+    code.hover()
+    code.click()
+    wait_until(
+        lambda: read() != source, within=10, what="the copied code", pause=browser_pause(page)
+    )
+    assert copied.strip() and copied.strip() in source and len(copied) < len(source) // 4
 
 
 def test_a_page_without_the_paint_script_gets_a_long_answer_as_one_message(page, app, source):
