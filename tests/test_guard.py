@@ -19,6 +19,7 @@ from streamchat.guardrails import (
     SecretsPolicy,
     build_guard,
     check_input,
+    policies,
 )
 from streamchat.guardrails.normalize import Normalizer, normalize
 from streamchat.settings import guardrail_config
@@ -548,3 +549,64 @@ def test_the_first_update_is_a_whole_word_not_a_piece_of_one():
     releases = [guard.feed(f"w{index} ").release for index in range(5)]
     first = next(release for release in releases if release)
     assert first == "w0 ", releases
+
+
+# --- the cheap first questions give the answers of the full searches they stand for ----------
+
+# Pieces the texts below are made of: every format's prefix, names, separators, quotes, digits,
+# words of the default blocklist and leetspeak, in any order and case.
+_PIECES = st.sampled_from(
+    ["-----BEGIN", "sk-", "AIza", "AKIA", "ASIA", "ACCA", "A3T", "SKa", "ACf", "ghp_",
+     "github_pat_", "glpat-", "hooks.slack", "xoxb", "xapp", "k_live_", "SG.", "eyJ", "://",
+     "@", "Bearer ", "BeArEr ", "bearer", "api_key", "PASSWORD", "passwd", "pwd", "secret",
+     "secret access key", "token", "Credentials", "key", "=", ":", ":=", "=>", " ", "  ", "'",
+     '"', "`", "x", "abc", "h3ll0", "1", "123456789", "12345678901", "IFSC", "w12", "idiot",
+     "stupid", "-", "_", ".", ","]
+)  # fmt: skip
+_TEXTS = st.lists(_PIECES, max_size=14).map("".join)
+# The secrets' trigger as one search, as it was before it was split in two (the reference).
+_ONE_TRIGGER = re.compile(
+    r"-----BEGIN|sk-|AIza|A(?:KIA|SIA|BIA|CCA|3T)|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
+    r"hooks\.slack|xox|xapp|k_live_|SG\.|(?:SK|AC)[0-9a-f]|eyJ|://|@|"
+    r"(?i:bearer |(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=_TEXTS, data=st.data())
+def test_the_secrets_trigger_in_two_parts_answers_as_the_one_search(text, data):
+    start = data.draw(st.integers(0, len(text)))
+    assert policies._triggered(text, start) == (_ONE_TRIGGER.search(text, start) is not None)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=_TEXTS)
+def test_the_reversed_look_never_misses_an_assignment_still_being_written(text):
+    if policies._PENDING_ASSIGNMENT.search(text) is not None:
+        assert policies._PENDING_ASSIGNMENT_REVERSED.match(text[::-1]) is not None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=_TEXTS)
+def test_the_blocklist_holds_from_the_first_word_start_that_begins_an_entry(text):
+    blocklist = BlocklistPolicy(policies.default_blocklist())
+    first = max(0, len(text) - (blocklist.max_match - 1))
+    folded = policies.fold(text[first:])
+    expected = next(
+        (
+            first + offset
+            for offset in range(len(folded))
+            if folded[offset:] in blocklist._prefixes
+            and (first + offset == 0 or not policies._is_word_char(text[first + offset - 1]))
+        ),
+        len(text),
+    )
+    assert blocklist.hold_from(text) == expected
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=st.text(alphabet="0123456789 .,-_aA١२", max_size=40), data=st.data())
+def test_nine_digits_are_asked_for_wherever_an_account_number_could_be(text, data):
+    text, start = normalize(text), data.draw(st.integers(0, 40))
+    if policies._ACCOUNT.search(text, start) is not None:
+        assert policies._NINE_DIGITS.search(text, start) is not None
