@@ -98,6 +98,30 @@ def start_upstream(command: list[str], port: int) -> tuple[subprocess.Popen[byte
     raise RuntimeError("the benchmark upstream did not start")
 
 
+@contextlib.contextmanager
+def long_answer_app(*, tps: int, tokens: int, env: Mapping[str, str]) -> Iterator[AppProcess]:
+    """The app answering from benchmarks/browser_render.py's upstream (its long Markdown answer
+    of about `tokens` tokens at `tps` tokens/s), with `env` besides."""
+    port = free_port()
+    upstream, url = start_upstream(
+        [sys.executable, str(REPO / "benchmarks/browser_render.py"), "--upstream", str(port),
+         "--tps", str(tps), "--tokens", str(tokens)],
+        port,
+    )  # fmt: skip
+    try:
+        base = {
+            "OPENAI_BASE_URL": f"{url}/v1",
+            "OPENAI_API_KEY": "not-needed",
+            "OPENAI_MODEL": "bench",
+            "STREAM_RETRIES": "0",
+        }
+        with AppProcess({**base, **env}) as running:
+            yield running
+    finally:
+        upstream.kill()
+        upstream.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

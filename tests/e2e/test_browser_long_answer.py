@@ -4,19 +4,16 @@ stays in the page either way."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import AppProcess, free_port, start_upstream
+from tests.harness import AppProcess, long_answer_app
 from tests.waiting import browser_pause, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-REPO = Path(__file__).resolve().parents[2]
 LAST_WORD = "Fin-of-the-long-answer"  # benchmarks/browser_render.py ends its answer with it
 
 # Per block of the last answer: its computed content-visibility and whether it is on screen.
@@ -32,24 +29,9 @@ BLOCKS = """() => {
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[AppProcess]:
-    port = free_port()
-    command = [sys.executable, str(REPO / "benchmarks/browser_render.py")]
-    upstream, url = start_upstream(
-        [*command, "--upstream", str(port), "--tps", "4000", "--tokens", "4000"], port
-    )
-    try:
-        env = {
-            "OPENAI_BASE_URL": f"{url}/v1",
-            "OPENAI_API_KEY": "not-needed",
-            "OPENAI_MODEL": "bench",
-            "STREAM_RETRIES": "0",
-            "STREAM_PART_CHARS": "0",  # one message: its own blocks are skipped off screen
-        }
-        with AppProcess(env) as running:
-            yield running
-    finally:
-        upstream.kill()
-        upstream.wait()
+    # One message: its own blocks are skipped off screen.
+    with long_answer_app(tps=4000, tokens=4000, env={"STREAM_PART_CHARS": "0"}) as running:
+        yield running
 
 
 def finished_answer(page: Any, url: str, question: str) -> Any:

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 
 from streamchat.hosting.users import UsersFile
-from tests.harness import AppProcess, free_port, start_upstream
+from tests.harness import AppProcess, long_answer_app
 from tests.waiting import browser_pause, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
@@ -70,28 +70,14 @@ def source() -> str:
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
     folder = Path(tmp_path_factory.mktemp("parts"))
     UsersFile(folder / "users.txt").add("alice", PASSWORD)
-    port = free_port()
-    upstream, url = start_upstream(
-        [sys.executable, str(BENCH), "--upstream", str(port), "--tps", "1000",
-         "--tokens", str(TOKENS)],
-        port,
-    )  # fmt: skip
-    try:
-        env = {
-            "OPENAI_BASE_URL": f"{url}/v1",
-            "OPENAI_API_KEY": "not-needed",
-            "OPENAI_MODEL": "bench",
-            "STREAM_RETRIES": "0",
-            "SHOW_METRICS": "true",
-            "CHAINLIT_AUTH_SECRET": SECRET,
-            "AUTH_USERS_FILE": str(folder / "users.txt"),
-            "DATABASE_URL": f"sqlite:///{folder / 'history.db'}",
-        }
-        with AppProcess(env) as running:
-            yield running
-    finally:
-        upstream.kill()
-        upstream.wait()
+    env = {
+        "SHOW_METRICS": "true",
+        "CHAINLIT_AUTH_SECRET": SECRET,
+        "AUTH_USERS_FILE": str(folder / "users.txt"),
+        "DATABASE_URL": f"sqlite:///{folder / 'history.db'}",
+    }
+    with long_answer_app(tps=1000, tokens=TOKENS, env=env) as running:
+        yield running
 
 
 @pytest.fixture
