@@ -21,82 +21,77 @@ INVISIBLE = frozenset(
 )
 
 
-# ASCII text without these passes through unchanged: no whitespace but single spaces.
-_ASCII_CHANGES = re.compile(r"[\t\n\r\x0b\x0c\x1c-\x1f]|  ")
-# The newest normalised text kept as one string for `window` (checks read the last few hundred
-# characters, twice each): at least this much, at most twice as much.
+# Text without these passes through unchanged: printable ASCII with single spaces.
+_NOT_PLAIN = re.compile(r"[^ -~]|  ")
+# The newest normalised text is kept as one string (checks read the last few hundred characters,
+# twice each, and slice it): at least this much, at most twice as much; older text is kept in
+# pieces and joined only when a read reaches back into it (the final check).
 _RECENT_KEEP = 2048
 
 
 class Normalizer:
-    """Feed original text; read `text` (normalised so far) and `origin` (the index map)."""
+    """Feed original text; read `window` (normalised text) and `origin` (the index map)."""
 
     def __init__(self) -> None:
-        self._chars: list[str] = []
         self.origin: list[int] = []
         self.original_length = 0
         self._in_space = False
-        self._recent = ""  # normalised text from _recent_start on, as far as window() has read
+        self._older: list[str] = []  # normalised text before _recent_start, in pieces
+        self._recent = ""  # normalised text from _recent_start on
         self._recent_start = 0
 
     def feed(self, text: str) -> None:
         base = self.original_length
-        chars, origin = self._chars, self.origin
-        if (
-            text.isascii()
-            and _ASCII_CHANGES.search(text) is None
-            and not (self._in_space and text[:1] == " ")
-        ):
-            # The common case, character for character: ASCII without runs of whitespace.
-            chars.extend(text)
+        origin = self.origin
+        if _NOT_PLAIN.search(text) is None and not (self._in_space and text[:1] == " "):
+            # The common case, character for character: printable ASCII, single spaces.
+            folded_text = text
             origin.extend(range(base, base + len(text)))
-            self._in_space = text[-1:] == " " if text else self._in_space
-            self.original_length += len(text)
-            return
-        for offset, char in enumerate(text):
-            if char in INVISIBLE:
-                continue
-            if char.isspace():
-                if not self._in_space:
-                    chars.append(" ")
+            if text:
+                self._in_space = text[-1] == " "
+        else:
+            pieces: list[str] = []
+            for offset, char in enumerate(text):
+                if char in INVISIBLE:
+                    continue
+                if char.isspace():
+                    if not self._in_space:
+                        pieces.append(" ")
+                        origin.append(base + offset)
+                        self._in_space = True
+                    continue
+                self._in_space = False
+                if ord(char) <= 127:
+                    folded = char
+                elif (digit := unicodedata.decimal(char, None)) is not None:
+                    folded = str(digit)  # ٣ and ३ are 3 to every policy
+                else:
+                    folded = unicodedata.normalize("NFKC", char)
+                for piece in folded:
+                    pieces.append(" " if piece.isspace() else piece)
                     origin.append(base + offset)
-                    self._in_space = True
-                continue
-            self._in_space = False
-            if ord(char) <= 127:
-                folded = char
-            elif (digit := unicodedata.decimal(char, None)) is not None:
-                folded = str(digit)  # ٣ and ३ are 3 to every policy
-            else:
-                folded = unicodedata.normalize("NFKC", char)
-            for piece in folded:
-                if piece.isspace():
-                    piece = " "
-                chars.append(piece)
-                origin.append(base + offset)
+            folded_text = "".join(pieces)
         self.original_length += len(text)
+        recent = self._recent + folded_text
+        if len(recent) > 2 * _RECENT_KEEP:
+            drop = len(recent) - _RECENT_KEEP
+            self._older.append(recent[:drop])
+            recent = recent[drop:]
+            self._recent_start += drop
+        self._recent = recent
 
     def __len__(self) -> int:
-        return len(self._chars)
+        return len(self.origin)
 
     def window(self, start: int, end: int | None = None) -> str:
-        """Normalised text [start, end). The newest text comes from a string kept for it, so a
-        check near the end joins only what arrived since the last one."""
-        length = len(self._chars)
-        stop = length if end is None else min(end, length)
-        if start < self._recent_start:
-            return "".join(self._chars[start:stop])
-        recent = self._recent
-        read = self._recent_start + len(recent)
-        if read < length:
-            recent += "".join(self._chars[read:length])
-            if len(recent) > 2 * _RECENT_KEEP:
-                drop = min(len(recent) - _RECENT_KEEP, start - self._recent_start)
-                recent = recent[drop:]
-                self._recent_start += drop
-            self._recent = recent
+        """Normalised text [start, end)."""
         base = self._recent_start
-        return recent[start - base : max(start, stop) - base]
+        if start >= base:
+            return self._recent[start - base : None if end is None else max(start, end) - base]
+        if len(self._older) > 1:
+            self._older[:] = ["".join(self._older)]
+        whole = self._older[0] + self._recent
+        return whole[start:end] if end is None or end >= start else ""
 
     def to_original(self, position: int) -> int:
         """Original index where normalised position `position` begins (end of text if past)."""
