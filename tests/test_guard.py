@@ -610,3 +610,83 @@ def test_nine_digits_are_asked_for_wherever_an_account_number_could_be(text, dat
     text, start = normalize(text), data.draw(st.integers(0, 40))
     if policies._ACCOUNT.search(text, start) is not None:
         assert policies._NINE_DIGITS.search(text, start) is not None
+
+
+# --- holds read from where the last one began --------------------------------------------------
+
+_PHRASES = BlocklistPolicy(["bhosdi ke", "suar ki aulad", "ullu ka pattha", "darn"])
+_PHRASE_TEXTS = st.lists(
+    st.sampled_from(
+        ["bhosdi", "ke", "suar", "ki", "aulad", "ullu", "ka", "pattha", "darn", "d4rn", "BHOS",
+         "x", "kab", " ", " ", "(", ".", "-", "_", "@", "1", "w12"]
+    ),
+    max_size=16,
+).map("".join)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=_PHRASE_TEXTS, data=st.data())
+def test_the_blocklist_holds_from_the_first_entry_start_at_or_after_since(text, data):
+    since = data.draw(st.integers(0, len(text)))
+    first = max(since, len(text) - (_PHRASES.max_match - 1))
+    folded = policies.fold(text)
+    expected = next(
+        (
+            start
+            for start in range(first, len(text))
+            if folded[start:] in _PHRASES._prefixes
+            and (start == 0 or not policies._is_word_char(text[start - 1]))
+        ),
+        len(text),
+    )
+    assert _PHRASES.hold_from(text, since) == expected
+
+
+class _WholeTail:
+    """A policy whose hold is worked out over the whole tail every time, as before the guard
+    told policies where the last hold began (the reference)."""
+
+    def __init__(self, policy: object) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._policy, name)
+
+    def hold_from(self, text: str, since: int = 0) -> int:
+        return self._policy.hold_from(text)  # type: ignore[attr-defined]
+
+
+_STREAM_PIECES = st.sampled_from(
+    ["w12 ", "4111 ", "1111", " ", "  ", "\n", "+91 ", "98765 ", "43210", "123456789012",
+     "A/c ", "IFSC ", "SBIN0005943", ", ", "jane", "@", "example.com", "upi@oksbi", "token",
+     " = ", "sk-", "proj", "Q7xLm2VbN9cR4tZ8", "-----BEGIN ", "RSA ", "PRIVATE KEY-----",
+     "secret access key", ": ", "bhosdi ke", "suar ki au", "lad", "darn", "the answer ",
+     "CNIC ", "35202-1234567-1", "GB82 ", "WEST ", "1234 5698 7654 32", "x", "."]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pieces=st.lists(_STREAM_PIECES, min_size=1, max_size=24),
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    gaps=st.lists(st.sampled_from([0.0, 0.01, 0.04, 0.1]), min_size=1, max_size=5),
+    action=st.sampled_from(["stop", "redact"]),
+)
+def test_holds_read_from_the_last_hold_release_what_holds_over_the_whole_tail_would(
+    pieces, sizes, gaps, action
+):
+    text = "".join(pieces)
+    chosen = (PiiPolicy(), SecretsPolicy(), _PHRASES)
+    outcomes = []
+    for checked in (chosen, tuple(_WholeTail(p) for p in chosen)):
+        now = [0.0]
+        guard = Guard(checked, action=action, clock=lambda: now[0])  # type: ignore[arg-type]
+        steps = []
+        for turn, piece in enumerate(split(text, sizes)):
+            now[0] += gaps[turn % len(gaps)]
+            step = guard.feed(piece)
+            steps.append((step.release, step.violation, step.stopped))
+        step = guard.finish()
+        steps.append((step.release, step.violation, step.stopped))
+        outcomes.append((steps, guard.shown_text, guard.record.check_errors))
+    assert outcomes[0] == outcomes[1]

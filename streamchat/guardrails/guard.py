@@ -140,8 +140,9 @@ class Guard:
         self._finders: tuple[tuple[str, Callable[..., list[Match]], bool], ...] = tuple(
             (p.name, p.find, getattr(p, "accepts_since", False) is True) for p in self.policies
         )
-        self._hold_froms: tuple[tuple[str, Callable[[str], int] | None], ...] = tuple(
-            (p.name, getattr(p, "hold_from", None)) for p in self.policies
+        self._hold_froms: tuple[tuple[str, Callable[..., int] | None, bool], ...] = tuple(
+            (p.name, getattr(p, "hold_from", None), getattr(p, "accepts_since", False) is True)
+            for p in self.policies
         )
         self.record = GuardRecord(policies=tuple(p.name for p in self.policies))
         self._norm = Normalizer()
@@ -153,7 +154,6 @@ class Guard:
         self._shown: list[str] = []
         self._shown_length = 0
         self._handled: dict[tuple[int, int, str], str] = {}  # decided match -> policy name
-        self._open: dict[tuple[int, str], str] = {}  # growing matches: (start, kind) -> policy
         self._capped: set[tuple[int, int, str]] = set()  # decided because they outgrew the window
         self._swallow: _Swallow | None = None
         self._redacted: list[tuple[int, int]] = []  # normalised spans replaced by a label
@@ -174,22 +174,23 @@ class Guard:
             self._emit(text)
             return GuardStep(release=text)
         self._unreleased += text
-        self._norm.feed(text)
+        norm = self._norm
+        norm.feed(text)
         if self.mode == "buffered":
             return self._feed_buffered()
         now = self._clock()
-        self._arrivals.append((self._norm.original_length, now))
+        self._arrivals.append((norm.original_length, now))
         # The checks cost about the same for a character or a sentence: once the first text is
         # out (no delay to the first token), a feed that comes soon after the last check, with
         # little new text, waits for the next one.
         if (
             self._released > 0
-            and len(self._norm) - self._scanned < self.check_every_chars
+            and len(norm.origin) - self._scanned < self.check_every_chars
             and now - self._last_check < self.check_every_s * _BATCH_SLACK
         ):
             return GuardStep()
         self._last_check = now
-        return self._feed_hold(final=False)
+        return self._feed_hold(final=False, now=now)
 
     @property
     def unchecked(self) -> bool:
@@ -198,7 +199,7 @@ class Guard:
             self.mode == "hold"
             and bool(self.policies)
             and not self.stopped
-            and len(self._norm) > self._scanned
+            and len(self._norm.origin) > self._scanned
         )
 
     def check(self) -> GuardStep:
@@ -206,8 +207,8 @@ class Guard:
         and what is safe in it should not wait for more text to be released."""
         if not self.unchecked:
             return GuardStep(stopped=self.stopped)
-        self._last_check = self._clock()
-        return self._feed_hold(final=False)
+        self._last_check = now = self._clock()
+        return self._feed_hold(final=False, now=now)
 
     def finish(self) -> GuardStep:
         """The stream ended: decide everything still open and release the rest if it is safe."""
@@ -216,14 +217,19 @@ class Guard:
         if self.mode == "buffered":
             step = self._check_buffered(final=True)
         else:
-            step = self._feed_hold(final=True)
+            step = self._feed_hold(final=True, now=self._clock())
         if not step.stopped:
             self._final_check()
         return step
 
     # --- hold mode ----------------------------------------------------------------------------
 
-    def _feed_hold(self, *, final: bool) -> GuardStep:
+    def _feed_hold(self, *, final: bool, now: float) -> GuardStep:
+        scan = None
+        if self._swallow is None:
+            scan = self._scan(final=final)
+            if not final and not scan[0] and scan[1] is None:
+                return self._release_safe(scan[2], scan[3], now)  # most checks: nothing found
         out: list[str] = []
         while True:
             if self._swallow is not None and not self._read_swallowed(final=final):
@@ -231,17 +237,36 @@ class Guard:
                     return GuardStep(
                         release="".join(out), violation=self.record.violations[-1], stopped=True
                     )
-                self._note_hold()
+                self._note_hold(now)
                 return GuardStep(release="".join(out))
-            step = self._hold_pass(out, final=final)
+            step = self._hold_pass(out, final=final, now=now, scan=scan)
+            scan = None
             if step is not None:
                 return step
             # A redaction started reading on to the end of a value: see how far it goes.
 
-    def _hold_pass(self, out: list[str], *, final: bool) -> GuardStep | None:
-        """Act on the matches found in one scan. None when a redacted value goes on beyond what
-        has been scanned (the caller reads on to its end and scans again)."""
-        matches, tentative_start = self._scan(final=final)
+    def _release_safe(self, window_start: int, window: str, now: float) -> GuardStep:
+        """A scan found nothing: release what no violation can still be in progress in."""
+        safe_norm = self._resume = self._hold_start(window_start, window)
+        safe = self._norm.to_original(safe_norm) if safe_norm > 0 else 0
+        if self._released == 0:
+            safe = self._first_release(safe)
+        released = self._take(safe)
+        self._note_hold(now)
+        return GuardStep(release=released)
+
+    def _hold_pass(
+        self,
+        out: list[str],
+        *,
+        final: bool,
+        now: float,
+        scan: tuple[list[Match], int | None, int, str] | None = None,
+    ) -> GuardStep | None:
+        """Act on the matches found in one scan (`scan`, or a new one). None when a redacted
+        value goes on beyond what has been scanned (the caller reads on to its end and scans
+        again)."""
+        matches, tentative_start, window_start, window = scan or self._scan(final=final)
         # A match still growing may start before a decided one: nothing from its start on may
         # be released, whatever happens to the decided one.
         limit = None if tentative_start is None else self._norm.to_original(tentative_start)
@@ -276,32 +301,45 @@ class Guard:
         else:
             # Before anything where a violation could still be in progress, and before any
             # match that may still grow.
-            safe_norm = self._hold_start()
-            if tentative_start is not None:
-                safe_norm = min(safe_norm, tentative_start)
+            safe_norm = self._hold_start(window_start, window)
+            if tentative_start is not None and tentative_start < safe_norm:
+                safe_norm = tentative_start
             self._resume = safe_norm
             safe = self._norm.to_original(safe_norm) if safe_norm > 0 else 0
             if self._released == 0:
                 safe = self._first_release(safe)
-        out.append(self._take(safe))
-        self._note_hold()
-        return GuardStep(release="".join(out))
+        released = self._take(safe)
+        self._note_hold(now)
+        if out:
+            out.append(released)
+            return GuardStep(release="".join(out))
+        return GuardStep(release=released)
 
-    def _hold_start(self) -> int:
+    def _hold_start(self, window_start: int, window: str) -> int:
         """The earliest normalised position where a violation could still be in progress: at
-        most max_match characters back, less where every policy can tell (see Policy)."""
-        tail_start = max(0, len(self._norm) - self.max_match)
-        tail = self._norm.window(tail_start)
+        most max_match characters back, less where every policy can tell (see Policy). `window`
+        is the text the scan read, from `window_start` to the end."""
+        tail_start = window_start + len(window) - self.max_match
+        if tail_start >= window_start:
+            tail = window[tail_start - window_start :]
+        else:
+            tail_start = max(0, tail_start)
+            tail = self._norm.window(tail_start)
         offset = len(tail)
-        for name, hold_from in self._hold_froms:
+        # Everything before the previous hold start is released: a policy that can use it
+        # looks for what is still in progress from there on.
+        since = self._resume - tail_start if self._resume > tail_start else 0
+        for name, hold_from, accepts_since in self._hold_froms:
             if hold_from is None:
                 return tail_start
             try:
-                offset = min(offset, hold_from(tail))
+                held = hold_from(tail, since) if accepts_since else hold_from(tail)
             except Exception:
                 log.exception("guardrail policy %s failed to say what to hold", name)
                 return tail_start  # fail closed: hold everything
-        return tail_start + max(0, offset)
+            if held < offset:
+                offset = held
+        return tail_start + offset if offset > 0 else tail_start
 
     def _first_release(self, safe: int) -> int:
         """The first text shown ends between words: the UI sends its first update at once and
@@ -339,7 +377,6 @@ class Guard:
         # they are looked for again once the value has ended.
         for other in later:
             self._handled.pop((other.start, other.end, other.kind), None)
-        self._open = {}
         self._scanned = self._resume = match.end
 
     def _read_swallowed(self, *, final: bool) -> bool:
@@ -379,7 +416,7 @@ class Guard:
     def _check_buffered(self, *, final: bool) -> GuardStep:
         # Shown text cannot wait for a match to finish growing: act on any match at once.
         self._resume = max(0, self._scanned - (self.max_match - 1))
-        matches, _ = self._scan(final=True)
+        matches, *_ = self._scan(final=True)
         if not matches:
             return GuardStep()
         first = matches[0]
@@ -396,18 +433,19 @@ class Guard:
 
     # --- scanning -----------------------------------------------------------------------------
 
-    def _scan(self, *, final: bool) -> tuple[list[Match], int | None]:
-        """New decided matches (absolute normalised positions, in order, not overlapping) and
-        the start of the earliest match that may still grow.
+    def _scan(self, *, final: bool) -> tuple[list[Match], int | None, int, str]:
+        """New decided matches (absolute normalised positions, in order, not overlapping), the
+        start of the earliest match that may still grow, and the window read (its start and
+        text).
 
         The window starts _CONTEXT characters before the earliest place a match could still be
         in progress (the hold start of the previous scan, at most max_match back), so a match
         split across any chunk boundary is seen whole, with the text just before it that a
         policy may look at."""
-        end = len(self._norm)
-        since = min(self._resume, self._scanned)
-        start = max(0, since - _CONTEXT)
-        window = self._norm.window(start, end)
+        end = len(self._norm.origin)
+        since = self._resume if self._resume < self._scanned else self._scanned
+        start = since - _CONTEXT if since > _CONTEXT else 0
+        window = self._norm.window(start)
         decided: list[Match] = []
         still_open: dict[tuple[int, str], str] = {}
         for name, find, accepts_since in self._finders:
@@ -421,38 +459,50 @@ class Guard:
                 self.record.check_errors += 1
                 self.record.failed_policies.append(name)
                 found = [Match(0, len(window), "check_error")]
-            if not found:
-                continue
-            for match in found:
-                absolute = Match(match.start + start, match.end + start, match.kind)
-                key = (absolute.start, absolute.end, absolute.kind)
-                if key in self._handled:
-                    continue
-                # A match ending at, or one character before, the newest text may still grow:
-                # numbers go on after a separator ("4111 1111" + " 1111").
-                growing = absolute.end >= end - _GROWTH_MARGIN or match.pending
-                if growing and not final and absolute.kind != "check_error":
-                    if absolute.start >= end - self.max_match - _GROWTH_MARGIN:
-                        still_open[(absolute.start, absolute.kind)] = name
-                        continue
-                    # It has grown beyond max_match while still going on: decided now as a
-                    # capped match (stop, or redact reading on to its end).
-                    absolute = Match(absolute.start, absolute.start + self.max_match, match.kind)
-                    key = (absolute.start, absolute.end, absolute.kind)
-                    self._capped.add(key)
-                self._handled[key] = name
-                decided.append(absolute)
-        self._open = still_open
+            if found:  # most checks find nothing
+                self._sort_out(found, name, start, end, final, decided, still_open)
         self._scanned = end
         if not decided and not still_open:
-            return decided, None  # most checks: nothing found
+            return decided, None, start, window
         decided.sort(key=lambda m: (m.start, -m.end))
         kept: list[Match] = []
         for match in decided:
             if not kept or match.start >= kept[-1].end:
                 kept.append(match)
         tentative = min((s for s, _ in still_open), default=None)
-        return kept, tentative
+        return kept, tentative, start, window
+
+    def _sort_out(
+        self,
+        found: list[Match],
+        name: str,
+        start: int,
+        end: int,
+        final: bool,
+        decided: list[Match],
+        still_open: dict[tuple[int, str], str],
+    ) -> None:
+        """A policy's matches in a window from `start`: new decided ones go to `decided` (and
+        are remembered), ones that may still grow to `still_open`."""
+        for match in found:
+            absolute = Match(match.start + start, match.end + start, match.kind)
+            key = (absolute.start, absolute.end, absolute.kind)
+            if key in self._handled:
+                continue
+            # A match ending at, or one character before, the newest text may still grow:
+            # numbers go on after a separator ("4111 1111" + " 1111").
+            growing = absolute.end >= end - _GROWTH_MARGIN or match.pending
+            if growing and not final and absolute.kind != "check_error":
+                if absolute.start >= end - self.max_match - _GROWTH_MARGIN:
+                    still_open[(absolute.start, absolute.kind)] = name
+                    continue
+                # It has grown beyond max_match while still going on: decided now as a
+                # capped match (stop, or redact reading on to its end).
+                absolute = Match(absolute.start, absolute.start + self.max_match, match.kind)
+                key = (absolute.start, absolute.end, absolute.kind)
+                self._capped.add(key)
+            self._handled[key] = name
+            decided.append(absolute)
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -479,12 +529,18 @@ class Guard:
 
     def _take(self, upto: int) -> str:
         """Release original text from the release point up to original index `upto`."""
-        if upto <= self._released:
+        released = self._released
+        if upto <= released:
             return ""
-        count = upto - self._released
-        text, self._unreleased = self._unreleased[:count], self._unreleased[count:]
+        count = upto - released
+        unreleased = self._unreleased
+        if count >= len(unreleased):
+            text, self._unreleased = unreleased, ""
+        else:
+            text, self._unreleased = unreleased[:count], unreleased[count:]
         self._released = upto
-        self._emit(text)
+        self._shown.append(text)
+        self._shown_length += count
         return text
 
     def _skip(self, upto: int) -> None:
@@ -498,17 +554,20 @@ class Guard:
             self._shown.append(text)
             self._shown_length += len(text)
 
-    def _note_hold(self) -> None:
+    def _note_hold(self, now: float) -> None:
+        """After a check: the most text held, and the longest any text waited from its arrival
+        to this check (released by it, or still held)."""
         record, arrivals, released = self.record, self._arrivals, self._released
         held = self._norm.original_length - released
         if held > record.max_held_chars:
             record.max_held_chars = held
-        while arrivals and arrivals[0][0] <= released:
-            arrivals.popleft()
         if arrivals:
-            waited = self._clock() - arrivals[0][1]
+            # The oldest piece not wholly released before this check.
+            waited = now - arrivals[0][1]
             if waited > record.max_hold_s:
                 record.max_hold_s = waited
+            while arrivals and arrivals[0][0] <= released:
+                arrivals.popleft()
 
     def _final_check(self) -> None:
         """One check over the whole answer. Normalisation is per character, so whole-text

@@ -51,10 +51,11 @@ class Policy(Protocol):
     match stops the stream instead of being redacted. And it may define
     `hold_from(text) -> int`: the position in `text` (the newest max_match characters) from
     which a match still in progress could start; text before it can be released at once.
-    Without it, hold mode holds the full max_match characters. A policy whose `find` takes
-    `since` (and says so with `accepts_since = True`) is told where in the text new matches
-    can start: the guard has decided everything before, so the policy's cheap first question
-    needs to look only from there on (see `find`)."""
+    Without it, hold mode holds the full max_match characters. A policy whose `find` and
+    `hold_from` take `since` (and says so with `accepts_since = True`) is told where in the
+    text new matches can start: the guard has decided and released everything before, so the
+    policy's cheap first question needs to look only from there on (see `find`), and its hold
+    may be any position up to `since` where the whole text would give one before it."""
 
     name: str
     max_match: int
@@ -181,10 +182,13 @@ _ACCOUNT = re.compile(r"(?<![\w.,-])\d{9,18}(?![\w-]|[.,]\d)")
 # has ASCII digits only, and a class of them is quicker to search for than \d).
 _NINE_DIGITS = re.compile(r"[0-9]{9}")
 _IFSC_NEAR = 40
+# How far back an account number may start and still be waiting for an IFSC after it.
+_ACCOUNT_REACH = _IFSC_NEAR + 12
 _DIGITS = re.compile(r"\d")
 # Every kind has an @ or four digits close together ("1234", "12 34" in a UK NI number),
-# inside the match itself.
-_WORTH_A_LOOK = re.compile(r"\d\d[ -]?\d\d|@")
+# inside the match itself. (Normalised text has ASCII digits only: a class of them is searched
+# for faster than \d.)
+_WORTH_A_LOOK = re.compile(r"[0-9][0-9][ -]?[0-9][0-9]|@")
 # How far before a match its cheap question's answer can start (none for these kinds; a
 # little slack for the separators).
 _PII_REACH = 4
@@ -269,14 +273,22 @@ class PiiPolicy:
         self.phone_regions = tuple(phone_regions)
         self._upi = _upi_pattern()
 
-    def hold_from(self, text: str) -> int:
+    def hold_from(self, text: str, since: int = 0) -> int:
         """Where a match not yet complete could start: emails and UPI IDs have no spaces, so
         within the last word; numbers may contain spaces, so within the trailing run of
         number-ish characters (digits, capitals, + ( ) . / - and spaces); an account number
         until it is _IFSC_NEAR characters behind (an IFSC may follow it)."""
-        numberish = _NUMBERISH_BACKWARDS.match(text[::-1])
-        start = min(trailing_word_start(text), len(text) - (numberish.end() if numberish else 0))
-        recent = max(0, len(text) - _IFSC_NEAR - 12)
+        length = len(text)
+        # Read only from `since` (released text is decided): a run reaching back to it starts
+        # there as far as the guard is concerned.
+        newest = text[since:] if since else text
+        start = length - _NUMBERISH_BACKWARDS.match(newest[::-1]).end()  # type: ignore[union-attr]
+        word = text.rfind(" ", since) + 1  # trailing_word_start, inline: this runs at every check
+        if word < start:
+            start = word if word > since else since
+        recent = length - _ACCOUNT_REACH if length > _ACCOUNT_REACH else 0
+        if recent < since:
+            recent = since
         if _NINE_DIGITS.search(text, recent) is None:
             return start
         account = _ACCOUNT.search(text, recent)
@@ -703,16 +715,16 @@ class SecretsPolicy:
     # by the key, up to its END line.
     always_continues = frozenset({"private_key"})
 
-    def hold_from(self, text: str) -> int:
+    def hold_from(self, text: str, since: int = 0) -> int:
         """Keys and tokens have no spaces: only the last word can be one in progress, unless a
-        PEM header, a `name = value` assignment or a bearer token is still being written."""
-        start = trailing_word_start(text)
+        PEM header, a `name = value` assignment or a bearer token is still being written.
+        (`since` is not needed: what is read here is bounded by _PENDING_REACH already.)"""
+        start = text.rfind(" ") + 1  # trailing_word_start, inline: this runs at every check
         # Each pattern only where its fixed part occurs (most text has neither): a header has
         # a "-", an assignment or bearer token a name.
         tail = text[-_PENDING_REACH:]
         has_dash = "-" in tail
-        lowered = tail.lower()
-        has_name = _NAME_PART.search(lowered) is not None
+        has_name = _NAME_PART.search(tail.lower()) is not None
         if not (has_dash or has_name):
             return start
         # Both fit in the last few words: search only there.
@@ -815,13 +827,31 @@ class BlocklistPolicy:
         if words:
             self.automaton.make_automaton()
 
-    def hold_from(self, text: str) -> int:
+    def hold_from(self, text: str, since: int = 0) -> int:
         """An entry in progress starts on a word boundary at most max_match - 1 characters
-        back, and what follows its start, folded, is the beginning of an entry: the earliest
-        such start (len(text) when there is none, as after most words)."""
-        first = max(0, len(text) - (self.max_match - 1))
-        folded = fold(text[first:])
-        initials, prefixes = self._initials, self._prefixes
+        back (and not before `since`: what came before is released), and what follows its
+        start, folded, is the beginning of an entry: the earliest such start (len(text) when
+        there is none, as after most words)."""
+        first = len(text) - (self.max_match - 1)
+        if first < since:
+            first = since
+        elif first < 0:
+            first = 0
+        region = text[first:]
+        folded = fold(region)
+        prefixes = self._prefixes
+        if region.replace(" ", "").isalnum():
+            # Words and spaces only (most text): an entry can start only at `first` (when a
+            # boundary is before it) or after a space.
+            if (first == 0 or not _is_word_char(text[first - 1])) and folded in prefixes:
+                return first
+            space = region.find(" ")
+            while space >= 0:
+                if folded[space + 1 :] in prefixes:
+                    return first + space + 1
+                space = region.find(" ", space + 1)
+            return len(text)
+        initials = self._initials
         for offset, char in enumerate(folded):
             # The first character is looked up before anything longer is made and looked up.
             if char not in initials or folded[offset:] not in prefixes:
