@@ -615,9 +615,22 @@ class StreamRun:
             return
         if self._guard_stop is not None:
             raise self._guard_stop
-        async with self._guard_lock:
-            await self._apply(self.guard.feed(text))
-        self._watch_unchecked()
+        guard = self.guard
+        if gate is None and guard.mode == "hold" and not self._guard_lock.locked():
+            # The common case, once per UI update, without the lock's cost: no timer's check
+            # is under way, and a step that releases text has checked all of it, so a timer
+            # that fires while it is shown finds nothing to check. Retractions and moderation
+            # take the lock.
+            step = guard.feed(text)
+            if step.release:
+                await self._show(step.release)
+            if step.stopped and step.violation is not None:
+                raise _GuardrailStop(step.violation)
+        else:
+            async with self._guard_lock:
+                await self._apply(guard.feed(text))
+        if guard.unchecked or self._guard_timer is not None:
+            self._watch_unchecked()
 
     def _watch_unchecked(self) -> None:
         """Arm the timer while the guard holds a batch it has not checked; disarm it once none
