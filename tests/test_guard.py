@@ -680,7 +680,7 @@ def test_holds_read_from_the_last_hold_release_what_holds_over_the_whole_tail_wo
     outcomes = []
     for checked in (chosen, tuple(_WholeTail(p) for p in chosen)):
         now = [0.0]
-        guard = Guard(checked, action=action, clock=lambda: now[0])  # type: ignore[arg-type]
+        guard = Guard(checked, action=action, clock=lambda now=now: now[0])  # type: ignore[arg-type]
         steps = []
         for turn, piece in enumerate(split(text, sizes)):
             now[0] += gaps[turn % len(gaps)]
