@@ -382,6 +382,13 @@ class ChainlitClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._new_event.wait(), remaining)
 
+    async def started_thread(self, *, within: float = 30) -> str:
+        """The id of the thread this chat started. Chainlit announces it (`first_interaction`)
+        only once its data layer has stored the thread, which can come after the first answer's
+        own events (a request that fails at once, say), so this waits for it."""
+        event = await self.wait_for(lambda e: e.name == "first_interaction", within=within)
+        return str(event.data["thread_id"])
+
     async def send(self, text: str, *, command: str | None = None) -> int:
         """Send a user message as the UI does (with a composer command if given); returns the
         event index it was sent at."""

@@ -45,7 +45,7 @@ async def test_feedback_only_on_answers_in_ones_own_chats(app):
     try:
         answer = await chat.ask("What is a token?")
         answer_id = next(e.data["id"] for e in answer.named("stream_start"))
-        thread_id = next(e.data["thread_id"] for e in chat.events if e.name == "first_interaction")
+        thread_id = await chat.started_thread()
     finally:
         await chat.close()
 

@@ -54,9 +54,7 @@ async def test_a_chat_during_an_outage_is_saved_when_the_database_is_back(
         try:
             first = await chat.ask("What is a token?")
             assert strip_footer(first.final_assistant_text())
-            thread_id = next(
-                str(e.data["thread_id"]) for e in chat.events if e.name == "first_interaction"
-            )
+            thread_id = await chat.started_thread()
 
             await asyncio.to_thread(database.stop)
             second = await chat.ask("What is backpressure?")

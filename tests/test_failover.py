@@ -93,7 +93,7 @@ async def answer_under_way(app: AppProcess, token: str) -> tuple[ChainlitClient,
     chat = await ChainlitClient(app.url, access_token=token).connect()
     await chat.send("What is backpressure?")
     await chat.wait_for(lambda e: e.name == "stream_token", within=30)
-    thread_id = next(str(e.data["thread_id"]) for e in chat.events if e.name == "first_interaction")
+    thread_id = await chat.started_thread()
 
     def saved_in_progress() -> str:
         answers = stored_answers(app, token, thread_id)
@@ -172,9 +172,7 @@ async def test_retry_pressed_after_a_failover_asks_the_question_again_on_the_oth
         retry = await chat.wait_for(
             lambda e: e.name == "action" and e.data.get("name") == "retry", within=30
         )
-        thread_id = next(
-            str(e.data["thread_id"]) for e in chat.events if e.name == "first_interaction"
-        )
+        thread_id = await chat.started_thread()
         os.kill(doomed.pid, signal.SIGKILL)
         await chat.close()
 
@@ -242,7 +240,7 @@ async def test_feedback_on_another_users_answer_is_refused_with_403(survivor):
     try:
         answer = await chat.ask("What is a token?", within=90)
         answer_id = next(e.data["id"] for e in answer.named("stream_start"))
-        thread_id = next(e.data["thread_id"] for e in chat.events if e.name == "first_interaction")
+        thread_id = await chat.started_thread()
     finally:
         await chat.close()
 

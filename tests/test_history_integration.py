@@ -65,13 +65,6 @@ def app_env(upstream: OfflineServer, database_url: str, tmp_path: Path) -> dict[
     }
 
 
-def first_interaction_thread(client: ChainlitClient) -> str:
-    for event in client.events:
-        if event.name == "first_interaction":
-            return str(event.data["thread_id"])
-    raise AssertionError("no first_interaction event: the thread was never started")
-
-
 async def test_a_chat_survives_a_restart_and_is_resumed_with_its_history(app_env, upstream):
     with AppProcess(app_env) as app:
         chat = await ChainlitClient(
@@ -91,7 +84,7 @@ async def test_a_chat_survives_a_restart_and_is_resumed_with_its_history(app_env
             cut = await chat.ask(CUT_OFF)
             assert "Interrupted: connection lost after" in cut.final_assistant_text()
             partial = strip_footer(cut.final_assistant_text())
-            thread_id = first_interaction_thread(chat)
+            thread_id = await chat.started_thread()
             records = await upstream_requests(upstream, 3)
             intended_cut = choose_answer(records[2].messages)
         finally:

@@ -279,7 +279,7 @@ async def test_the_next_turn_sends_the_answer_upstream_without_its_thinking(app,
 async def test_a_resumed_thread_shows_the_thinking_and_sends_only_the_answer(tmp_path):
     from streamchat.hosting.users import UsersFile
     from tests.harness import login
-    from tests.test_history_integration import SECRET, first_interaction_thread
+    from tests.test_history_integration import SECRET
 
     users = UsersFile(tmp_path / "users.txt")
     users.add("alice", "alice's long password")
@@ -295,7 +295,7 @@ async def test_a_resumed_thread_shows_the_thinking_and_sends_only_the_answer(tmp
             chat = await ChainlitClient(running.url, access_token=token).connect()
             try:
                 await chat.ask(QUESTION)
-                thread_id = first_interaction_thread(chat)
+                thread_id = await chat.started_thread()
                 (record,) = await upstream_requests(offline, 1)
             finally:
                 await chat.close()
