@@ -618,7 +618,7 @@ _PHRASES = BlocklistPolicy(["bhosdi ke", "suar ki aulad", "ullu ka pattha", "dar
 _PHRASE_TEXTS = st.lists(
     st.sampled_from(
         ["bhosdi", "ke", "suar", "ki", "aulad", "ullu", "ka", "pattha", "darn", "d4rn", "BHOS",
-         "x", "kab", " ", " ", "(", ".", "-", "_", "@", "1", "w12"]
+         "x", "kab", " ", " ", "(", ".", "-", "_", "@", "1", "w12", "\u212aa", "5uar", "é"]
     ),
     max_size=16,
 ).map("".join)  # fmt: skip
@@ -690,3 +690,66 @@ def test_holds_read_from_the_last_hold_release_what_holds_over_the_whole_tail_wo
         steps.append((step.release, step.violation, step.stopped))
         outcomes.append((steps, guard.shown_text, guard.record.check_errors))
     assert outcomes[0] == outcomes[1]
+
+
+# The checks that run at every batch have fast forms; each must answer as its reference does.
+
+
+@given(st.text(alphabet=st.sampled_from("aZ09 -@xX|l$+7!\t\u0967\u00e9\u0130"), max_size=40))
+def test_fold_answers_as_lowering_then_leetspeak(text: str) -> None:
+    assert policies.fold(text) == "".join(
+        c.lower() if len(c.lower()) == 1 else c for c in text
+    ).translate(policies._LEET)
+
+
+@given(
+    st.text(alphabet=st.sampled_from("0123456789 -@a\u0663."), max_size=30),
+    st.integers(min_value=0, max_value=30),
+)
+def test_the_cheap_pii_question_answers_as_its_regex(text: str, start: int) -> None:
+    expected = policies._WORTH_A_LOOK.search(text, start) is not None
+    assert policies._worth_a_look(text, start) is expected
+
+
+@given(st.text(alphabet=st.sampled_from("pasword kyetnscrdbPK _"), max_size=30))
+def test_the_secret_name_question_answers_as_a_search_for_each_name_part(text: str) -> None:
+    lowered = text.lower()
+    expected = any(part in lowered for part in policies._NAME_PARTS)
+    assert policies._names_a_secret(lowered) is expected
+    for part in policies._NAME_PARTS:
+        assert policies._names_a_secret(f"my {part}!"), part
+
+
+@given(
+    st.text(alphabet=st.sampled_from("0123456789 -a\u0663"), max_size=30),
+    st.integers(min_value=0, max_value=30),
+)
+def test_the_account_number_question_answers_as_its_regex(text: str, start: int) -> None:
+    expected = policies._NINE_DIGITS.search(text, start) is not None
+    assert policies._has_nine_digits(text, start) is expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.text(alphabet="ab \n\t١२3\u200bﬁé x", max_size=9), max_size=30))
+def test_the_index_map_gives_each_normalised_character_its_original(pieces):
+    """Against the map made character by character: each normalised character comes from the
+    original character it was made of."""
+    normalizer = Normalizer()
+    for piece in pieces:
+        normalizer.feed(piece)
+    text, expected, in_space = "".join(pieces), [], False
+    for index, char in enumerate(text):
+        if char in "\u200b" or (char.isspace() and in_space):
+            continue
+        in_space = char.isspace()
+        expected += [index] * len(normalize(char) or " ")
+    assert [normalizer.to_original(i) for i in range(len(normalizer))] == expected
+    assert normalizer.to_original(len(normalizer)) == len(text)
+
+
+def test_plain_text_adds_nothing_to_the_index_map():
+    normalizer = Normalizer()
+    for _ in range(1000):
+        normalizer.feed("w12 w13 ")
+    normalizer.feed("a\u200bb")
+    assert len(normalizer._run_starts) == 2, "one run for the plain text, one after the drop"

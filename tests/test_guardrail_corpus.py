@@ -215,4 +215,7 @@ def test_normalising_in_pieces_equals_normalising_the_whole(text, cuts):
     whole = Normalizer()
     whole.feed(text)
     assert normalizer.window(0) == normalize(text) == whole.window(0)
-    assert normalizer.origin == whole.origin
+    positions = range(len(whole) + 2)
+    assert [normalizer.to_original(i) for i in positions] == [
+        whole.to_original(i) for i in positions
+    ]

@@ -185,7 +185,7 @@ class Guard:
         # little new text, waits for the next one.
         if (
             self._released > 0
-            and len(norm.origin) - self._scanned < self.check_every_chars
+            and norm.length - self._scanned < self.check_every_chars
             and now - self._last_check < self.check_every_s * _BATCH_SLACK
         ):
             return GuardStep()
@@ -199,7 +199,7 @@ class Guard:
             self.mode == "hold"
             and bool(self.policies)
             and not self.stopped
-            and len(self._norm.origin) > self._scanned
+            and self._norm.length > self._scanned
         )
 
     def check(self) -> GuardStep:
@@ -442,7 +442,7 @@ class Guard:
         in progress (the hold start of the previous scan, at most max_match back), so a match
         split across any chunk boundary is seen whole, with the text just before it that a
         policy may look at."""
-        end = len(self._norm.origin)
+        end = self._norm.length
         since = self._resume if self._resume < self._scanned else self._scanned
         start = since - _CONTEXT if since > _CONTEXT else 0
         window = self._norm.window(start)

@@ -113,9 +113,10 @@ def label(kind: str) -> str:
     return KINDS.get(kind, ("", "[removed]"))[1]
 
 
-# Characters that numbers with separators (phones, cards, IBANs, IDs) are made of, read
-# backwards from the end of the text (a forward search anchored at $ would retry every start).
-_NUMBERISH_BACKWARDS = re.compile(r"[0-9A-Z+()./ -]*")
+# Characters that numbers with separators (phones, cards, IBANs, IDs) are made of: stripped
+# from the end of the text to find where its trailing number may begin (a search anchored at $
+# would retry every start).
+_NUMBERISH = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ+()./ -"
 
 
 def trailing_word_start(text: str) -> int:
@@ -189,6 +190,35 @@ _DIGITS = re.compile(r"\d")
 # inside the match itself. (Normalised text has ASCII digits only: a class of them is searched
 # for faster than \d.)
 _WORTH_A_LOOK = re.compile(r"[0-9][0-9][ -]?[0-9][0-9]|@")
+# The same question of ASCII text, as substring searches of a copy with every digit made "0"
+# and every other character but the separators and "@" made "x": the regex tries its pattern at
+# every position, a few times slower on text with many digits (load.py's answer) or none.
+_DIGITS_AS_ZERO = bytes(
+    byte if chr(byte) in " -@" else ord("0") if chr(byte).isdigit() else ord("x")
+    for byte in range(256)
+)
+
+
+def _digit_shape(text: str, start: int) -> str:
+    """ASCII `text` from `start` with every digit "0" and every other character but " ", "-"
+    and "@" "x". (A str: `in` on bytes costs several times as much for needles this short.)"""
+    return text[start:].encode("ascii").translate(_DIGITS_AS_ZERO).decode("ascii")
+
+
+def _worth_a_look(text: str, start: int) -> bool:
+    """Whether `text` from `start` has an @ or four digits close together."""
+    if not text.isascii():
+        return _WORTH_A_LOOK.search(text, start) is not None
+    shape = _digit_shape(text, start)
+    return "@" in shape or "0000" in shape or "00 00" in shape or "00-00" in shape
+
+
+def _has_nine_digits(text: str, start: int) -> bool:
+    if not text.isascii():
+        return _NINE_DIGITS.search(text, start) is not None
+    return "000000000" in _digit_shape(text, start)
+
+
 # How far before a match its cheap question's answer can start (none for these kinds; a
 # little slack for the separators).
 _PII_REACH = 4
@@ -282,14 +312,14 @@ class PiiPolicy:
         # Read only from `since` (released text is decided): a run reaching back to it starts
         # there as far as the guard is concerned.
         newest = text[since:] if since else text
-        start = length - _NUMBERISH_BACKWARDS.match(newest[::-1]).end()  # type: ignore[union-attr]
+        start = length - len(newest) + len(newest.rstrip(_NUMBERISH))
         word = text.rfind(" ", since) + 1  # trailing_word_start, inline: this runs at every check
         if word < start:
             start = word if word > since else since
         recent = length - _ACCOUNT_REACH if length > _ACCOUNT_REACH else 0
         if recent < since:
             recent = since
-        if _NINE_DIGITS.search(text, recent) is None:
+        if not _has_nine_digits(text, recent):
             return start
         account = _ACCOUNT.search(text, recent)
         return start if account is None else min(start, account.start())
@@ -298,7 +328,7 @@ class PiiPolicy:
         """Matches in `text`. With `since`, [] when no match can start at or after it (what
         the cheap question would find lies inside each match, so it is asked from there on);
         otherwise every match in `text`, as without it."""
-        if _WORTH_A_LOOK.search(text, max(0, since - _PII_REACH)) is None:
+        if not _worth_a_look(text, since - _PII_REACH if since > _PII_REACH else 0):
             return []  # most prose stops here
         found: list[Match] = []
         if "@" in text:
@@ -667,8 +697,22 @@ _TRIGGER_REACH = 24
 # The names a pending assignment or bearer token can have all hold one of these (in text
 # already normalised: Unicode letters that case-fold to these are ASCII by then).
 _NAME_PARTS = ("pass", "pwd", "secret", "key", "token", "creden", "bearer")
-# The same, as one search of lower-cased text (every alternative starts with a fixed letter).
-_NAME_PART = re.compile("|".join(_NAME_PARTS))
+
+
+def _names_a_secret(lowered: str) -> bool:
+    """Whether lower-cased text holds one of _NAME_PARTS (substring searches: a few times
+    faster than one regex of the alternatives, which tries them at every position)."""
+    return (
+        "key" in lowered
+        or "token" in lowered
+        or "pass" in lowered
+        or "secret" in lowered
+        or "pwd" in lowered
+        or "creden" in lowered
+        or "bearer" in lowered
+    )
+
+
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]+ ){0,3}PRIVATE KEY(?: BLOCK)?-----")
 
 
@@ -724,7 +768,7 @@ class SecretsPolicy:
         # a "-", an assignment or bearer token a name.
         tail = text[-_PENDING_REACH:]
         has_dash = "-" in tail
-        has_name = _NAME_PART.search(tail.lower()) is not None
+        has_name = _names_a_secret(tail.lower())
         if not (has_dash or has_name):
             return start
         # Both fit in the last few words: search only there.
@@ -739,7 +783,7 @@ class SecretsPolicy:
             (
                 _PENDING_ASSIGNMENT,
                 has_name
-                and _NAME_PART.search(lowered) is not None
+                and _names_a_secret(lowered)
                 and _PENDING_ASSIGNMENT_REVERSED.match(tail[::-1]) is not None,
             ),
         ):
@@ -771,7 +815,7 @@ class SecretsPolicy:
                 if shape.valid is not None and not shape.valid(m.group(group)):
                     continue
                 found.append(Match(start, min(end, start + self.max_match), shape.kind))
-        assignments = _ASSIGNMENT.finditer(text) if _NAME_PART.search(lowered) is not None else ()
+        assignments = _ASSIGNMENT.finditer(text) if _names_a_secret(lowered) else ()
         for m in assignments:
             raw = m.group(3)
             value = _TRAILING_PUNCTUATION.sub("", raw)
@@ -794,8 +838,17 @@ _LEET = str.maketrans({"4": "a", "@": "a", "3": "e", "1": "i", "!": "i", "|": "i
                        "0": "o", "5": "s", "$": "s", "7": "t", "+": "t"})  # fmt: skip
 
 
+# The same for ASCII text, case included, as one byte table (a str.translate with a dict looks
+# each character up in it; this runs at every check).
+_ASCII_FOLD = bytes(
+    ord(chr(byte).lower().translate(_LEET)) if byte < 128 else byte for byte in range(256)
+)
+
+
 def fold(text: str) -> str:
     """Case and leetspeak folding, length-preserving."""
+    if text.isascii():
+        return text.encode("ascii").translate(_ASCII_FOLD).decode("ascii")
     lowered = text.lower()
     if len(lowered) != len(text):  # a few characters lower-case into two; keep positions
         lowered = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
@@ -823,6 +876,10 @@ class BlocklistPolicy:
         # where its end is one of these.
         self._prefixes = frozenset(w[:i] for w in words for i in range(1, len(w) + 1))
         self._initials = frozenset(w[0] for w in words)
+        # The ASCII characters that fold to one of them (cases and leetspeak digits).
+        self._ascii_initials = frozenset(
+            c for c in map(chr, range(128)) if fold(c) in self._initials
+        )
         self._empty = not words
         if words:
             self.automaton.make_automaton()
@@ -838,20 +895,29 @@ class BlocklistPolicy:
         elif first < 0:
             first = 0
         region = text[first:]
-        folded = fold(region)
-        prefixes = self._prefixes
+        prefixes, initials, ascii_initials = self._prefixes, self._initials, self._ascii_initials
         if region.replace(" ", "").isalnum():
             # Words and spaces only (most text): an entry can start only at `first` (when a
-            # boundary is before it) or after a space.
-            if (first == 0 or not _is_word_char(text[first - 1])) and folded in prefixes:
-                return first
-            space = region.find(" ")
-            while space >= 0:
-                if folded[space + 1 :] in prefixes:
-                    return first + space + 1
-                space = region.find(" ", space + 1)
+            # boundary is before it) or after a space, and only where the character there
+            # folds to an entry's first (most words: then nothing is folded).
+            if first == 0 or not _is_word_char(text[first - 1]):
+                at = 0
+            else:
+                space = region.find(" ")
+                at = space + 1 if space >= 0 else len(region)
+            folded = ""
+            while at < len(region):
+                char = region[at]
+                if char in ascii_initials or (not char.isascii() and fold(char) in initials):
+                    folded = folded or fold(region)
+                    if folded[at:] in prefixes:
+                        return first + at
+                space = region.find(" ", at)
+                if space < 0:
+                    break
+                at = space + 1
             return len(text)
-        initials = self._initials
+        folded = fold(region)
         for offset, char in enumerate(folded):
             # The first character is looked up before anything longer is made and looked up.
             if char not in initials or folded[offset:] not in prefixes:
