@@ -663,14 +663,19 @@ _PENDING_ASSIGNMENT_REVERSED = re.compile(
 )
 _PENDING_REACH = 64  # the longest tail a pending header or assignment can have
 _PENDING_WORDS = 5  # and the most words ("-----BEGIN ENCRYPTED PRIVATE KEY", "token = value")
-# The cheap first question, in two parts. A format's prefix: one case-sensitive search whose
-# every alternative begins with a fixed character, so the regex engine skips to those
-# characters (a fifth of the cost of one search with the case-insensitive names in it). Then,
-# only where a ":" or "=" or "bearer " occurs, a secret's name before it or a bearer token.
-_TRIGGER_PREFIX = re.compile(
+# The cheap first question, in two parts. A format's prefix, a ":" or "=", or "bearer ": one
+# search whose every alternative begins with a fixed character, so the regex engine skips to
+# those characters (a fifth of the cost of one search with the case-insensitive names in it).
+# Then, only where a ":" or "=" or "bearer " came first, a secret's name before it or a
+# bearer token.
+_PREFIXES = (
     r"-----BEGIN|sk-|AIza|AKIA|ASIA|ABIA|ACCA|A3T|gh[pousr]_|github_pat_|gl[a-z]{1,5}-|"
     r"hooks\.slack|xox|xapp|k_live_|SG\.|SK[0-9a-f]|AC[0-9a-f]|eyJ|://|@"
 )
+_TRIGGER_PREFIX = re.compile(_PREFIXES)
+# (Each alternative starts with one literal character, or the engine cannot skip: "[:=]" or
+# "(?i:bearer )" here would make the search six times as slow.)
+_TRIGGER_FIRST = re.compile(_PREFIXES + r"|:|=|b[Ee][Aa][Rr][Ee][Rr] |B[Ee][Aa][Rr][Ee][Rr] ")
 _TRIGGER_NAME = re.compile(
     r"(?i:bearer |(?:pass(?:wd|word|phrase)?|pwd|secret|key|token|credentials?)[\"']?\s{0,2}[:=])"
 )
@@ -679,14 +684,11 @@ _TRIGGER_NAME = re.compile(
 def _triggered(text: str, start: int) -> bool:
     """Whether a format's prefix, a secret's name before : or =, or "bearer " occurs from
     `start` on."""
-    if _TRIGGER_PREFIX.search(text, start) is not None:
+    first = _TRIGGER_FIRST.search(text, start)
+    if first is None:
+        return False  # most text
+    if _TRIGGER_PREFIX.search(text, first.start()) is not None:
         return True
-    if (
-        text.find(":", start) < 0
-        and text.find("=", start) < 0
-        and "bearer " not in text[start:].lower()
-    ):
-        return False
     return _TRIGGER_NAME.search(text, start) is not None
 
 
