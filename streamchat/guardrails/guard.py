@@ -135,13 +135,17 @@ class Guard:
         self._always_continue: dict[str, frozenset[str]] = {
             p.name: getattr(p, "always_continues", frozenset()) for p in self.policies
         }
-        # Each check calls these for every policy: looked up once. A `find` that accepts
-        # `since` is called with it (see Policy).
-        self._finders: tuple[tuple[str, Callable[..., list[Match]], bool], ...] = tuple(
-            (p.name, p.find, getattr(p, "accepts_since", False) is True) for p in self.policies
-        )
-        self._hold_froms: tuple[tuple[str, Callable[..., int] | None, bool], ...] = tuple(
-            (p.name, getattr(p, "hold_from", None), getattr(p, "accepts_since", False) is True)
+        # Each check calls these for every policy: looked up once. A `find` and `hold_from`
+        # that accept `since` are called with it (see Policy).
+        self._checks: tuple[
+            tuple[str, Callable[..., list[Match]], Callable[..., int] | None, bool], ...
+        ] = tuple(
+            (
+                p.name,
+                p.find,
+                getattr(p, "hold_from", None),
+                getattr(p, "accepts_since", False) is True,
+            )
             for p in self.policies
         )
         self.record = GuardRecord(policies=tuple(p.name for p in self.policies))
@@ -229,7 +233,7 @@ class Guard:
         if self._swallow is None:
             scan = self._scan(final=final)
             if not final and not scan[0] and scan[1] is None:
-                return self._release_safe(scan[2], scan[3], now)  # most checks: nothing found
+                return self._release_safe(scan[2], now)  # most checks: nothing found
         out: list[str] = []
         while True:
             if self._swallow is not None and not self._read_swallowed(final=final):
@@ -245,10 +249,10 @@ class Guard:
                 return step
             # A redaction started reading on to the end of a value: see how far it goes.
 
-    def _release_safe(self, window_start: int, window: str, now: float) -> GuardStep:
+    def _release_safe(self, hold_start: int, now: float) -> GuardStep:
         """A scan found nothing: release what no violation can still be in progress in."""
-        safe_norm = self._resume = self._hold_start(window_start, window)
-        safe = self._norm.to_original(safe_norm) if safe_norm > 0 else 0
+        self._resume = hold_start
+        safe = self._norm.to_original(hold_start) if hold_start > 0 else 0
         if self._released == 0:
             safe = self._first_release(safe)
         released = self._take(safe)
@@ -261,12 +265,12 @@ class Guard:
         *,
         final: bool,
         now: float,
-        scan: tuple[list[Match], int | None, int, str] | None = None,
+        scan: tuple[list[Match], int | None, int] | None = None,
     ) -> GuardStep | None:
         """Act on the matches found in one scan (`scan`, or a new one). None when a redacted
         value goes on beyond what has been scanned (the caller reads on to its end and scans
         again)."""
-        matches, tentative_start, window_start, window = scan or self._scan(final=final)
+        matches, tentative_start, hold_start = scan or self._scan(final=final)
         # A match still growing may start before a decided one: nothing from its start on may
         # be released, whatever happens to the decided one.
         limit = None if tentative_start is None else self._norm.to_original(tentative_start)
@@ -301,7 +305,7 @@ class Guard:
         else:
             # Before anything where a violation could still be in progress, and before any
             # match that may still grow.
-            safe_norm = self._hold_start(window_start, window)
+            safe_norm = hold_start
             if tentative_start is not None and tentative_start < safe_norm:
                 safe_norm = tentative_start
             self._resume = safe_norm
@@ -314,32 +318,6 @@ class Guard:
             out.append(released)
             return GuardStep(release="".join(out))
         return GuardStep(release=released)
-
-    def _hold_start(self, window_start: int, window: str) -> int:
-        """The earliest normalised position where a violation could still be in progress: at
-        most max_match characters back, less where every policy can tell (see Policy). `window`
-        is the text the scan read, from `window_start` to the end."""
-        tail_start = window_start + len(window) - self.max_match
-        if tail_start >= window_start:
-            tail = window[tail_start - window_start :]
-        else:
-            tail_start = max(0, tail_start)
-            tail = self._norm.window(tail_start)
-        offset = len(tail)
-        # Everything before the previous hold start is released: a policy that can use it
-        # looks for what is still in progress from there on.
-        since = self._resume - tail_start if self._resume > tail_start else 0
-        for name, hold_from, accepts_since in self._hold_froms:
-            if hold_from is None:
-                return tail_start
-            try:
-                held = hold_from(tail, since) if accepts_since else hold_from(tail)
-            except Exception:
-                log.exception("guardrail policy %s failed to say what to hold", name)
-                return tail_start  # fail closed: hold everything
-            if held < offset:
-                offset = held
-        return tail_start + offset if offset > 0 else tail_start
 
     def _first_release(self, safe: int) -> int:
         """The first text shown ends between words: the UI sends its first update at once and
@@ -416,7 +394,7 @@ class Guard:
     def _check_buffered(self, *, final: bool) -> GuardStep:
         # Shown text cannot wait for a match to finish growing: act on any match at once.
         self._resume = max(0, self._scanned - (self.max_match - 1))
-        matches, *_ = self._scan(final=True)
+        matches, _, _ = self._scan(final=True)
         if not matches:
             return GuardStep()
         first = matches[0]
@@ -433,22 +411,34 @@ class Guard:
 
     # --- scanning -----------------------------------------------------------------------------
 
-    def _scan(self, *, final: bool) -> tuple[list[Match], int | None, int, str]:
+    def _scan(self, *, final: bool) -> tuple[list[Match], int | None, int]:
         """New decided matches (absolute normalised positions, in order, not overlapping), the
-        start of the earliest match that may still grow, and the window read (its start and
-        text).
+        start of the earliest match that may still grow, and (unless `final`) the earliest
+        position where a violation could still be in progress (the hold start).
 
         The window starts _CONTEXT characters before the earliest place a match could still be
         in progress (the hold start of the previous scan, at most max_match back), so a match
         split across any chunk boundary is seen whole, with the text just before it that a
-        policy may look at."""
-        end = self._norm.length
+        policy may look at. The hold start is at most max_match back, less where every policy
+        can tell from the newest max_match characters (see Policy). Each policy is asked both
+        in one pass."""
+        norm = self._norm
+        end = norm.length
         since = self._resume if self._resume < self._scanned else self._scanned
         start = since - _CONTEXT if since > _CONTEXT else 0
-        window = self._norm.window(start)
-        decided: list[Match] = []
-        still_open: dict[tuple[int, str], str] = {}
-        for name, find, accepts_since in self._finders:
+        window = norm.window(start)
+        if final:
+            tail, tail_start = "", end
+        else:
+            tail_start = end - self.max_match if end > self.max_match else 0
+            tail = window[tail_start - start :] if tail_start >= start else norm.window(tail_start)
+        # Everything before the previous hold start is released: a policy that can use it looks
+        # for what is still in progress from there on.
+        hold_since = self._resume - tail_start if self._resume > tail_start else 0
+        offset = len(tail)
+        decided: list[Match] | None = None
+        still_open: dict[tuple[int, str], str] | None = None
+        for name, find, hold_from, accepts_since in self._checks:
             try:
                 # Everything before `since` is decided: a policy that can use it looks for new
                 # matches from there only (the window before it is context).
@@ -460,17 +450,32 @@ class Guard:
                 self.record.failed_policies.append(name)
                 found = [Match(0, len(window), "check_error")]
             if found:  # most checks find nothing
+                if decided is None or still_open is None:
+                    decided, still_open = [], {}
                 self._sort_out(found, name, start, end, final, decided, still_open)
+            if final or offset == 0:
+                continue
+            if hold_from is None:
+                offset = 0
+                continue
+            try:
+                held = hold_from(tail, hold_since) if accepts_since else hold_from(tail)
+            except Exception:
+                log.exception("guardrail policy %s failed to say what to hold", name)
+                held = 0  # fail closed: hold everything
+            if held < offset:
+                offset = held
         self._scanned = end
-        if not decided and not still_open:
-            return decided, None, start, window
+        hold_start = tail_start + offset if offset > 0 else tail_start
+        if decided is None or still_open is None:
+            return [], None, hold_start
         decided.sort(key=lambda m: (m.start, -m.end))
         kept: list[Match] = []
         for match in decided:
             if not kept or match.start >= kept[-1].end:
                 kept.append(match)
         tentative = min((s for s, _ in still_open), default=None)
-        return kept, tentative, start, window
+        return kept, tentative, hold_start
 
     def _sort_out(
         self,
