@@ -702,13 +702,20 @@ def test_fold_answers_as_lowering_then_leetspeak(text: str) -> None:
     ).translate(policies._LEET)
 
 
-@given(
-    st.text(alphabet=st.sampled_from("0123456789 -@a\u0663."), max_size=30),
-    st.integers(min_value=0, max_value=30),
+@pytest.mark.parametrize(
+    ("fast", "reference"),
+    [
+        (policies._worth_a_look, policies._WORTH_A_LOOK),
+        (policies._has_nine_digits, policies._NINE_DIGITS),
+    ],
+    ids=["an @ or four digits close together", "nine digits"],
 )
-def test_the_cheap_pii_question_answers_as_its_regex(text: str, start: int) -> None:
-    expected = policies._WORTH_A_LOOK.search(text, start) is not None
-    assert policies._worth_a_look(text, start) is expected
+@given(
+    text=st.text(alphabet=st.sampled_from("0123456789 -@a\u0663."), max_size=30),
+    start=st.integers(min_value=0, max_value=30),
+)
+def test_the_digit_questions_answer_as_their_regexes(fast, reference, text, start) -> None:
+    assert fast(text, start) is (reference.search(text, start) is not None)
 
 
 @given(st.text(alphabet=st.sampled_from("pasword kyetnscrdbPK _"), max_size=30))
@@ -718,15 +725,6 @@ def test_the_secret_name_question_answers_as_a_search_for_each_name_part(text: s
     assert policies._names_a_secret(lowered) is expected
     for part in policies._NAME_PARTS:
         assert policies._names_a_secret(f"my {part}!"), part
-
-
-@given(
-    st.text(alphabet=st.sampled_from("0123456789 -a\u0663"), max_size=30),
-    st.integers(min_value=0, max_value=30),
-)
-def test_the_account_number_question_answers_as_its_regex(text: str, start: int) -> None:
-    expected = policies._NINE_DIGITS.search(text, start) is not None
-    assert policies._has_nine_digits(text, start) is expected
 
 
 @settings(max_examples=300, deadline=None)
