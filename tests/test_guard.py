@@ -644,7 +644,9 @@ def test_the_blocklist_holds_from_the_first_entry_start_at_or_after_since(text, 
 
 class _WholeTail:
     """A policy whose hold is worked out over the whole tail every time, as before the guard
-    told policies where the last hold began (the reference)."""
+    told policies where the last hold began, and that has no quick question (the reference)."""
+
+    quiet = None
 
     def __init__(self, policy: object) -> None:
         self._policy = policy
@@ -751,3 +753,82 @@ def test_plain_text_adds_nothing_to_the_index_map():
         normalizer.feed("w12 w13 ")
     normalizer.feed("a\u200bb")
     assert len(normalizer._run_starts) == 2, "one run for the plain text, one after the drop"
+
+
+# A policy's quick question (Quiet) stands in for its find and hold_from at most checks: where
+# it finds nothing, both must answer as it says.
+
+_QUIET_PIECES = st.sampled_from(
+    ["w12 ", "w7", "4111 ", "1111", "12 34", " ", "+91 ", "98765", "123456789", "SBIN0005943",
+     "jane", "@", "example.com", "upi@oksbi", "token", "KEY", "Pass", " = ", ": ", "sk-",
+     "Q7xLm2VbN9cR4tZ8", "-----BEGIN ", "PRIVATE KEY-----", "secret", "bearer ", "darn", "d4rn",
+     "the ", "x", ".", "A", "B", "w", "1", "5", "|", "$hit", "GB82 ", "35202", "(0) ", "ullu ka",
+     "mother", "fu", "class ", "Cr", "@ybl"]
+)  # fmt: skip
+_QUIET_POLICIES = (
+    PiiPolicy(),
+    SecretsPolicy(),
+    BlocklistPolicy(policies.default_blocklist()),
+    _PHRASES,
+    BlocklistPolicy([]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    pieces=st.lists(_QUIET_PIECES, max_size=14),
+    policy=st.sampled_from(_QUIET_POLICIES),
+    data=st.data(),
+)
+def test_where_a_policys_quick_question_finds_nothing_it_answers_as_find_and_hold_from(
+    pieces, policy, data
+) -> None:
+    text = "".join(pieces)
+    since = data.draw(st.integers(0, len(text)))
+    quiet = policy.quiet
+    ask_from = max(0, min(since - quiet.reach, len(text) - quiet.tail))
+    if quiet.pattern.search(text, ask_from) is not None:
+        return  # the policy is asked in full
+    assert policy.find(text, since) == []
+    held = len(text) - quiet.hold.match(text[::-1]).end()
+    assert max(since, held) == max(since, policy.hold_from(text, since))
+
+
+class _Untouchable:
+    """A policy's quick question only: asking the policy itself fails the test."""
+
+    accepts_since = True
+
+    def __init__(self, policy: object) -> None:
+        self.name, self.max_match, self.quiet = policy.name, policy.max_match, policy.quiet  # type: ignore[attr-defined]
+
+    def find(self, text: str, since: int = 0) -> list[object]:
+        raise AssertionError(f"{self.name}.find asked of {text[since:]!r}")
+
+    def hold_from(self, text: str, since: int = 0) -> int:
+        raise AssertionError(f"{self.name}.hold_from asked of {text[since:]!r}")
+
+
+_PROSE = "Streaming shows each word as it comes, so the wait feels short. "
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [f"w{i} w{i + 1} " for i in range(0, 60, 2)],  # benchmarks/load.py's answer
+        [word + " " for word in _PROSE.split()],
+    ],
+    ids=["numbered words", "prose"],
+)
+def test_a_check_of_quiet_text_asks_the_default_policies_only_their_quick_questions(
+    pieces,
+) -> None:
+    now = [0.0]
+    quick = [_Untouchable(p) for p in (PiiPolicy(), SecretsPolicy())]
+    guard = Guard(quick, clock=lambda: now[0])  # type: ignore[arg-type]
+    shown = []
+    for piece in pieces:
+        now[0] += 0.04
+        shown.append(guard.feed(piece).release)
+    assert "".join(shown) == "".join(pieces)[: len("".join(shown))]
+    assert len("".join(shown)) >= len("".join(pieces)) - 12  # only the last word or number held

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from streamchat.guardrails.normalize import Normalizer
-from streamchat.guardrails.policies import Match, Policy, describe, label
+from streamchat.guardrails.policies import Match, Policy, Quiet, describe, label
 
 log = logging.getLogger("streamchat.guardrails")
 
@@ -136,15 +136,18 @@ class Guard:
             p.name: getattr(p, "always_continues", frozenset()) for p in self.policies
         }
         # Each check calls these for every policy: looked up once. A `find` and `hold_from`
-        # that accept `since` are called with it (see Policy).
+        # that accept `since` are called with it, and a policy's quick question (Quiet) is
+        # asked first when it has one (see Policy).
         self._checks: tuple[
-            tuple[str, Callable[..., list[Match]], Callable[..., int] | None, bool], ...
+            tuple[str, Callable[..., list[Match]], Callable[..., int] | None, bool, Quiet | None],
+            ...,
         ] = tuple(
             (
                 p.name,
                 p.find,
                 getattr(p, "hold_from", None),
                 getattr(p, "accepts_since", False) is True,
+                _quiet(p, self.max_match),
             )
             for p in self.policies
         )
@@ -438,7 +441,28 @@ class Guard:
         offset = len(tail)
         decided: list[Match] | None = None
         still_open: dict[tuple[int, str], str] | None = None
-        for name, find, hold_from, accepts_since in self._checks:
+        # The policies' quick questions read from the earlier of the window and the tail (both
+        # end at the newest text), and only ASCII text.
+        whole, whole_start = (window, start) if start <= tail_start else (tail, tail_start)
+        plain = whole.isascii()
+        backwards = ""
+        for name, find, hold_from, accepts_since, quiet in self._checks:
+            if quiet is not None and plain:
+                ask_from = since - quiet.reach
+                if end - quiet.tail < ask_from:
+                    ask_from = end - quiet.tail
+                ask_from -= whole_start
+                if quiet.pattern.search(whole, ask_from if ask_from > 0 else 0) is None:
+                    # Nothing found, and the hold read backwards from the end (most checks).
+                    if not final and offset:
+                        if not backwards:
+                            backwards = tail[::-1]
+                        held = len(tail) - quiet.hold.match(backwards).end()  # type: ignore[union-attr]
+                        if held < hold_since:
+                            held = hold_since
+                        if held < offset:
+                            offset = held
+                    continue
             try:
                 # Everything before `since` is decided: a policy that can use it looks for new
                 # matches from there only (the window before it is context).
@@ -601,6 +625,20 @@ class Guard:
                     self.stream_id,
                     policy.name,
                 )
+
+
+def _quiet(policy: Policy, max_match: int) -> Quiet | None:
+    """The policy's quick question, if it has one the guard can ask: one that takes `since` and
+    reads no further back than the window's context and the tail reach."""
+    quiet = getattr(policy, "quiet", None)
+    if (
+        not isinstance(quiet, Quiet)
+        or getattr(policy, "accepts_since", False) is not True
+        or quiet.reach > _CONTEXT
+        or quiet.tail > max_match
+    ):
+        return None
+    return quiet
 
 
 def check_text(policies: Sequence[Policy], text: str) -> list[Violation]:

@@ -42,6 +42,33 @@ class Match:
     pending: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """A policy's quick question, for ASCII text: when `pattern` finds nothing in the text from
+    `reach` characters before `since` or `tail` characters before the end, whichever is earlier,
+    `find(text, since)` finds nothing and `hold_from(text, since)` is where a match of `hold` at
+    the start of the reversed text ends, counted back from the end (or `since`, if that is
+    later). The guard then asks the policy nothing else: one search and one match instead of
+    its two calls, which is most checks (see Guard._scan)."""
+
+    pattern: re.Pattern[str]
+    reach: int
+    tail: int
+    hold: re.Pattern[str]
+
+
+def _literal_first(*alternatives: str) -> str:
+    """One search of these alternatives, each beginning with one fixed character: the regex
+    engine then skips to those characters instead of trying every alternative everywhere."""
+    return "|".join(alternatives)
+
+
+def _any_case(word: str) -> list[str]:
+    """`word` in any case, as two alternatives that each begin with a fixed character."""
+    rest = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word[1:])
+    return [re.escape(word[0].lower()) + rest, re.escape(word[0].upper()) + rest]
+
+
 class Policy(Protocol):
     """Finds violations in normalised text. `max_match`: the longest text one match can span.
     A policy may also set `open_ended = True` when its matches are capped at max_match rather
@@ -55,7 +82,8 @@ class Policy(Protocol):
     `hold_from` take `since` (and says so with `accepts_since = True`) is told where in the
     text new matches can start: the guard has decided and released everything before, so the
     policy's cheap first question needs to look only from there on (see `find`), and its hold
-    may be any position up to `since` where the whole text would give one before it."""
+    may be any position up to `since` where the whole text would give one before it. Such a
+    policy may also declare `quiet` (see Quiet), what most checks then cost."""
 
     name: str
     max_match: int
@@ -287,6 +315,21 @@ def _near_ifsc(text: str, start: int, end: int) -> bool:
     return bool(_IFSC.search(before) or _IFSC.search(after))
 
 
+_NUMBERISH_CLASS = "".join(map(re.escape, _NUMBERISH))
+_NUMBERISH_WORD_CLASS = _NUMBERISH_CLASS.replace(re.escape(" "), "")
+# The quick question (see Quiet): the cheap first question (an @ or four digits close
+# together) from its reach before `since`, and within an account number's reach of the end
+# (nine digits have four together). Then the hold is that of hold_from for text without an
+# account number: read backwards, a last word of number-ish characters goes back over the
+# whole run of them (spaces included), any other last word is held alone.
+_PII_QUIET = Quiet(
+    re.compile(_literal_first("@", *(f"{d}[0-9][ -]?[0-9][0-9]" for d in "0123456789"))),
+    _PII_REACH,
+    _ACCOUNT_REACH,
+    re.compile(f"(?=[{_NUMBERISH_WORD_CLASS}]*(?: |\\Z))[{_NUMBERISH_CLASS}]*|[^ ]*"),
+)
+
+
 class PiiPolicy:
     """Emails, phone numbers, card numbers, IBANs, bank accounts next to an IFSC, UPI IDs and
     national IDs (US SSN, UK National Insurance, Pakistan CNIC, India Aadhaar and PAN)."""
@@ -294,6 +337,7 @@ class PiiPolicy:
     name = "pii"
     max_match = 80
     accepts_since = True
+    quiet = _PII_QUIET
     # Match ends for a match that outgrew max_match (redact mode reads on to them).
     continuations: ClassVar[Mapping[str, re.Pattern[str]]] = {
         "email": re.compile(r"(?=[^A-Za-z0-9._%+@-])")
@@ -740,6 +784,21 @@ def _connection_password(match: re.Match[str]) -> bool:
     return not _placeholder(password) and password != user
 
 
+# The quick question (see Quiet): what `find` asks first (a format's prefix, ":", "=" or
+# "bearer "), from its reach before `since`, and what the hold looks for near the end (a "-" of
+# a PEM header, a secret's name); without them the hold is the last word.
+_SECRETS_QUIET = Quiet(
+    re.compile(
+        _literal_first(
+            _TRIGGER_FIRST.pattern, "-", *(alt for part in _NAME_PARTS for alt in _any_case(part))
+        )
+    ),
+    _TRIGGER_REACH,
+    _PENDING_REACH,
+    re.compile("[^ ]*"),
+)
+
+
 class SecretsPolicy:
     """Provider keys and tokens (OpenAI, Anthropic, Google, AWS, Azure, GitHub, GitLab, Slack,
     Stripe, SendGrid, Twilio), JWTs and bearer tokens, PEM private keys, passwords in URLs, and
@@ -750,6 +809,7 @@ class SecretsPolicy:
     max_match = 100
     accepts_since = True
     open_ended = True  # keys and tokens have no fixed length: matches are capped at max_match
+    quiet = _SECRETS_QUIET
     # kind -> where a match that may go on beyond max_match ends
     continuations: ClassVar[Mapping[str, re.Pattern[str]]] = {
         **{s.kind: re.compile(f"(?=[^{s.alphabet}])") for s in _SHAPES if s.alphabet},
@@ -885,6 +945,15 @@ class BlocklistPolicy:
         self._empty = not words
         if words:
             self.automaton.make_automaton()
+        # The quick question (see Quiet): a character that folds to an entry's first, at the
+        # start of a word, where `find` or `hold_from` would look. Without one nothing is held.
+        starts = [
+            f"{re.escape(c)}(?<![A-Za-z0-9_@$!|+]{re.escape(c)})"  # as _is_word_char says
+            for c in sorted(self._ascii_initials)
+        ]
+        self.quiet = Quiet(
+            re.compile(_literal_first(*starts) or "(?!)"), 1, self.max_match - 1, re.compile("")
+        )
 
     def hold_from(self, text: str, since: int = 0) -> int:
         """An entry in progress starts on a word boundary at most max_match - 1 characters
