@@ -454,7 +454,7 @@ class Guard:
                 ask_from -= whole_start
                 if quiet.pattern.search(whole, ask_from if ask_from > 0 else 0) is None:
                     # Nothing found, and the hold read backwards from the end (most checks).
-                    if not final and offset:
+                    if not final and offset and quiet.hold.pattern:  # "" holds nothing
                         if not backwards:
                             backwards = tail[::-1]
                         held = len(tail) - quiet.hold.match(backwards).end()  # type: ignore[union-attr]

@@ -323,7 +323,7 @@ _NUMBERISH_WORD_CLASS = _NUMBERISH_CLASS.replace(re.escape(" "), "")
 # account number: read backwards, a last word of number-ish characters goes back over the
 # whole run of them (spaces included), any other last word is held alone.
 _PII_QUIET = Quiet(
-    re.compile(_literal_first("@", *(f"{d}[0-9][ -]?[0-9][0-9]" for d in "0123456789"))),
+    re.compile("[0-9@](?:(?<=@)|[0-9][ -]?[0-9][0-9])"),
     _PII_REACH,
     _ACCOUNT_REACH,
     re.compile(f"(?=[{_NUMBERISH_WORD_CLASS}]*(?: |\\Z))[{_NUMBERISH_CLASS}]*|[^ ]*"),
@@ -947,12 +947,13 @@ class BlocklistPolicy:
             self.automaton.make_automaton()
         # The quick question (see Quiet): a character that folds to an entry's first, at the
         # start of a word, where `find` or `hold_from` would look. Without one nothing is held.
-        starts = [
-            f"{re.escape(c)}(?<![A-Za-z0-9_@$!|+]{re.escape(c)})"  # as _is_word_char says
-            for c in sorted(self._ascii_initials)
-        ]
+        initials = "".join(map(re.escape, sorted(self._ascii_initials)))
         self.quiet = Quiet(
-            re.compile(_literal_first(*starts) or "(?!)"), 1, self.max_match - 1, re.compile("")
+            # (the class first, so the engine skips to its characters)
+            re.compile(f"[{initials}](?<![A-Za-z0-9_@$!|+].)" if initials else "(?!)"),
+            1,
+            self.max_match - 1,
+            re.compile(""),
         )
 
     def hold_from(self, text: str, since: int = 0) -> int:
