@@ -119,6 +119,8 @@ async def test_the_app_runs_on_uvloop_by_default(offline_app, client):
     loop = "uvloop" if speedups_on() else "asyncio"
     assert f"event loop: {loop}" in offline_app.log()
     assert ("STREAM_SPEEDUPS=off" in offline_app.log()) is not speedups_on()
+    # And once started, what start-up built is frozen for the garbage collector.
+    assert ("objects from start-up frozen" in offline_app.log()) is speedups_on()
 
 
 async def test_only_the_first_answer_says_it_is_the_demo_model(client):

@@ -70,6 +70,7 @@ def test_with_speedups_on_every_one_is_installed(word):
         "quiet server",
         "websocket compression",
         "socket updates",
+        "frozen start-up heap",
         "fast stream",
     }
     assert all(on for on, _ in seen["status"].values())
@@ -132,6 +133,7 @@ def test_install_with_speedups_off_changes_nothing_and_says_why(monkeypatch):
         "quiet server",
         "websocket compression",
         "socket updates",
+        "frozen start-up heap",
         "fast stream",
     }
     assert all(not s.on and s.why == "STREAM_SPEEDUPS=off" for s in states)
@@ -154,6 +156,48 @@ def test_socket_updates_step_aside_for_a_socketio_server_they_do_not_know(monkey
     assert speedups.browser_updates(object(), object()) is None
     assert states["C tasks"] == speedups.Status(
         "C tasks", False, "this Python keeps them elsewhere"
+    )
+
+
+def _install_without_process_wide_changes(monkeypatch: pytest.MonkeyPatch, **choices) -> None:
+    from streamchat.speedups import eventloop, serving
+
+    monkeypatch.setattr(eventloop, "use_c_tasks", lambda: False)
+    monkeypatch.setattr(eventloop, "install_loop", lambda wanted: eventloop.LoopChoice("asyncio"))
+    monkeypatch.setattr(serving, "install_quiet_server", lambda: None)
+    monkeypatch.setattr(serving, "install_websocket_compression", lambda on: None)
+    speedups.install(speedups.Speedups(**choices))
+
+
+def test_the_start_up_heap_is_frozen_once_started_so_full_collections_skip_it(monkeypatch):
+    import gc
+
+    assert speedups.freeze_startup_heap() == 0, "nothing before install"
+    _install_without_process_wide_changes(monkeypatch)
+    assert speedups.Status("frozen start-up heap", True) in speedups.status()
+    kept = [[index] for index in range(1000)]  # long-lived objects, as modules hold
+    try:
+        frozen = speedups.freeze_startup_heap()
+        assert frozen == gc.get_freeze_count() > len(kept)
+        # A later full collection walks only what came after, and still frees its cycles.
+        cycle: list[object] = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    assert kept[-1] == [999]
+
+
+def test_with_speedups_off_nothing_is_frozen(monkeypatch):
+    import gc
+
+    speedups.install(speedups.Speedups(enabled=False))
+    assert speedups.freeze_startup_heap() == 0
+    assert gc.get_freeze_count() == 0
+    assert speedups.Status("frozen start-up heap", False, "STREAM_SPEEDUPS=off") in (
+        speedups.status()
     )
 
 
