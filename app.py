@@ -55,6 +55,9 @@ from streamchat.speedups.eventloop import loop_name
 
 log = logging.getLogger("streamchat.app")
 
+# What a message is told when its chat failed to start (the reason is in the log).
+NOT_STARTED = "This chat did not start, so the message was not sent: reload the page."
+
 # What is set while the app loads (the environment over `.env`), read once; each setting below
 # is parsed from it by streamchat.settings' reader, as Settings parses its own at startup.
 _environ = load_env_file()
@@ -315,10 +318,11 @@ async def on_chat_resume(thread: ThreadDict) -> None:
 
 async def _open_chat(thread: ThreadDict | None) -> None:
     """A new chat, or a stored one resumed with its history and settings."""
-    # Set before the first await: a message sent while the chat is still starting (the model
-    # list can take seconds) waits for it instead of finding no chat.
-    ready = asyncio.Event()
-    cl.user_session.set("chat_ready", ready)
+    # Before the first await: a message sent while the chat is still starting (the model list
+    # can take seconds) waits for it instead of finding no chat.
+    ready = _chat_ready()
+    ready.clear()
+    cl.user_session.set("chat_start_task", asyncio.current_task())
     _socket_updates()  # Chainlit's own events for this chat take the fast way from the start
     try:
         if _runtime is None:
@@ -361,11 +365,39 @@ async def _open_chat(thread: ThreadDict | None) -> None:
         ready.set()
 
 
-async def _current_chat() -> ChatSession | None:
+def _chat_ready() -> asyncio.Event:
+    """Set once the session's chat has started. Made by whichever comes first: the chat's
+    start, or a message that arrives before the start has run at all (Chainlit starts the chat
+    in a task of its own, and a quick user's first message can be handled first)."""
     ready: asyncio.Event | None = cl.user_session.get("chat_ready")
-    if ready is not None:
+    if ready is None:
+        ready = asyncio.Event()
+        cl.user_session.set("chat_ready", ready)
+    return ready
+
+
+async def _current_chat(*, for_message: bool = False) -> ChatSession | None:
+    """The chat, once it has started (every session starts or resumes one as it connects;
+    Stop cancels the wait); None when its start failed. `for_message`: the caller is a
+    message's task, which Chainlit opened with task_start (the page shows it running: Stop
+    button, "Using ..." on a step)."""
+    ready = _chat_ready()
+    if not ready.is_set():
         await ready.wait()
+        if for_message:
+            await _running_again_after_chat_start()
     return cl.user_session.get("chat")
+
+
+async def _running_again_after_chat_start() -> None:
+    """A message sent while the chat was starting. Chainlit runs the start as a task of its
+    own that sends task_end when it returns, which is now, while this message's answer is
+    about to stream: the page would drop the Stop button and show a thinking step as done.
+    Once the start has ended, the page is told again that this message's task runs."""
+    starting = cl.user_session.get("chat_start_task")
+    if isinstance(starting, asyncio.Task) and starting is not asyncio.current_task():
+        await asyncio.wait([starting])
+    await context.emitter.task_start()
 
 
 @cl.on_settings_update
@@ -384,9 +416,12 @@ async def on_settings_update(values: dict[str, object]) -> None:
 
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
-    chat = await _current_chat()
+    chat = await _current_chat(for_message=True)
     if chat is None:
-        await _show_error(f"streamchat is not configured correctly: {_config_error}")
+        if _runtime is None:
+            await _show_error(f"streamchat is not configured correctly: {_config_error}")
+        else:
+            await _show_error(NOT_STARTED)
         return
     # A Stop cancels this task; the core finishes the message, keeps the partial answer in the
     # history and closes the upstream response before the cancellation goes on.

@@ -324,9 +324,11 @@ class ChainlitClient:
         ws = getattr(self.sio.eio, "ws", None)
         return bool(ws is not None and ws.compress)
 
-    async def connect(self, *, restored: bool = False) -> ChainlitClient:
+    async def connect(self, *, restored: bool = False, wait: bool = True) -> ChainlitClient:
         """Connect and start the chat; `restored`: a browser back on a session that has
-        already been used (same `session_id`), which Chainlit picks up where it was."""
+        already been used (same `session_id`), which Chainlit picks up where it was. With
+        `wait` False it returns as soon as the chat was asked to start, as a quick user types
+        before the chat has started."""
         headers = {"Cookie": f"access_token={self.access_token}"} if self.access_token else {}
         headers.update(self.headers)
         await self.sio.connect(
@@ -344,6 +346,8 @@ class ChainlitClient:
             wait_timeout=10,
         )
         await self.sio.emit("connection_successful")
+        if not wait:
+            return self
         if restored:
             # Chainlit clears what it was asking the old socket, and starts nothing new.
             await self.wait_for(lambda e: e.name == "clear_call_fn", within=30)
@@ -449,6 +453,68 @@ async def click_action(app_url: str, client: ChainlitClient, name: str, *, start
             "/project/action", json={"sessionId": client.session_id, "action": event.data}
         )
         response.raise_for_status()
+
+
+class GatedProxy:
+    """A TCP proxy on loopback, in the test's event loop, in front of an upstream at
+    `target_port`: connections are accepted at once but nothing passes either way until
+    `release()`, so a test decides when the app hears back (a provider slow to list its
+    models, say). Use as `async with`; `base_url` is the proxy's /v1."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.released = asyncio.Event()
+        self.connections = 0
+        self.connected = asyncio.Event()  # set at the first connection
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def base_url(self) -> str:
+        assert self._server is not None, "the proxy is not started"
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def __aenter__(self) -> GatedProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.connected.set()
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self.released.wait()
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+            try:
+                await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            finally:
+                up_writer.close()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    with contextlib.suppress(OSError):
+        writer.write_eof()
 
 
 async def upstream_requests(server: Any, count: int, *, within: float = 10) -> list[Any]:

@@ -7,16 +7,20 @@ server through OPENAI_BASE_URL: that is also the "any OpenAI-compatible server" 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
 from streamchat.offline import MODEL_ID, OfflineServer
 from streamchat.offline.lessons import choose_answer
 from tests.harness import (
+    Answer,
     AppProcess,
     ChainlitClient,
+    GatedProxy,
     closed_port,
     speedups_on,
     strip_footer,
@@ -111,6 +115,49 @@ async def test_a_browser_back_on_its_session_gets_the_next_answer_whole(offline_
     assert names.index("new_message") < names.index("stream_start") < names.index("stream_token")
     last_token = len(names) - 1 - names[::-1].index("stream_token")
     assert "update_message" in names[last_token:], "the finished answer comes after its tokens"
+
+
+async def test_a_message_sent_while_the_chat_starts_shows_running_until_its_answer_ends(upstream):
+    """A quick user can send the first message before the chat has started (here the provider
+    holds its model list). Chainlit runs the chat start as a task of its own that tells the page
+    its task ended when it returns: that must not come while the answer streams, or the page
+    drops the Stop button and shows a reasoning step as "Used" while it is still thinking."""
+    async with GatedProxy(urlsplit(upstream.base_url).port or 0) as gate:
+        with AppProcess({"OPENAI_BASE_URL": gate.base_url, "STREAM_RETRIES": "0"}) as app:
+            chat = await ChainlitClient(app.url).connect(wait=False)
+            try:
+                mark = await chat.send("What is streaming?")
+                # The message's own run has begun; the chat start still waits for the models.
+                await chat.wait_for(
+                    lambda e: e.name == "new_message" and e.data.get("name") == "on_message",
+                    start=mark,
+                )
+                async with asyncio.timeout(30):
+                    await gate.connected.wait()  # the chat start asks for the models
+                assert not any(
+                    e.name == "update_message" and e.data.get("name") == "on_chat_start"
+                    for e in chat.events
+                ), "the chat should still be starting when the message arrives"
+                gate.release()
+                ended = await chat.wait_for(
+                    lambda e: e.name == "update_message" and e.data.get("name") == "on_message",
+                    start=mark,
+                )
+                await chat.wait_for(lambda e: e.name == "task_end", start=chat.events.index(ended))
+            finally:
+                await chat.close()
+    running = False
+    shown_while: list[bool] = []  # for each stream update: was the page showing a task running
+    for event in chat.events:
+        if event.name in ("task_start", "task_end"):
+            running = event.name == "task_start"
+        elif event.name in ("stream_start", "stream_token"):
+            shown_while.append(running)
+    assert len(shown_while) > 5, f"the answer should have streamed: {chat.events[mark:]}"
+    assert all(shown_while), f"{shown_while.count(False)} stream updates came with no task running"
+    assert not running, "the answer's own task_end closes it"
+    answer = Answer(chat.events[mark:])
+    assert answer.errors() == [] and answer.streamed_text
 
 
 async def test_the_app_runs_on_uvloop_by_default(offline_app, client):
