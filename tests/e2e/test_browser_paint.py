@@ -13,6 +13,10 @@ from tests.waiting import browser_pause, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
+# How many updates after the page first caught up may have left the server before it heard
+# that page's first acknowledgement (it holds nothing until then).
+SENT_BEFORE_FIRST_ACK_HEARD = 4
+
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[AppProcess]:
@@ -116,6 +120,11 @@ def test_page_acknowledges_painted_updates_and_server_waits_for_each(browser, ap
     assert acked == updates, "the page acknowledged every update it painted"
     # Once the page has caught up, the server holds each update until the last is painted;
     # only the answer's end goes at once (CoalescingSink.finish), so the last word is not late.
+    # The server holds nothing until it has heard the page's first acknowledgement: updates it
+    # sent before (one every few ms here) can still arrive after the page caught up, so the
+    # first few are let be. A server that did not hold would send several per frame throughout.
     *streaming, final = ahead
-    assert streaming and max(streaming) == 1, f"never more than one update unpainted: {ahead}"
+    assert len(streaming) > 3 * SENT_BEFORE_FIRST_ACK_HEARD, f"a long answer: {ahead}"
+    held = streaming[SENT_BEFORE_FIRST_ACK_HEARD:]
+    assert max(held) == 1, f"never more than one update unpainted: {ahead}"
     assert final <= 2, f"the end goes after at most one unpainted update: {ahead}"
