@@ -178,13 +178,17 @@ def test_the_start_up_heap_is_frozen_once_started_so_full_collections_skip_it(mo
     kept = [[index] for index in range(1000)]  # long-lived objects, as modules hold
     try:
         frozen = speedups.freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > len(kept)
+        assert frozen > len(kept)
+        # What was alive is out of the generations a collection walks.
+        walked = {id(item) for item in gc.get_objects()}
+        assert not any(id(item) in walked for item in kept)
         # A later full collection walks only what came after, and still frees its cycles.
         cycle: list[object] = []
         cycle.append(cycle)
         del cycle
         assert gc.collect() >= 1
-        assert gc.get_freeze_count() == frozen
+        # It freezes nothing more (frozen objects that die, in any thread, leave the count).
+        assert gc.get_freeze_count() <= frozen
     finally:
         gc.unfreeze()
     assert kept[-1] == [999]
