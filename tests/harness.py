@@ -464,7 +464,6 @@ class GatedProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.released = asyncio.Event()
-        self.connections = 0
         self.connected = asyncio.Event()  # set at the first connection
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -488,9 +487,9 @@ class GatedProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
         self.connected.set()
         task = asyncio.current_task()
         assert task is not None
